@@ -1,0 +1,240 @@
+package caddywebhook
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/hookgate/caddy-webhook/ingest"
+)
+
+func init() {
+	caddy.RegisterModule(Ingest{})
+}
+
+// Ingest authenticates inbound webhook pushes (Divvy style), enforces each
+// client's push window, forwards accepted pushes to the next handler
+// (normally `reverse_proxy`) and answers with a JSON envelope:
+// `{"success", "error", "last_used", "next_push_after"}`.
+//
+// A push must carry `Authorization: Token <access key>` and
+// `X-Webhook-Token: <client key>`. Both headers are removed before the push
+// goes upstream; the upstream gets `X-Webhook-Client: <client name>`. A push
+// consumes the client's window only when the upstream answers 2xx. The
+// upstream may move the window itself with the response headers
+// `Webhook-Last-Used` and `Webhook-Next-Push-After` (RFC 3339).
+type Ingest struct {
+	// Access keys accepted in `Authorization: Token <key>`. Several keys
+	// allow rotation. Placeholders such as {env.DIVVY_ACCESS_KEY} are
+	// replaced when the config loads.
+	AccessKeys []string `json:"access_keys,omitempty"`
+
+	// The pushing clients, each identified by its key.
+	Clients []IngestClient `json:"clients,omitempty"`
+
+	// Default push window: after an accepted push, the client may not push
+	// again for this long. 0 (the default) means no window.
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// Largest accepted push body in bytes. Default: 10 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	gate   *ingest.Gate
+	logger *zap.Logger
+}
+
+// IngestClient is one client allowed to push.
+type IngestClient struct {
+	// Name of the client, passed upstream as X-Webhook-Client and logged.
+	Name string `json:"name"`
+	// The client's key, sent as X-Webhook-Token. Placeholders are replaced.
+	Key string `json:"key"`
+	// This client's push window, overriding the handler's `interval`.
+	Interval *caddy.Duration `json:"interval,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Ingest) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.webhook_ingest",
+		New: func() caddy.Module { return new(Ingest) },
+	}
+}
+
+// Provision resolves the keys and joins the webhooks app's store.
+func (h *Ingest) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	cfg, err := h.gateConfig()
+	if err != nil {
+		return err
+	}
+	app, err := appFrom(ctx)
+	if err != nil {
+		return err
+	}
+	h.gate, err = ingest.NewGate(cfg, app.shared.windows, app.shared.leases, ingest.SystemClock{})
+	if err != nil {
+		return fmt.Errorf("webhook_ingest: %w", err)
+	}
+	return nil
+}
+
+// gateConfig replaces placeholders in keys; errors never quote a key.
+func (h *Ingest) gateConfig() (ingest.Config, error) {
+	repl := caddy.NewReplacer()
+	cfg := ingest.Config{MaxBody: h.MaxBody}
+	if h.Interval < 0 {
+		return cfg, fmt.Errorf("webhook_ingest: interval must not be negative")
+	}
+	for i, k := range h.AccessKeys {
+		v, err := repl.ReplaceOrErr(k, true, true)
+		if err != nil {
+			return cfg, fmt.Errorf("webhook_ingest: access_key #%d: %v", i+1, err)
+		}
+		if v == "" {
+			return cfg, fmt.Errorf("webhook_ingest: access_key #%d is empty (an unset environment variable?)", i+1)
+		}
+		cfg.AccessKeys = append(cfg.AccessKeys, v)
+	}
+	for _, c := range h.Clients {
+		key, err := repl.ReplaceOrErr(c.Key, true, true)
+		if err != nil {
+			return cfg, fmt.Errorf("webhook_ingest: client %q: key: %v", c.Name, err)
+		}
+		if key == "" {
+			return cfg, fmt.Errorf("webhook_ingest: client %q: key is empty (an unset environment variable?)", c.Name)
+		}
+		interval := time.Duration(h.Interval)
+		if c.Interval != nil {
+			interval = time.Duration(*c.Interval)
+		}
+		cfg.Clients = append(cfg.Clients, ingest.Client{Name: c.Name, Key: key, Interval: interval})
+	}
+	return cfg, nil
+}
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	start := time.Now()
+	push, ans := h.gate.Admit(r)
+	if ans != nil {
+		h.log(r, ingest.Settled{Answer: *ans}, 0, nil, start)
+		return writeAnswer(w, *ans)
+	}
+	// Settle releases the lease; this covers a panic in the next handler.
+	defer push.Release()
+
+	ingest.ForwardHeader(r.Header, push.Client.Name)
+	r.Body = io.NopCloser(bytes.NewReader(push.Body))
+	r.ContentLength = int64(len(push.Body))
+	r.TransferEncoding = nil
+	r.Header.Set("Content-Length", strconv.Itoa(len(push.Body)))
+
+	up := forward(w, r, next)
+	settled := push.Settle(up)
+	h.log(r, settled, up.Status, up.Err, start)
+	return writeAnswer(w, settled.Answer)
+}
+
+// forward runs the next handler with its response captured, so the client
+// gets the envelope rather than the upstream's body. Headers the upstream
+// set are taken back off the response.
+func forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) ingest.Upstream {
+	before := w.Header().Clone()
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer bufPool.Put(buf)
+
+	rec := caddyhttp.NewResponseRecorder(w, buf, func(int, http.Header) bool { return true })
+	err := next.ServeHTTP(rec, r)
+
+	up := ingest.Upstream{Status: rec.Status(), Header: w.Header().Clone(), Err: err}
+	up.Body = bytes.Clone(buf.Bytes())
+	var herr caddyhttp.HandlerError
+	if errors.As(err, &herr) {
+		up.Status = herr.StatusCode
+	}
+	clear(w.Header())
+	for k, v := range before {
+		w.Header()[k] = v
+	}
+	return up
+}
+
+func writeAnswer(w http.ResponseWriter, a ingest.Answer) error {
+	body := a.JSON()
+	hdr := w.Header()
+	if a.Outcome == ingest.OutcomeMethodNotAllowed {
+		hdr.Set("Allow", http.MethodPost)
+	}
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	hdr.Set("Cache-Control", "no-store")
+	w.WriteHeader(a.Status)
+	_, err := w.Write(body)
+	return err
+}
+
+// log writes one line per push. Outcomes that point at an attack or a fault
+// are raised above info; keys never appear.
+func (h *Ingest) log(r *http.Request, s ingest.Settled, upstreamStatus int, upErr error, start time.Time) {
+	level := zapcore.InfoLevel
+	switch s.Outcome {
+	case ingest.OutcomeNotAuthorized, ingest.OutcomeUnknownToken:
+		level = zapcore.WarnLevel
+	case ingest.OutcomeUpstreamError, ingest.OutcomeStoreError:
+		level = zapcore.ErrorLevel
+	}
+	if s.Detail != "" && level < zapcore.WarnLevel {
+		level = zapcore.WarnLevel
+	}
+	ce := h.logger.Check(level, "webhook push")
+	if ce == nil {
+		return
+	}
+	fields := []zap.Field{
+		zap.String("client", s.Client),
+		zap.String("outcome", string(s.Outcome)),
+		zap.Int("status", s.Status),
+		zap.String("remote_ip", remoteIP(r)),
+		zap.Duration("duration", time.Since(start)),
+	}
+	if upstreamStatus != 0 {
+		fields = append(fields, zap.Int("upstream_status", upstreamStatus))
+	}
+	if upErr != nil {
+		fields = append(fields, zap.NamedError("upstream_error", upErr))
+	}
+	if s.Detail != "" {
+		fields = append(fields, zap.String("detail", s.Detail))
+	}
+	if s.Envelope.NextPushAfter != "" {
+		fields = append(fields, zap.String("next_push_after", s.Envelope.NextPushAfter))
+	}
+	ce.Write(fields...)
+}
+
+func remoteIP(r *http.Request) string {
+	if v, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && v != "" {
+		return v
+	}
+	return r.RemoteAddr
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Ingest)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Ingest)(nil)
+)

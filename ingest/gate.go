@@ -1,0 +1,241 @@
+package ingest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// DefaultMaxBody is the largest push body accepted when none is configured.
+const DefaultMaxBody = 10 << 20
+
+// Client is one pushing client: a name for logs and the upstream, its key
+// (sent as X-Webhook-Token) and its push window length (0 = no window).
+type Client struct {
+	Name     string
+	Key      string
+	Interval time.Duration
+}
+
+// Config is everything a Gate needs to know about keys and limits.
+type Config struct {
+	// AccessKeys are accepted as "Authorization: Token <key>"; several allow
+	// rotation without downtime.
+	AccessKeys []string
+	Clients    []Client
+	// MaxBody bounds the push body in bytes; 0 means DefaultMaxBody.
+	MaxBody int64
+}
+
+type digest = [sha256.Size]byte
+
+// Gate decides whether a push may go upstream, and what to answer once the
+// upstream has spoken. It is safe for concurrent use.
+type Gate struct {
+	accessKeys []digest
+	clients    map[digest]Client
+	windows    WindowStore
+	leases     *Leases
+	clock      Clock
+	maxBody    int64
+}
+
+// NewGate checks cfg and builds a Gate over a window store. leases must be
+// shared with every other Gate on the same store (see Leases).
+func NewGate(cfg Config, windows WindowStore, leases *Leases, clock Clock) (*Gate, error) {
+	if windows == nil || leases == nil || clock == nil {
+		return nil, errors.New("ingest: window store, leases and clock are required")
+	}
+	g := &Gate{
+		clients: make(map[digest]Client, len(cfg.Clients)),
+		windows: windows,
+		leases:  leases,
+		clock:   clock,
+		maxBody: cfg.MaxBody,
+	}
+	if g.maxBody == 0 {
+		g.maxBody = DefaultMaxBody
+	}
+	if g.maxBody < 0 {
+		return nil, fmt.Errorf("max_body must not be negative")
+	}
+	if len(cfg.AccessKeys) == 0 {
+		return nil, errors.New("at least one access_key is required")
+	}
+	for i, k := range cfg.AccessKeys {
+		if k == "" {
+			return nil, fmt.Errorf("access_key #%d is empty", i+1)
+		}
+		g.accessKeys = append(g.accessKeys, sha256.Sum256([]byte(k)))
+	}
+	if len(cfg.Clients) == 0 {
+		return nil, errors.New("at least one client is required")
+	}
+	names := make(map[string]bool, len(cfg.Clients))
+	for _, c := range cfg.Clients {
+		if err := g.addClient(c, names); err != nil {
+			return nil, err
+		}
+	}
+	return g, nil
+}
+
+// addClient registers c; errors name the client, never its key.
+func (g *Gate) addClient(c Client, names map[string]bool) error {
+	switch {
+	case c.Name == "":
+		return errors.New("a client has no name")
+	case names[c.Name]:
+		return fmt.Errorf("client %q is defined twice", c.Name)
+	case c.Key == "":
+		return fmt.Errorf("client %q has an empty key", c.Name)
+	case c.Interval < 0:
+		return fmt.Errorf("client %q: interval must not be negative", c.Name)
+	}
+	d := sha256.Sum256([]byte(c.Key))
+	if other, dup := g.clients[d]; dup {
+		return fmt.Errorf("clients %q and %q have the same key", other.Name, c.Name)
+	}
+	names[c.Name] = true
+	g.clients[d] = c
+	return nil
+}
+
+// Push is a push that passed every check and may be forwarded. Its client
+// lease is held until Settle or Release.
+type Push struct {
+	Client  Client
+	Body    []byte
+	window  Window
+	known   bool
+	release func()
+	gate    *Gate
+}
+
+// Admit runs the checks that precede forwarding, in the protocol's order.
+// Exactly one of the results is non-nil.
+func (g *Gate) Admit(r *http.Request) (*Push, *Answer) {
+	if r.Method != http.MethodPost {
+		return nil, reject(http.StatusMethodNotAllowed, OutcomeMethodNotAllowed, MsgMethodNotAllowed)
+	}
+	if !g.authorized(r.Header.Get("Authorization")) {
+		return nil, reject(http.StatusForbidden, OutcomeNotAuthorized, MsgNotAuthorized)
+	}
+	token := strings.TrimSpace(r.Header.Get(HeaderToken))
+	if token == "" {
+		return nil, reject(http.StatusBadRequest, OutcomeMissingToken, MsgMissingToken)
+	}
+	// A map lookup by the key's SHA-256 leaks at most timing about the
+	// digest, from which nothing about the key itself can be learned.
+	client, ok := g.clients[sha256.Sum256([]byte(token))]
+	if !ok {
+		return nil, reject(http.StatusForbidden, OutcomeUnknownToken, MsgUnknownToken)
+	}
+	push, ans := g.openWindow(client)
+	if ans != nil {
+		return nil, ans
+	}
+	body, ans := g.readBody(r)
+	if ans != nil {
+		ans.Client = client.Name
+		push.Release()
+		return nil, ans
+	}
+	push.Body = body
+	return push, nil
+}
+
+// openWindow takes the client's lease and checks its window.
+func (g *Gate) openWindow(c Client) (*Push, *Answer) {
+	release, free := g.leases.TryAcquire(c.Name)
+	w, known, err := g.windows.LoadWindow(c.Name)
+	if err != nil {
+		if free {
+			release()
+		}
+		ans := reject(http.StatusInternalServerError, OutcomeStoreError, MsgInternal)
+		ans.Client = c.Name
+		return nil, ans
+	}
+	now := g.clock.Now()
+	var ans *Answer
+	switch {
+	case known && !w.Open(now):
+		msg := MsgTooEarlyPrefix + FormatTime(w.NextPushAfter)
+		ans = &Answer{Status: http.StatusBadRequest, Outcome: OutcomeTooEarly, Envelope: w.envelope(false, msg)}
+	case !free:
+		ans = &Answer{Status: http.StatusConflict, Outcome: OutcomeInProgress, Envelope: w.envelope(false, MsgInProgress)}
+	}
+	if ans != nil {
+		if free {
+			release()
+		}
+		ans.Client = c.Name
+		return nil, ans
+	}
+	return &Push{Client: c, window: w, known: known, release: release, gate: g}, nil
+}
+
+// readBody reads the whole body once, bounded by maxBody, and checks that
+// it is a JSON object.
+func (g *Gate) readBody(r *http.Request) ([]byte, *Answer) {
+	if r.ContentLength > g.maxBody {
+		return nil, reject(http.StatusRequestEntityTooLarge, OutcomeBodyTooLarge, MsgBodyTooLarge)
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, g.maxBody+1))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge) || int64(len(body)) > g.maxBody:
+		return nil, reject(http.StatusRequestEntityTooLarge, OutcomeBodyTooLarge, MsgBodyTooLarge)
+	case err != nil, !isJSONObject(body):
+		return nil, reject(http.StatusBadRequest, OutcomeBodyNotObject, MsgBodyNotObject)
+	}
+	return body, nil
+}
+
+func isJSONObject(b []byte) bool {
+	t := bytes.TrimLeft(b, " \t\r\n")
+	return len(t) > 0 && t[0] == '{' && json.Valid(t)
+}
+
+// authorized checks "Token <key>" against every access key in constant
+// time, without stopping at the first match.
+func (g *Gate) authorized(header string) bool {
+	scheme, key, ok := strings.Cut(strings.TrimSpace(header), " ")
+	if !ok || !strings.EqualFold(scheme, "Token") {
+		return false
+	}
+	key = strings.TrimSpace(key)
+	if key == "" {
+		return false
+	}
+	d := sha256.Sum256([]byte(key))
+	match := 0
+	for i := range g.accessKeys {
+		match |= subtle.ConstantTimeCompare(d[:], g.accessKeys[i][:])
+	}
+	return match == 1
+}
+
+// Release gives the client's lease back without touching the window; use
+// it when the push is abandoned (Settle releases by itself).
+func (p *Push) Release() { p.release() }
+
+// ForwardHeader rewrites the request headers for the upstream: the keys are
+// removed and the client is named instead.
+func ForwardHeader(h http.Header, client string) {
+	h.Del("Authorization")
+	h.Del(HeaderToken)
+	h.Set(HeaderClient, client)
+}
+
+func reject(status int, o Outcome, msg string) *Answer {
+	return &Answer{Status: status, Outcome: o, Envelope: Envelope{Error: msg}}
+}

@@ -1,0 +1,428 @@
+package ingest
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// memWindows is an in-memory WindowStore; it behaves like the badger one
+// (see badger_test.go for the real thing) and can be told to fail.
+type memWindows struct {
+	mu      sync.Mutex
+	m       map[string]Window
+	failErr error
+}
+
+func newMemWindows() *memWindows { return &memWindows{m: map[string]Window{}} }
+
+func (s *memWindows) LoadWindow(c string) (Window, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failErr != nil {
+		return Window{}, false, s.failErr
+	}
+	w, ok := s.m[c]
+	return w, ok, nil
+}
+
+func (s *memWindows) SaveWindow(c string, w Window) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failErr != nil {
+		return s.failErr
+	}
+	s.m[c] = w
+	return nil
+}
+
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+var t0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+
+const (
+	accessKey = "access-one"
+	rotated   = "access-two"
+	aliceKey  = "alice-key"
+	bobKey    = "bob-key"
+)
+
+func newTestGate(t *testing.T, windows WindowStore) (*Gate, *fakeClock) {
+	t.Helper()
+	clock := &fakeClock{now: t0}
+	g, err := NewGate(Config{
+		AccessKeys: []string{accessKey, rotated},
+		Clients: []Client{
+			{Name: "alice", Key: aliceKey, Interval: time.Hour},
+			{Name: "bob", Key: bobKey},
+		},
+		MaxBody: 64,
+	}, windows, NewLeases(), clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, clock
+}
+
+func pushReq(method, auth, token, body string) *http.Request {
+	r := httptest.NewRequest(method, "/api/v1/webhook", strings.NewReader(body))
+	if auth != "" {
+		r.Header.Set("Authorization", auth)
+	}
+	if token != "" {
+		r.Header.Set(HeaderToken, token)
+	}
+	return r
+}
+
+func TestAdmitRejections(t *testing.T) {
+	big := `{"x":"` + strings.Repeat("a", 64) + `"}`
+	cases := []struct {
+		name    string
+		req     *http.Request
+		status  int
+		msg     string
+		outcome Outcome
+	}{
+		{"GET", pushReq("GET", "Token "+accessKey, aliceKey, ""), 405, MsgMethodNotAllowed, OutcomeMethodNotAllowed},
+		{"PUT", pushReq("PUT", "Token "+accessKey, aliceKey, "{}"), 405, MsgMethodNotAllowed, OutcomeMethodNotAllowed},
+		{"no authorization", pushReq("POST", "", aliceKey, "{}"), 403, MsgNotAuthorized, OutcomeNotAuthorized},
+		{"wrong scheme", pushReq("POST", "Bearer "+accessKey, aliceKey, "{}"), 403, MsgNotAuthorized, OutcomeNotAuthorized},
+		{"scheme only", pushReq("POST", "Token", aliceKey, "{}"), 403, MsgNotAuthorized, OutcomeNotAuthorized},
+		{"wrong key", pushReq("POST", "Token nope", aliceKey, "{}"), 403, MsgNotAuthorized, OutcomeNotAuthorized},
+		{"key prefix", pushReq("POST", "Token access-on", aliceKey, "{}"), 403, MsgNotAuthorized, OutcomeNotAuthorized},
+		{"client key as access key", pushReq("POST", "Token "+aliceKey, aliceKey, "{}"), 403, MsgNotAuthorized, OutcomeNotAuthorized},
+		{"no token", pushReq("POST", "Token "+accessKey, "", "{}"), 400, MsgMissingToken, OutcomeMissingToken},
+		{"blank token", pushReq("POST", "Token "+accessKey, "   ", "{}"), 400, MsgMissingToken, OutcomeMissingToken},
+		{"unknown token", pushReq("POST", "Token "+accessKey, "carol-key", "{}"), 403, MsgUnknownToken, OutcomeUnknownToken},
+		{"body too large", pushReq("POST", "Token "+accessKey, aliceKey, big), 413, MsgBodyTooLarge, OutcomeBodyTooLarge},
+		{"body empty", pushReq("POST", "Token "+accessKey, aliceKey, ""), 400, MsgBodyNotObject, OutcomeBodyNotObject},
+		{"body array", pushReq("POST", "Token "+accessKey, aliceKey, "[1]"), 400, MsgBodyNotObject, OutcomeBodyNotObject},
+		{"body broken", pushReq("POST", "Token "+accessKey, aliceKey, `{"a":`), 400, MsgBodyNotObject, OutcomeBodyNotObject},
+		{"body two objects", pushReq("POST", "Token "+accessKey, aliceKey, `{}{}`), 400, MsgBodyNotObject, OutcomeBodyNotObject},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g, _ := newTestGate(t, newMemWindows())
+			push, ans := g.Admit(tc.req)
+			if push != nil || ans == nil {
+				t.Fatalf("admitted, want %d", tc.status)
+			}
+			if ans.Status != tc.status || ans.Envelope.Error != tc.msg || ans.Outcome != tc.outcome || ans.Envelope.Success {
+				t.Fatalf("got %d %q %s, want %d %q %s", ans.Status, ans.Envelope.Error, ans.Outcome, tc.status, tc.msg, tc.outcome)
+			}
+			// A rejected push must leave the lease free.
+			if rel, ok := g.leases.TryAcquire("alice"); !ok {
+				t.Fatal("lease leaked")
+			} else {
+				rel()
+			}
+		})
+	}
+}
+
+func TestBodyTooLargeWithoutContentLength(t *testing.T) {
+	g, _ := newTestGate(t, newMemWindows())
+	r := pushReq("POST", "Token "+accessKey, aliceKey, `{"x":"`+strings.Repeat("a", 100)+`"}`)
+	r.ContentLength = -1 // chunked: the limit must hold while reading
+	_, ans := g.Admit(r)
+	if ans == nil || ans.Status != 413 {
+		t.Fatalf("got %+v, want 413", ans)
+	}
+	// Exactly max_body is still fine.
+	body := `{"x":"` + strings.Repeat("a", 64-8) + `"}`
+	if len(body) != 64 {
+		t.Fatalf("body is %d bytes", len(body))
+	}
+	push, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, body))
+	if ans != nil {
+		t.Fatalf("64-byte body refused: %+v", ans)
+	}
+	push.Release()
+}
+
+func TestAcceptedPushConsumesWindow(t *testing.T) {
+	windows := newMemWindows()
+	g, clock := newTestGate(t, windows)
+	for _, key := range []string{accessKey, rotated} {
+		clock.Advance(2 * time.Hour)
+		push, ans := g.Admit(pushReq("POST", "token  "+key, aliceKey, ` {"menu":[1,2]} `))
+		if ans != nil {
+			t.Fatalf("refused with key rotation: %+v", ans)
+		}
+		if string(push.Body) != ` {"menu":[1,2]} ` || push.Client.Name != "alice" {
+			t.Fatalf("push = %+v", push)
+		}
+		s := push.Settle(Upstream{Status: 204, Header: http.Header{}})
+		now := clock.Now()
+		want := Envelope{Success: true, Error: "", LastUsed: FormatTime(now), NextPushAfter: FormatTime(now.Add(time.Hour))}
+		if s.Status != 200 || s.Envelope != want || s.Outcome != OutcomeAccepted {
+			t.Fatalf("settled %+v, want 200 %+v", s, want)
+		}
+		if w := windows.m["alice"]; !w.LastUsed.Equal(now) || !w.NextPushAfter.Equal(now.Add(time.Hour)) {
+			t.Fatalf("stored window %+v", w)
+		}
+	}
+
+	// Within the window: 400 quoting next_push_after.
+	clock.Advance(59 * time.Minute)
+	_, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	next := FormatTime(windows.m["alice"].NextPushAfter)
+	if ans == nil || ans.Status != 400 || ans.Envelope.Error != MsgTooEarlyPrefix+next || ans.Envelope.NextPushAfter != next || ans.Envelope.LastUsed == "" {
+		t.Fatalf("inside window: %+v", ans)
+	}
+	// At next_push_after exactly it opens again.
+	clock.Advance(time.Minute)
+	push, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans != nil {
+		t.Fatalf("at next_push_after: %+v", ans)
+	}
+	push.Release()
+}
+
+func TestNoIntervalMeansNoWindow(t *testing.T) {
+	g, _ := newTestGate(t, newMemWindows())
+	for i := 0; i < 3; i++ {
+		push, ans := g.Admit(pushReq("POST", "Token "+accessKey, bobKey, "{}"))
+		if ans != nil {
+			t.Fatalf("push %d refused: %+v", i, ans)
+		}
+		s := push.Settle(Upstream{Status: 200})
+		if !s.Envelope.Success || s.Envelope.LastUsed != s.Envelope.NextPushAfter {
+			t.Fatalf("push %d: %+v", i, s)
+		}
+	}
+}
+
+func TestFailedPushKeepsWindow(t *testing.T) {
+	cases := []struct {
+		name    string
+		up      Upstream
+		status  int
+		msg     string
+		outcome Outcome
+	}{
+		{"json error", Upstream{Status: 422, Body: []byte(`{"error":"menu has no items"}`)}, 422, "menu has no items", OutcomeUpstreamRejected},
+		{"json nested", Upstream{Status: 400, Body: []byte(`{"error":{"message":"bad sku"}}`)}, 400, "bad sku", OutcomeUpstreamRejected},
+		{"json message", Upstream{Status: 409, Body: []byte(`{"message":"stale"}`)}, 409, "stale", OutcomeUpstreamRejected},
+		{"plain text", Upstream{Status: 400, Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, Body: []byte("price missing\nmore")}, 400, "price missing", OutcomeUpstreamRejected},
+		{"html body", Upstream{Status: 404, Header: http.Header{"Content-Type": {"text/html"}}, Body: []byte("<h1>nope</h1>")}, 404, "not found", OutcomeUpstreamRejected},
+		{"empty body", Upstream{Status: 401}, 401, "unauthorized", OutcomeUpstreamRejected},
+		{"5xx", Upstream{Status: 503, Body: []byte(`{"error":"db down at 10.0.0.7"}`)}, 502, MsgUpstreamPrefix + "upstream answered 503 Service Unavailable", OutcomeUpstreamError},
+		{"3xx", Upstream{Status: 302}, 502, MsgUpstreamPrefix + "upstream answered 302 Found", OutcomeUpstreamError},
+		{"unreachable", Upstream{Status: 502, Err: errors.New("dial tcp 10.0.0.7:80: connection refused")}, 502, MsgUpstreamPrefix + "no response from upstream", OutcomeUpstreamError},
+		{"handler error 4xx", Upstream{Status: 404, Err: errors.New("no route")}, 404, "not found", OutcomeUpstreamRejected},
+		{"nothing answered", Upstream{}, 502, MsgUpstreamPrefix + "no response from upstream", OutcomeUpstreamError},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			windows := newMemWindows()
+			prev := Window{LastUsed: t0.Add(-2 * time.Hour), NextPushAfter: t0.Add(-time.Hour)}
+			windows.m["alice"] = prev
+			g, _ := newTestGate(t, windows)
+			push, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+			if ans != nil {
+				t.Fatal(ans)
+			}
+			if tc.up.Header == nil {
+				tc.up.Header = http.Header{}
+			}
+			s := push.Settle(tc.up)
+			want := Envelope{Error: tc.msg, LastUsed: FormatTime(prev.LastUsed), NextPushAfter: FormatTime(prev.NextPushAfter)}
+			if s.Status != tc.status || s.Envelope != want || s.Outcome != tc.outcome || s.Client != "alice" {
+				t.Fatalf("got %d %+v %s, want %d %+v", s.Status, s.Envelope, s.Outcome, tc.status, want)
+			}
+			if windows.m["alice"] != prev {
+				t.Fatal("a failed push moved the window")
+			}
+			// The client may retry at once.
+			push, ans = g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+			if ans != nil {
+				t.Fatalf("retry refused: %+v", ans)
+			}
+			push.Release()
+		})
+	}
+}
+
+func TestUpstreamOverridesWindow(t *testing.T) {
+	windows := newMemWindows()
+	g, clock := newTestGate(t, windows)
+	push, _ := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	h := http.Header{}
+	h.Set(HeaderUpstreamNextAfter, "2026-11-24T00:00:00+02:00")
+	s := push.Settle(Upstream{Status: 200, Header: h})
+	if s.Envelope.NextPushAfter != "2026-11-23T22:00:00Z" || s.Envelope.LastUsed != FormatTime(clock.Now()) {
+		t.Fatalf("override not applied: %+v", s.Envelope)
+	}
+	if !windows.m["alice"].NextPushAfter.Equal(time.Date(2026, 11, 23, 22, 0, 0, 0, time.UTC)) {
+		t.Fatalf("override not stored: %+v", windows.m["alice"])
+	}
+
+	// A malformed value is ignored and reported; the default applies.
+	clock.Advance(13 * time.Hour)
+	push, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans != nil {
+		t.Fatal(ans)
+	}
+	h = http.Header{}
+	h.Set(HeaderUpstreamLastUsed, "yesterday")
+	s = push.Settle(Upstream{Status: 200, Header: h})
+	if s.Detail == "" || s.Envelope.LastUsed != FormatTime(clock.Now()) {
+		t.Fatalf("malformed override: %+v", s)
+	}
+
+	// A 4xx may move the window too (e.g. "come back tomorrow").
+	clock.Advance(2 * time.Hour)
+	push, _ = g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	h = http.Header{}
+	h.Set(HeaderUpstreamNextAfter, "2026-11-25T00:00:00Z")
+	s = push.Settle(Upstream{Status: 429, Header: h})
+	if s.Status != 429 || s.Envelope.NextPushAfter != "2026-11-25T00:00:00Z" {
+		t.Fatalf("429 override: %+v", s)
+	}
+	_, ans = g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans == nil || ans.Status != 400 || ans.Envelope.Error != MsgTooEarlyPrefix+"2026-11-25T00:00:00Z" {
+		t.Fatalf("after 429 override: %+v", ans)
+	}
+}
+
+func TestStoreFailures(t *testing.T) {
+	windows := newMemWindows()
+	g, _ := newTestGate(t, windows)
+	windows.failErr = errors.New("disk gone")
+	_, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans == nil || ans.Status != 500 || ans.Outcome != OutcomeStoreError || strings.Contains(ans.Envelope.Error, "disk") {
+		t.Fatalf("load failure: %+v", ans)
+	}
+
+	windows.failErr = nil
+	push, _ := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	windows.failErr = errors.New("disk gone")
+	s := push.Settle(Upstream{Status: 200})
+	// The upstream has the data: the client hears success, the operator the fault.
+	if !s.Envelope.Success || !strings.Contains(s.Detail, "disk gone") {
+		t.Fatalf("save failure: %+v", s)
+	}
+}
+
+func TestConcurrentPushesOneClient(t *testing.T) {
+	windows := newMemWindows()
+	g, _ := newTestGate(t, windows)
+	const n = 64
+	var (
+		wg        sync.WaitGroup
+		start     = make(chan struct{})
+		mu        sync.Mutex
+		forwarded int
+		statuses  = map[int]int{}
+	)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			push, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+			mu.Lock()
+			defer mu.Unlock()
+			if ans != nil {
+				statuses[ans.Status]++
+				return
+			}
+			forwarded++
+			mu.Unlock()
+			s := push.Settle(Upstream{Status: 200})
+			mu.Lock()
+			statuses[s.Status]++
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if forwarded != 1 || statuses[200] != 1 || statuses[400]+statuses[409] != n-1 {
+		t.Fatalf("forwarded %d, statuses %v", forwarded, statuses)
+	}
+	// The winner's window is what is stored.
+	if w := windows.m["alice"]; !w.NextPushAfter.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("window %+v", w)
+	}
+}
+
+func TestInProgressAnswer(t *testing.T) {
+	g, _ := newTestGate(t, newMemWindows())
+	first, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans != nil {
+		t.Fatal(ans)
+	}
+	_, ans = g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans == nil || ans.Status != 409 || ans.Envelope.Error != MsgInProgress || ans.Client != "alice" {
+		t.Fatalf("second push: %+v", ans)
+	}
+	// Another client is not held up.
+	other, ans := g.Admit(pushReq("POST", "Token "+accessKey, bobKey, "{}"))
+	if ans != nil {
+		t.Fatalf("other client: %+v", ans)
+	}
+	other.Release()
+	first.Settle(Upstream{Status: 500})
+	again, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans != nil {
+		t.Fatalf("after a failed push: %+v", ans)
+	}
+	again.Release()
+}
+
+func TestNewGateRejectsBadConfig(t *testing.T) {
+	ok := Client{Name: "a", Key: "k1"}
+	cases := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no access key", Config{Clients: []Client{ok}}, "at least one access_key"},
+		{"empty access key", Config{AccessKeys: []string{""}, Clients: []Client{ok}}, "access_key #1 is empty"},
+		{"no clients", Config{AccessKeys: []string{"x"}}, "at least one client"},
+		{"nameless", Config{AccessKeys: []string{"x"}, Clients: []Client{{Key: "k"}}}, "no name"},
+		{"empty key", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a"}}}, `client "a" has an empty key`},
+		{"dup name", Config{AccessKeys: []string{"x"}, Clients: []Client{ok, {Name: "a", Key: "k2"}}}, `client "a" is defined twice`},
+		{"dup key", Config{AccessKeys: []string{"x"}, Clients: []Client{ok, {Name: "b", Key: "k1"}}}, `clients "a" and "b" have the same key`},
+		{"negative interval", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: "k", Interval: -1}}}, "must not be negative"},
+		{"negative max body", Config{AccessKeys: []string{"x"}, Clients: []Client{ok}, MaxBody: -1}, "max_body"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewGate(tc.cfg, newMemWindows(), NewLeases(), SystemClock{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "k1") {
+				t.Fatalf("error quotes a key: %v", err)
+			}
+		})
+	}
+}
+
+func TestForwardHeader(t *testing.T) {
+	h := http.Header{}
+	h.Set("Authorization", "Token x")
+	h.Set(HeaderToken, "y")
+	h.Set(HeaderClient, "spoofed")
+	h.Set("X-Other", "kept")
+	ForwardHeader(h, "alice")
+	if h.Get("Authorization") != "" || h.Get(HeaderToken) != "" || h.Get(HeaderClient) != "alice" || h.Get("X-Other") != "kept" || len(h[HeaderClient]) != 1 {
+		t.Fatalf("headers %v", h)
+	}
+}

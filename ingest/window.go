@@ -1,0 +1,114 @@
+package ingest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/hookgate/caddy-webhook/internal/store"
+)
+
+// Window is a client's push window: the last accepted push and the time
+// before which another push is refused.
+type Window struct {
+	LastUsed      time.Time `json:"last_used"`
+	NextPushAfter time.Time `json:"next_push_after"`
+}
+
+// Open reports whether a push at now falls outside the window.
+func (w Window) Open(now time.Time) bool {
+	return !now.Before(w.NextPushAfter)
+}
+
+// WindowStore keeps windows durably, one per client name.
+type WindowStore interface {
+	// LoadWindow returns the client's window; ok is false for a client that
+	// has never pushed successfully.
+	LoadWindow(client string) (w Window, ok bool, err error)
+	SaveWindow(client string, w Window) error
+}
+
+// Clock is the source of the current time.
+type Clock interface{ Now() time.Time }
+
+// SystemClock reads the wall clock.
+type SystemClock struct{}
+
+// Now returns time.Now().
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// Leases makes sure at most one push per client is in flight. A lease is
+// held from the window check until the window is settled, so two
+// concurrent pushes can never both pass the same open window. One Leases
+// must be shared by every handler that uses the same WindowStore.
+type Leases struct {
+	mu   sync.Mutex
+	busy map[string]struct{}
+}
+
+// NewLeases returns an empty lease table.
+func NewLeases() *Leases { return &Leases{busy: make(map[string]struct{})} }
+
+// TryAcquire takes the client's lease, or reports false if it is taken.
+func (l *Leases) TryAcquire(client string) (release func(), ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, taken := l.busy[client]; taken {
+		return nil, false
+	}
+	l.busy[client] = struct{}{}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			delete(l.busy, client)
+			l.mu.Unlock()
+		})
+	}, true
+}
+
+// windowPrefix namespaces this package's keys in the shared database.
+const windowPrefix = "ingest/window/"
+
+// BadgerWindows is a WindowStore in a badger database.
+type BadgerWindows struct{ db *badger.DB }
+
+// NewBadgerWindows stores windows in db under the "ingest/window/" prefix.
+func NewBadgerWindows(db *badger.DB) *BadgerWindows { return &BadgerWindows{db: db} }
+
+// LoadWindow implements WindowStore.
+func (s *BadgerWindows) LoadWindow(client string) (Window, bool, error) {
+	var w Window
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(windowPrefix + client))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error { return json.Unmarshal(v, &w) })
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return Window{}, false, nil
+	}
+	if err != nil {
+		return Window{}, false, fmt.Errorf("loading push window: %w", err)
+	}
+	return w, true, nil
+}
+
+// SaveWindow implements WindowStore.
+func (s *BadgerWindows) SaveWindow(client string, w Window) error {
+	v, err := json.Marshal(w)
+	if err != nil {
+		return err
+	}
+	err = store.Update(s.db, func(txn *badger.Txn) error {
+		return txn.Set([]byte(windowPrefix+client), v)
+	})
+	if err != nil {
+		return fmt.Errorf("saving push window: %w", err)
+	}
+	return nil
+}

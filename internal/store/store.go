@@ -1,0 +1,153 @@
+// Package store opens and maintains the embedded badger database that the
+// webhooks app shares between the inbound and outbound halves of the plugin.
+//
+// It knows nothing about Caddy: the adapter hands it a directory and a zap
+// logger. Each domain package (ingest, delivery) keeps its keys under its own
+// prefix and reaches the database only through its own small interface.
+package store
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"go.uber.org/zap"
+)
+
+// Options tune how the database is opened.
+type Options struct {
+	// Logger receives badger's warnings and errors. Nil discards them.
+	Logger *zap.Logger
+	// EncryptionKey, when set, turns on badger's encryption at rest.
+	// It must be 16, 24 or 32 bytes long (AES-128/192/256).
+	EncryptionKey []byte
+	// GCInterval is how often value-log garbage collection runs; 0 means 5m.
+	GCInterval time.Duration
+}
+
+// DB is an open badger database plus the background value-log collector.
+type DB struct {
+	*badger.DB
+	dir      string
+	stop     chan struct{}
+	done     chan struct{}
+	closeErr error
+	once     sync.Once
+}
+
+// Open opens (creating if needed) the database in dir.
+func Open(dir string, opts Options) (*DB, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating storage directory: %w", err)
+	}
+	bopts := badger.DefaultOptions(dir).
+		WithLogger(badgerLogger{logger(opts.Logger)}).
+		WithLoggingLevel(badger.WARNING).
+		// The defaults are sized for a dedicated database server; inside a
+		// web server they would hold ~400 MB of caches before any traffic.
+		WithMemTableSize(16 << 20).
+		WithNumMemtables(3).
+		WithBlockCacheSize(32 << 20).
+		WithIndexCacheSize(16 << 20).
+		WithValueLogFileSize(128 << 20).
+		WithNumCompactors(2)
+	if len(opts.EncryptionKey) > 0 {
+		bopts = bopts.WithEncryptionKey(opts.EncryptionKey).
+			WithEncryptionKeyRotationDuration(30 * 24 * time.Hour)
+	}
+	bdb, err := badger.Open(bopts)
+	if err != nil {
+		return nil, fmt.Errorf("opening badger database in %s: %w", dir, err)
+	}
+	db := &DB{DB: bdb, dir: dir, stop: make(chan struct{}), done: make(chan struct{})}
+	interval := opts.GCInterval
+	if interval <= 0 {
+		interval = 5 * time.Minute
+	}
+	go db.collectGarbage(interval)
+	return db, nil
+}
+
+// Dir is the directory the database lives in.
+func (db *DB) Dir() string { return db.dir }
+
+// Close stops the collector and closes the database. It is safe to call
+// more than once.
+func (db *DB) Close() error {
+	db.once.Do(func() {
+		close(db.stop)
+		<-db.done
+		db.closeErr = db.DB.Close()
+	})
+	return db.closeErr
+}
+
+func (db *DB) collectGarbage(every time.Duration) {
+	defer close(db.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-db.stop:
+			return
+		case <-t.C:
+			// One rewrite per tick at most; keep going while badger finds
+			// files worth rewriting.
+			for db.RunValueLogGC(0.5) == nil {
+				select {
+				case <-db.stop:
+					return
+				default:
+				}
+			}
+		}
+	}
+}
+
+// Update runs fn in a read-write transaction, retrying when badger reports
+// a conflict with a concurrent transaction. Callers' fn must be idempotent.
+func (db *DB) Update(fn func(txn *badger.Txn) error) error {
+	return Update(db.DB, fn)
+}
+
+// Update is DB.Update for a bare *badger.DB.
+func Update(db *badger.DB, fn func(txn *badger.Txn) error) error {
+	var err error
+	for attempt := 0; attempt < 50; attempt++ {
+		err = db.Update(fn)
+		if !errors.Is(err, badger.ErrConflict) {
+			return err
+		}
+		// Back off a little so the winner can finish; contention on one key
+		// is short-lived by construction in the callers.
+		time.Sleep(time.Duration(attempt+1) * 100 * time.Microsecond)
+	}
+	return err
+}
+
+func logger(l *zap.Logger) *zap.Logger {
+	if l == nil {
+		return zap.NewNop()
+	}
+	return l
+}
+
+// badgerLogger adapts zap to badger.Logger, whose warning method is named
+// Warningf where zap's sugared logger says Warnf.
+type badgerLogger struct{ l *zap.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Sugar().Errorf(trim(f), a...) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Sugar().Warnf(trim(f), a...) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Sugar().Infof(trim(f), a...) }
+func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Sugar().Debugf(trim(f), a...) }
+
+// trim drops the trailing newline badger puts on its format strings.
+func trim(f string) string {
+	if n := len(f); n > 0 && f[n-1] == '\n' {
+		return f[:n-1]
+	}
+	return f
+}
