@@ -229,7 +229,7 @@ func (g *Gate) authorized(header string) bool {
 func (p *Push) Release() { p.release() }
 
 // ForwardHeader rewrites the request headers for the upstream: the keys are
-// removed and the client is named instead.
+// removed and the client is named instead (replacing any spoofed value).
 func ForwardHeader(h http.Header, client string) {
 	h.Del("Authorization")
 	h.Del(HeaderToken)

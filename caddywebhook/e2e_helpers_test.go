@@ -1,0 +1,174 @@
+package caddywebhook
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/hookgate/caddy-webhook/ingest"
+)
+
+// The end-to-end tests share one in-process Caddy (caddytest's admin on
+// localhost:2999, HTTP on 9080); each test loads its own config.
+const testBase = "http://localhost:9080"
+
+// globalOptions is the global block of every end-to-end config: the
+// caddytest ports, a log file to inspect, and a private store.
+func globalOptions(t *testing.T, storageDir, extra string) (cfg, logFile string) {
+	t.Helper()
+	logFile = filepath.Join(t.TempDir(), "caddy.log")
+	cfg = fmt.Sprintf(`{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+	log {
+		output file %s
+		level DEBUG
+	}
+	webhooks {
+		storage_dir %s
+		%s
+	}
+}
+`, logFile, storageDir, extra)
+	return cfg, logFile
+}
+
+// emptyConfig is loaded after each test so that its store is closed
+// before its temporary directory is removed.
+const emptyConfig = `{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+}
+http://localhost:9080 {
+	respond "no test running"
+}`
+
+// startCaddy loads cfg into the shared in-process Caddy and unloads it when
+// the test ends. Call it after creating the test's directories.
+func startCaddy(t *testing.T, cfg string) *caddytest.Tester {
+	t.Helper()
+	tester := caddytest.NewTester(t)
+	tester.InitServer(cfg, "caddyfile")
+	t.Cleanup(func() { tester.InitServer(emptyConfig, "caddyfile") })
+	return tester
+}
+
+// received is one request as the test upstream saw it.
+type received struct {
+	Header http.Header
+	Body   string
+}
+
+// testUpstream is the legacy backend: it records every request and answers
+// as the request's X-Test-* headers ask.
+type testUpstream struct {
+	*httptest.Server
+	mu  sync.Mutex
+	got []received
+}
+
+func newTestUpstream(t *testing.T) *testUpstream {
+	u := &testUpstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		u.mu.Lock()
+		u.got = append(u.got, received{Header: r.Header.Clone(), Body: string(body)})
+		u.mu.Unlock()
+		for _, h := range []string{"Webhook-Last-Used", "Webhook-Next-Push-After"} {
+			if v := r.Header.Get("X-Test-" + h); v != "" {
+				w.Header().Set(h, v)
+			}
+		}
+		if ct := r.Header.Get("X-Test-Content-Type"); ct != "" {
+			w.Header().Set("Content-Type", ct)
+		}
+		status := 204
+		fmt.Sscan(r.Header.Get("X-Test-Status"), &status)
+		w.WriteHeader(status)
+		io.WriteString(w, r.Header.Get("X-Test-Body"))
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *testUpstream) requests() []received {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]received(nil), u.got...)
+}
+
+func (u *testUpstream) addr() string { return strings.TrimPrefix(u.URL, "http://") }
+
+type pushResult struct {
+	Status   int
+	Header   http.Header
+	Envelope ingest.Envelope
+	Raw      string
+}
+
+func doPush(t *testing.T, tester *caddytest.Tester, method, path string, headers map[string]string, body string) pushResult {
+	t.Helper()
+	req, err := http.NewRequest(method, testBase+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	res, err := tester.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	out := pushResult{Status: res.StatusCode, Header: res.Header, Raw: string(raw)}
+	if err := json.Unmarshal(raw, &out.Envelope); err != nil {
+		t.Fatalf("%s %s: answer is not a JSON envelope: %q", method, path, raw)
+	}
+	if ct := res.Header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type = %q", ct)
+	}
+	return out
+}
+
+// assertNotInFile fails if any secret occurs in the file.
+func assertNotInFile(t *testing.T, file string, secrets ...string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) == 0 {
+		t.Fatalf("%s is empty: the log check would prove nothing", file)
+	}
+	for _, s := range secrets {
+		if strings.Contains(string(b), s) {
+			t.Errorf("secret %q appears in %s", s, file)
+		}
+	}
+}
+
+func readFile(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
