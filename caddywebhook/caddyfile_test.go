@@ -86,10 +86,10 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 		t.Fatalf("storage_dir = %q", a.StorageDir)
 	}
 	for input, want := range map[string]string{
-		"webhooks {\n storage_dir\n}":                  "wrong argument count",
+		"webhooks {\n storage_dir\n}":                   "wrong argument count",
 		"webhooks {\n storage_dir a\n storage_dir b\n}": "more than once",
-		"webhooks {\n storage /x\n}":                   `unrecognized webhooks option "storage"`,
-		"webhooks now":                                 "wrong argument count",
+		"webhooks {\n storage /x\n}":                    `unrecognized webhooks option "storage"`,
+		"webhooks now":                                  "wrong argument count",
 	} {
 		var a App
 		err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
