@@ -1,0 +1,159 @@
+package caddywebhook
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// caddyBinary builds ./cmd/caddy once per test run, with the same race
+// setting as the tests so the build cache is shared.
+func caddyBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds a Caddy binary")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "caddy-webhook-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "caddy")
+		args := []string{"build", "-o", binPath}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, "../cmd/caddy")...).CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// caddyProcess is a Caddy binary running a Caddyfile.
+type caddyProcess struct {
+	cmd *exec.Cmd
+	log *os.File
+}
+
+func startCaddyProcess(t *testing.T, bin, caddyfile, probeURL string) *caddyProcess {
+	t.Helper()
+	dir := t.TempDir()
+	cf := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cf, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "caddy.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", cf, "--adapter", "caddyfile")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Keep autosave and certificates out of the developer's home.
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir, "XDG_DATA_HOME="+dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &caddyProcess{cmd: cmd, log: logf}
+	t.Cleanup(p.kill)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if res, err := http.Get(probeURL); err == nil {
+			res.Body.Close()
+			return p
+		}
+	}
+	out, _ := os.ReadFile(logf.Name())
+	t.Fatalf("caddy did not come up:\n%s", out)
+	return nil
+}
+
+// kill sends SIGKILL: no shutdown hooks run, badger is not closed.
+func (p *caddyProcess) kill() {
+	if p.cmd.ProcessState == nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	}
+	p.log.Close()
+}
+
+func TestIngestWindowSurvivesKill9(t *testing.T) {
+	bin := caddyBinary(t)
+	up := newTestUpstream(t)
+	admin, port := freePort(t), freePort(t)
+	storage := t.TempDir()
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	skip_install_trust
+	webhooks {
+		storage_dir %s
+	}
+}
+http://127.0.0.1:%d {
+	webhook_ingest {
+		access_key {env.KILL_ACCESS_KEY}
+		client acme acme-kill-key interval 1h
+	}
+	reverse_proxy %s
+}
+`, admin, storage, port, up.addr())
+	t.Setenv("KILL_ACCESS_KEY", "kill-access")
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+
+	push := func() (int, string) {
+		req, _ := http.NewRequest("POST", url, strings.NewReader(`{"menu":[]}`))
+		req.Header.Set("Authorization", "Token kill-access")
+		req.Header.Set("X-Webhook-Token", "acme-kill-key")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+
+	p := startCaddyProcess(t, bin, cfg, url)
+	status, body := push()
+	if status != 200 {
+		t.Fatalf("first push: %d %s", status, body)
+	}
+	p.kill()
+
+	startCaddyProcess(t, bin, cfg, url)
+	status, body = push()
+	if status != 400 || !strings.Contains(body, "next push not allowed until after") {
+		t.Fatalf("after kill -9: %d %s", status, body)
+	}
+	if n := len(up.requests()); n != 1 {
+		t.Fatalf("upstream got %d pushes, want 1", n)
+	}
+}

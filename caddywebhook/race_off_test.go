@@ -1,0 +1,5 @@
+//go:build !race
+
+package caddywebhook
+
+const raceEnabled = false
