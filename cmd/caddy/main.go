@@ -8,7 +8,7 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/hookgate/caddy-webhook/caddywebhook"
+	_ "github.com/hookgate/caddy-webhook"
 )
 
 func main() {
