@@ -1,0 +1,165 @@
+package delivery
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Defaults of the engine's settings.
+var (
+	DefaultRetry = []time.Duration{
+		5 * time.Second, 5 * time.Minute, 30 * time.Minute,
+		2 * time.Hour, 5 * time.Hour, 10 * time.Hour, 10 * time.Hour,
+	}
+)
+
+const (
+	DefaultWorkers             = 64
+	DefaultEndpointConcurrency = 8
+	DefaultTimeout             = 10 * time.Second
+	DefaultDisableAfter        = 72 * time.Hour
+	DefaultRetention           = 7 * 24 * time.Hour
+)
+
+// Config is the engine's behaviour; it may change on every config reload.
+type Config struct {
+	// Workers bounds concurrent deliveries across all endpoints.
+	Workers int
+	// EndpointConcurrency bounds concurrent deliveries to one subscription.
+	EndpointConcurrency int
+	// Timeout is the limit of one attempt.
+	Timeout time.Duration
+	// Retry holds the delays between attempts; len(Retry)+1 attempts in all.
+	Retry []time.Duration
+	// DisableAfter: an endpoint failing without a success for this long is
+	// disabled. 0 never disables (410 Gone still does).
+	DisableAfter time.Duration
+	// Retention is how long settled deliveries and attempt records are kept.
+	Retention time.Duration
+	// AllowPrivateTargets lets deliveries reach loopback, private and
+	// link-local addresses.
+	AllowPrivateTargets bool
+	UserAgent           string
+	// Subscriptions are the static subscriptions of the config.
+	Subscriptions []Subscription
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Workers == 0 {
+		c.Workers = DefaultWorkers
+	}
+	if c.EndpointConcurrency == 0 {
+		c.EndpointConcurrency = min(DefaultEndpointConcurrency, c.Workers)
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Retry == nil {
+		c.Retry = DefaultRetry
+	}
+	if c.DisableAfter == 0 {
+		c.DisableAfter = DefaultDisableAfter
+	}
+	if c.Retention == 0 {
+		c.Retention = DefaultRetention
+	}
+	if c.UserAgent == "" {
+		c.UserAgent = UserAgent
+	}
+	switch {
+	case c.Workers < 0, c.EndpointConcurrency < 0:
+		return c, errors.New("workers must be positive")
+	case c.Timeout < 0, c.DisableAfter < 0, c.Retention < 0:
+		return c, errors.New("durations must not be negative")
+	}
+	for _, d := range c.Retry {
+		if d <= 0 {
+			return c, errors.New("retry delays must be positive")
+		}
+	}
+	seen := map[string]bool{}
+	for i := range c.Subscriptions {
+		s := &c.Subscriptions[i]
+		if err := ValidateSubscription(s); err != nil {
+			return c, fmt.Errorf("subscription %q: %w", s.Name, err)
+		}
+		if seen[s.ID] {
+			return c, fmt.Errorf("subscription %q is defined twice", s.Name)
+		}
+		seen[s.ID] = true
+	}
+	return c, nil
+}
+
+// StaticID is the ID of the static subscription with this name.
+func StaticID(name string) string { return "static:" + name }
+
+// ValidateSubscription checks a subscription before it is used or stored.
+// Errors never quote a secret.
+func ValidateSubscription(s *Subscription) error {
+	if err := ValidateURL(s.URL); err != nil {
+		return err
+	}
+	if len(s.Events) == 0 {
+		return errors.New("at least one event is required (\"*\" for all)")
+	}
+	for _, ev := range s.Events {
+		if err := validateName("event", ev); err != nil {
+			return err
+		}
+	}
+	if err := validateName("id", s.ID); err != nil {
+		return err
+	}
+	if s.Tenant != "" {
+		if err := validateName("tenant", s.Tenant); err != nil {
+			return err
+		}
+	}
+	if s.Location != "" {
+		if err := validateName("location", s.Location); err != nil {
+			return err
+		}
+	}
+	if s.Envelope != "" && s.Envelope != "data" {
+		return fmt.Errorf("unknown envelope %q (only \"data\")", s.Envelope)
+	}
+	if (s.Auth.SecretHeader == "") != (s.Auth.Secret == "") {
+		return errors.New("secret_header needs both a header name and a secret")
+	}
+	if s.Auth.SigningSecret != "" {
+		if _, err := DecodeSigningSecret(s.Auth.SigningSecret); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ValidateURL accepts absolute http(s) URLs with a host.
+func ValidateURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" {
+		return errors.New("url must be an absolute http or https URL with a host")
+	}
+	return nil
+}
+
+// maxName bounds identifiers (events, tenants, locations, ids): they are
+// part of storage keys.
+const maxName = 200
+
+func validateName(what, v string) error {
+	if v == "" {
+		return fmt.Errorf("%s must not be empty", what)
+	}
+	if len(v) > maxName {
+		return fmt.Errorf("%s is longer than %d bytes", what, maxName)
+	}
+	if strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '|' }) {
+		return fmt.Errorf("%s must not contain control characters or '|'", what)
+	}
+	return nil
+}

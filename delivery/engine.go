@@ -1,0 +1,570 @@
+package delivery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Clock is the engine's source of time.
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// EventEndpointDisabled is published when an endpoint gets disabled.
+const EventEndpointDisabled = "endpoint.disabled"
+
+// Engine queues messages durably and delivers them. One Engine serves a
+// database; configuration can change while it runs (Configure).
+type Engine struct {
+	store  *Store
+	clock  Clock
+	logger *zap.Logger
+
+	settings atomic.Pointer[settings]
+	workers  atomic.Pointer[chan struct{}]
+
+	subsMu     sync.Mutex // serializes changes to registered and the index
+	registered map[string]*Subscription
+	index      atomic.Pointer[subIndex]
+
+	healthMu sync.Mutex
+	health   map[string]*Health
+
+	mu      sync.Mutex
+	lanes   map[string]*lane
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	started bool
+
+	sched *scheduler
+}
+
+// settings is a Config ready for use.
+type settings struct {
+	Config
+	client *http.Client
+	static []*Subscription
+}
+
+// subIndex finds subscriptions by ID and by tenant.
+type subIndex struct {
+	byID     map[string]*Subscription
+	byTenant map[string][]*Subscription
+}
+
+// lane tracks the runner of one subscription's queue.
+type lane struct {
+	running bool
+	kicked  bool
+}
+
+// NewEngine makes an engine over store. A nil clock means the wall clock.
+func NewEngine(store *Store, logger *zap.Logger, clock Clock) *Engine {
+	if clock == nil {
+		clock = systemClock{}
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	e := &Engine{
+		store: store, clock: clock, logger: logger,
+		registered: map[string]*Subscription{},
+		health:     map[string]*Health{},
+		lanes:      map[string]*lane{},
+	}
+	e.sched = newScheduler(e)
+	return e
+}
+
+// Configure validates cfg and makes it current.
+func (e *Engine) Configure(cfg Config) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	s := &settings{Config: cfg, client: newClient(cfg.AllowPrivateTargets, cfg.EndpointConcurrency)}
+	for i := range cfg.Subscriptions {
+		s.static = append(s.static, &cfg.Subscriptions[i])
+	}
+	if old := e.settings.Swap(s); old != nil {
+		old.client.CloseIdleConnections()
+	}
+	if w := e.workers.Load(); w == nil || cap(*w) != cfg.Workers {
+		ch := make(chan struct{}, cfg.Workers)
+		e.workers.Store(&ch)
+	}
+	e.subsMu.Lock()
+	e.rebuildIndex()
+	e.subsMu.Unlock()
+	e.Kick()
+	return nil
+}
+
+// rebuildIndex merges static and registered subscriptions; subsMu held.
+func (e *Engine) rebuildIndex() {
+	idx := &subIndex{byID: map[string]*Subscription{}, byTenant: map[string][]*Subscription{}}
+	add := func(s *Subscription) {
+		idx.byID[s.ID] = s
+		idx.byTenant[s.Tenant] = append(idx.byTenant[s.Tenant], s)
+	}
+	if s := e.settings.Load(); s != nil {
+		for _, sub := range s.static {
+			add(sub)
+		}
+	}
+	for _, sub := range e.registered {
+		if _, clash := idx.byID[sub.ID]; !clash {
+			add(sub)
+		}
+	}
+	e.index.Store(idx)
+}
+
+// Start loads registered subscriptions and begins delivering, including
+// whatever was pending when the process last stopped.
+func (e *Engine) Start() error {
+	if e.settings.Load() == nil {
+		return errors.New("delivery engine started before it was configured")
+	}
+	subs, err := e.store.Subscriptions()
+	if err != nil {
+		return fmt.Errorf("loading subscriptions: %w", err)
+	}
+	e.subsMu.Lock()
+	for i := range subs {
+		e.registered[subs[i].ID] = &subs[i]
+	}
+	e.rebuildIndex()
+	e.subsMu.Unlock()
+
+	e.mu.Lock()
+	if e.started {
+		e.mu.Unlock()
+		return nil
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.started = true
+	e.mu.Unlock()
+	e.wg.Add(1)
+	go e.sched.run(e.ctx)
+	e.Kick()
+	return nil
+}
+
+// Stop cancels attempts in flight (they will be made again after a
+// restart) and waits for the workers to finish.
+func (e *Engine) Stop() {
+	e.mu.Lock()
+	if !e.started {
+		e.mu.Unlock()
+		return
+	}
+	e.started = false
+	e.cancel()
+	e.mu.Unlock()
+	e.wg.Wait()
+}
+
+// Kick makes every subscription look at its queue now. Useful after a
+// clock jump in tests and after configuration changes.
+func (e *Engine) Kick() {
+	idx := e.index.Load()
+	if idx == nil {
+		return
+	}
+	for id := range idx.byID {
+		e.wake(id)
+	}
+}
+
+// wake makes sure the subscription's queue is being worked on.
+func (e *Engine) wake(subID string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.started {
+		return // Start kicks every queue
+	}
+	l := e.lanes[subID]
+	if l == nil {
+		l = &lane{}
+		e.lanes[subID] = l
+	}
+	if l.running {
+		l.kicked = true
+		return
+	}
+	l.running = true
+	e.wg.Add(1)
+	go e.runLane(subID, l)
+}
+
+// runLane delivers a subscription's due deliveries, batch after batch, and
+// schedules a wake-up for the next one when nothing is due.
+func (e *Engine) runLane(subID string, l *lane) {
+	defer e.wg.Done()
+	for {
+		batch, next, err := e.loadDue(subID)
+		if err != nil && e.ctx.Err() == nil {
+			e.logger.Error("reading delivery queue", zap.String("subscription", subID), zap.Error(err))
+			next = e.clock.Now().Add(5 * time.Second)
+		}
+		if len(batch) == 0 {
+			e.mu.Lock()
+			if l.kicked && e.ctx.Err() == nil {
+				l.kicked = false
+				e.mu.Unlock()
+				continue
+			}
+			l.running = false
+			delete(e.lanes, subID)
+			e.mu.Unlock()
+			if !next.IsZero() && e.ctx.Err() == nil {
+				e.sched.add(subID, next)
+			}
+			return
+		}
+		e.deliverBatch(batch)
+	}
+}
+
+// loadDue returns due deliveries of an enabled, known subscription.
+func (e *Engine) loadDue(subID string) ([]Delivery, time.Time, error) {
+	if e.ctx.Err() != nil {
+		return nil, time.Time{}, nil
+	}
+	if _, ok := e.subscription(subID); !ok {
+		return nil, time.Time{}, nil // kept until the subscription returns
+	}
+	if h, err := e.Health(subID); err != nil || h.Disabled {
+		return nil, time.Time{}, err // kept until re-enabled
+	}
+	s := e.settings.Load()
+	return e.store.due(subID, e.clock.Now(), 4*s.EndpointConcurrency)
+}
+
+func (e *Engine) deliverBatch(batch []Delivery) {
+	s := e.settings.Load()
+	perEndpoint := make(chan struct{}, s.EndpointConcurrency)
+	var wg sync.WaitGroup
+	for i := range batch {
+		perEndpoint <- struct{}{}
+		workers := *e.workers.Load()
+		select {
+		case workers <- struct{}{}:
+		case <-e.ctx.Done():
+			<-perEndpoint
+			wg.Wait()
+			return
+		}
+		wg.Add(1)
+		go func(d *Delivery) {
+			defer func() { <-workers; <-perEndpoint; wg.Done() }()
+			e.attempt(d)
+		}(&batch[i])
+	}
+	wg.Wait()
+}
+
+// attempt makes one delivery attempt and records its outcome.
+func (e *Engine) attempt(d *Delivery) {
+	sub, ok := e.subscription(d.SubscriptionID)
+	if !ok {
+		return
+	}
+	s := e.settings.Load()
+	res := send(e.ctx, s.client, sub, &d.Message, s.UserAgent, s.Timeout, e.clock.Now())
+	if e.ctx.Err() != nil {
+		return // shutting down: the queue still has it, it will be retried
+	}
+	now := e.clock.Now()
+	queuedAt := d.NextAttempt
+	d.Attempts++
+	d.LastStatus, d.LastError, d.UpdatedAt = res.status, res.errorText(), now
+	switch {
+	case res.success():
+		d.State, d.NextAttempt = StateDelivered, time.Time{}
+	case d.Attempts > len(s.Retry):
+		d.State, d.NextAttempt = StateFailed, time.Time{}
+	default:
+		d.NextAttempt = now.Add(retryDelay(s.Retry[d.Attempts-1], res.retryAfter))
+	}
+	att := Attempt{
+		DeliveryID: d.ID, SubscriptionID: sub.ID, MessageID: d.Message.ID, Event: d.Message.Event,
+		N: d.Attempts, At: now, Status: res.status, Error: d.LastError, Duration: res.duration, Success: res.success(),
+	}
+	if err := e.store.settle(d, queuedAt, att, s.Retention); err != nil {
+		e.logger.Error("recording delivery attempt", zap.String("delivery", d.ID), zap.Error(err))
+	}
+	e.logAttempt(sub, d, res)
+	e.recordHealth(sub, res, now)
+}
+
+// retryDelay spreads retries by ±10% so that a receiver coming back is not
+// hit by every queued message at once; a longer Retry-After wins.
+func retryDelay(base, retryAfter time.Duration) time.Duration {
+	d := base
+	if j := int64(base / 10); j > 0 {
+		d += time.Duration(rand.Int64N(2*j+1) - j)
+	}
+	return max(d, retryAfter)
+}
+
+func (e *Engine) logAttempt(sub *Subscription, d *Delivery, res result) {
+	level := zap.DebugLevel
+	if !res.success() {
+		level = zap.InfoLevel
+	}
+	if d.State == StateFailed {
+		level = zap.WarnLevel
+	}
+	ce := e.logger.Check(level, "webhook delivery attempt")
+	if ce == nil {
+		return
+	}
+	ce.Write(
+		zap.String("subscription", sub.ID), zap.String("url", redactURL(sub.URL)),
+		zap.String("event", d.Message.Event), zap.String("message_id", d.Message.ID),
+		zap.Int("attempt", d.Attempts), zap.Int("status", res.status), zap.String("state", string(d.State)),
+		zap.String("error", d.LastError), zap.Duration("duration", res.duration),
+		zap.Timep("next_attempt", timeOrNil(d.NextAttempt)),
+	)
+}
+
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// redactURL drops credentials and the query (which often carries a token).
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		u.RawQuery = "REDACTED"
+	}
+	return u.String()
+}
+
+// subscription finds a static or registered subscription.
+func (e *Engine) subscription(id string) (*Subscription, bool) {
+	idx := e.index.Load()
+	if idx == nil {
+		return nil, false
+	}
+	s, ok := idx.byID[id]
+	return s, ok
+}
+
+// Publish stores msg with one delivery per matching subscription and
+// starts delivering. With a message ID that was already published for the
+// tenant, nothing new is stored and the earlier result is returned.
+func (e *Engine) Publish(msg Message) (PublishResult, error) {
+	now := e.clock.Now().UTC()
+	if msg.ID != "" {
+		rec, found, err := e.store.published(msg.Tenant, msg.ID)
+		if err != nil {
+			return PublishResult{}, err
+		}
+		if found {
+			return PublishResult{ID: msg.ID, Deliveries: rec.Deliveries, Duplicate: true}, nil
+		}
+	} else {
+		msg.ID = NewID("msg_", now)
+	}
+	msg.CreatedAt = now
+	var subs []*Subscription
+	if idx := e.index.Load(); idx != nil {
+		for _, s := range idx.byTenant[msg.Tenant] {
+			if s.Matches(&msg) {
+				subs = append(subs, s)
+			}
+		}
+	}
+	if err := e.store.enqueue(msg, subs, now, e.settings.Load().Retention); err != nil {
+		return PublishResult{}, err
+	}
+	for _, s := range subs {
+		e.wake(s.ID)
+	}
+	return PublishResult{ID: msg.ID, Deliveries: len(subs)}, nil
+}
+
+// PublishResult is the answer to a publish.
+type PublishResult struct {
+	ID         string `json:"id"`
+	Deliveries int    `json:"deliveries"`
+	// Duplicate is set when the ID had been published before.
+	Duplicate bool `json:"-"`
+}
+
+// Health returns an endpoint's health record.
+func (e *Engine) Health(subID string) (Health, error) {
+	e.healthMu.Lock()
+	defer e.healthMu.Unlock()
+	h, err := e.healthOf(subID)
+	if err != nil {
+		return Health{}, err
+	}
+	return *h, nil
+}
+
+// healthOf returns the cached record, loading it once; healthMu held.
+func (e *Engine) healthOf(subID string) (*Health, error) {
+	if h, ok := e.health[subID]; ok {
+		return h, nil
+	}
+	h, err := e.store.health(subID)
+	if err != nil {
+		return nil, err
+	}
+	e.health[subID] = &h
+	return &h, nil
+}
+
+// recordHealth tracks failures and disables an endpoint that answered 410
+// Gone or failed without a success for DisableAfter. Only transitions are
+// written to the store.
+func (e *Engine) recordHealth(sub *Subscription, res result, now time.Time) {
+	e.healthMu.Lock()
+	defer e.healthMu.Unlock()
+	h, err := e.healthOf(sub.ID)
+	if err != nil {
+		e.logger.Error("reading endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
+		return
+	}
+	changed, disabled := false, false
+	if res.success() {
+		h.LastSuccess = now
+		changed = !h.FailingSince.IsZero()
+		h.FailingSince = time.Time{}
+	} else {
+		if h.FailingSince.IsZero() {
+			h.FailingSince, changed = now, true
+		}
+		reason := ""
+		switch {
+		case res.status == http.StatusGone:
+			reason = "receiver answered 410 Gone"
+		case now.Sub(h.FailingSince) >= e.settings.Load().DisableAfter:
+			reason = "failing without a success since " + h.FailingSince.UTC().Format(time.RFC3339)
+		}
+		if reason != "" && !h.Disabled {
+			h.Disabled, h.DisabledAt, h.Reason = true, now, reason
+			changed, disabled = true, true
+		}
+	}
+	if changed {
+		if err := e.store.saveHealth(sub.ID, *h); err != nil {
+			e.logger.Error("saving endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
+		}
+	}
+	if disabled {
+		snapshot := *h
+		// Publishing takes other locks; do it after this one is released.
+		// The attempt holding this goroutine is counted in wg, so Stop
+		// cannot have started waiting yet.
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.announceDisabled(sub, snapshot)
+		}()
+	}
+}
+
+// announceDisabled logs the disabling and publishes endpoint.disabled to
+// the subscription's tenant.
+func (e *Engine) announceDisabled(sub *Subscription, h Health) {
+	e.logger.Warn("webhook endpoint disabled",
+		zap.String("subscription", sub.ID), zap.String("url", redactURL(sub.URL)),
+		zap.String("reason", h.Reason), zap.Time("failing_since", h.FailingSince))
+	data, _ := json.Marshal(map[string]any{
+		"subscription_id": sub.ID,
+		"name":            sub.Name,
+		"url":             redactURL(sub.URL),
+		"reason":          h.Reason,
+		"failing_since":   h.FailingSince.UTC(),
+		"disabled_at":     h.DisabledAt.UTC(),
+	})
+	msg := Message{Event: EventEndpointDisabled, Tenant: sub.Tenant, Data: data}
+	if _, err := e.Publish(msg); err != nil {
+		e.logger.Error("publishing endpoint.disabled", zap.String("subscription", sub.ID), zap.Error(err))
+	}
+}
+
+// Enable re-enables a disabled endpoint; its kept deliveries resume.
+func (e *Engine) Enable(subID string) error {
+	e.healthMu.Lock()
+	h, err := e.healthOf(subID)
+	if err == nil {
+		*h = Health{LastSuccess: h.LastSuccess}
+		err = e.store.saveHealth(subID, *h)
+	}
+	e.healthMu.Unlock()
+	if err != nil {
+		return err
+	}
+	e.wake(subID)
+	return nil
+}
+
+// PutSubscription stores a registered subscription (new or changed).
+func (e *Engine) PutSubscription(sub Subscription) error {
+	if err := ValidateSubscription(&sub); err != nil {
+		return err
+	}
+	e.subsMu.Lock()
+	defer e.subsMu.Unlock()
+	if err := e.store.putSubscription(&sub); err != nil {
+		return err
+	}
+	e.registered[sub.ID] = &sub
+	e.rebuildIndex()
+	return nil
+}
+
+// DeleteSubscription removes a registered subscription. Its pending
+// deliveries stay in the queue but are no longer attempted.
+func (e *Engine) DeleteSubscription(id string) error {
+	e.subsMu.Lock()
+	defer e.subsMu.Unlock()
+	if err := e.store.deleteSubscription(id); err != nil {
+		return err
+	}
+	delete(e.registered, id)
+	e.rebuildIndex()
+	return nil
+}
+
+// Subscriptions lists static and registered subscriptions.
+func (e *Engine) Subscriptions() []Subscription {
+	idx := e.index.Load()
+	if idx == nil {
+		return nil
+	}
+	out := make([]Subscription, 0, len(idx.byID))
+	for _, s := range idx.byID {
+		out = append(out, *s)
+	}
+	return out
+}
+
+// Store is the engine's store.
+func (e *Engine) Store() *Store { return e.store }

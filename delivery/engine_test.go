@@ -1,0 +1,433 @@
+package delivery
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+)
+
+const kinguinPayload = `{"kinguinId":1949,"productId":"5c9b5f6b2539a4e8f172916a","qty":845,"textQty":845,"cheapestOfferId":["611222acff9ca40001f0b020"],"updatedAt":"2020-10-16T11:24:08.015+00:00"}`
+
+func TestDeliveryHeadersAndAuthStyles(t *testing.T) {
+	secret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	cases := []struct {
+		name  string
+		auth  Auth
+		env   string
+		check func(t *testing.T, h hit)
+	}{
+		{"kinguin secret header", Auth{SecretHeader: "X-Event-Secret", Secret: "kin-secret"}, "", func(t *testing.T, h hit) {
+			if h.Header.Get("X-Event-Secret") != "kin-secret" || h.Header.Get("Authorization") != "" || h.Body != kinguinPayload {
+				t.Fatalf("headers %v body %s", h.Header, h.Body)
+			}
+		}},
+		{"flybuy token and data envelope", Auth{Token: "FFCPUG2A"}, "data", func(t *testing.T, h hit) {
+			if h.Header.Get("Authorization") != `Token token="FFCPUG2A"` || h.Body != `{"data":`+kinguinPayload+`}` {
+				t.Fatalf("headers %v body %s", h.Header, h.Body)
+			}
+		}},
+		{"basic", Auth{BasicUser: "tiki-id", BasicPassword: "tiki-secret"}, "", func(t *testing.T, h hit) {
+			u, p, ok := (&http.Request{Header: h.Header}).BasicAuth()
+			if !ok || u != "tiki-id" || p != "tiki-secret" {
+				t.Fatalf("basic auth %q %q %v", u, p, ok)
+			}
+		}},
+		{"raw authorization", Auth{Authorization: "secure_token"}, "", func(t *testing.T, h hit) {
+			if h.Header.Get("Authorization") != "secure_token" {
+				t.Fatalf("Authorization %q", h.Header.Get("Authorization"))
+			}
+		}},
+		{"standard webhooks signature", Auth{SigningSecret: secret}, "", func(t *testing.T, h hit) {
+			wh, err := standardwebhooks.NewWebhook(secret)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The engine signs with its (fake) clock; check the signature,
+			// not the freshness.
+			if err := wh.VerifyIgnoringTimestamp([]byte(h.Body), h.Header); err != nil {
+				t.Fatalf("reference library rejects the signature: %v (headers %v)", err, h.Header)
+			}
+			if h.Header.Get("Webhook-Timestamp") != fmt.Sprint(t0.Unix()) {
+				t.Fatalf("timestamp %q", h.Header.Get("Webhook-Timestamp"))
+			}
+			if err := wh.VerifyIgnoringTimestamp([]byte(h.Body+" "), h.Header); err == nil {
+				t.Fatal("a changed body still verifies")
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rcv := newReceiver(t, nil)
+			s := sub("s", rcv.URL, "product.update")
+			s.Auth, s.Envelope = tc.auth, tc.env
+			te := newTestEngine(t, Config{Subscriptions: []Subscription{s}})
+			res, err := te.Publish(msg("product.update", kinguinPayload))
+			if err != nil || res.Deliveries != 1 || !strings.HasPrefix(res.ID, "msg_") {
+				t.Fatalf("publish: %+v %v", res, err)
+			}
+			eventually(t, "the delivery", func() bool { return len(rcv.got()) == 1 })
+			h := rcv.got()[0]
+			for k, want := range map[string]string{
+				"Content-Type": "application/json", "X-Event-Name": "product.update",
+				"Webhook-Id": res.ID, "User-Agent": UserAgent,
+			} {
+				if h.Header.Get(k) != want {
+					t.Errorf("%s = %q, want %q", k, h.Header.Get(k), want)
+				}
+			}
+			tc.check(t, h)
+			eventually(t, "delivered state", func() bool {
+				d, _, _ := te.store.Delivery(deliveryID(res.ID, s.ID))
+				return d.State == StateDelivered
+			})
+		})
+	}
+}
+
+func TestMatchingTenantEventLocation(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	all := sub("all", rcv.URL+"/all")
+	orders := sub("orders", rcv.URL+"/orders", "order_created")
+	loc := sub("loc", rcv.URL+"/loc", "order_created")
+	loc.Location = "store-1"
+	other := sub("other", rcv.URL+"/other")
+	other.Tenant = "acme"
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{all, orders, loc, other}})
+
+	for _, tc := range []struct {
+		m    Message
+		want int
+	}{
+		{Message{Event: "order_created", Data: []byte(`{}`)}, 2},                      // all, orders (loc is location-bound)
+		{Message{Event: "order_created", Location: "store-1", Data: []byte(`{}`)}, 3}, // + loc
+		{Message{Event: "order_created", Location: "store-2", Data: []byte(`{}`)}, 2}, // not loc
+		{Message{Event: "product.update", Data: []byte(`{}`)}, 1},                     // all only
+		{Message{Event: "order_created", Tenant: "acme", Data: []byte(`{}`)}, 1},      // other only
+		{Message{Event: "order_created", Tenant: "nobody", Data: []byte(`{}`)}, 0},
+	} {
+		res, err := te.Publish(tc.m)
+		if err != nil || res.Deliveries != tc.want {
+			t.Errorf("%+v: %d deliveries (%v), want %d", tc.m, res.Deliveries, err, tc.want)
+		}
+	}
+	eventually(t, "all deliveries", func() bool { return len(rcv.got()) == 9 })
+}
+
+func TestIdempotentPublish(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL), sub("b", rcv.URL)}})
+	m := msg("x", `{"n":1}`)
+	m.ID = "order-42"
+	first, err := te.Publish(m)
+	if err != nil || first.ID != "order-42" || first.Deliveries != 2 || first.Duplicate {
+		t.Fatalf("first: %+v %v", first, err)
+	}
+	again, err := te.Publish(m)
+	if err != nil || again.ID != "order-42" || again.Deliveries != 2 || !again.Duplicate {
+		t.Fatalf("again: %+v %v", again, err)
+	}
+	eventually(t, "two deliveries", func() bool { return len(rcv.got()) == 2 })
+	// The same id in another tenant is another message.
+	m.Tenant = "t2"
+	if res, _ := te.Publish(m); res.Duplicate {
+		t.Fatal("ids are per tenant")
+	}
+	time.Sleep(50 * time.Millisecond) // would a third delivery show up?
+	if n := len(rcv.got()); n != 2 {
+		t.Fatalf("receiver got %d requests, want 2", n)
+	}
+}
+
+// Failures are retried on the schedule with the same Webhook-Id until a
+// 2xx; 3xx counts as a failure and is not followed.
+func TestRetryScheduleUntilSuccess(t *testing.T) {
+	var redirected atomic.Bool
+	target := newReceiver(t, func(int, http.ResponseWriter) { redirected.Store(true) })
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		switch n {
+		case 1:
+			w.WriteHeader(500)
+		case 2:
+			w.Header().Set("Location", target.URL)
+			w.WriteHeader(302)
+		default:
+			w.WriteHeader(200)
+		}
+	})
+	retry := []time.Duration{10 * time.Second, time.Minute, time.Hour}
+	te := newTestEngine(t, Config{Retry: retry, Subscriptions: []Subscription{sub("s", rcv.URL)}})
+	res, _ := te.Publish(msg("x", `{}`))
+	did := deliveryID(res.ID, StaticID("s"))
+
+	eventually(t, "attempt 1", func() bool { return te.delivery(t, did).Attempts == 1 })
+	d := te.delivery(t, did)
+	if d.State != StatePending || d.LastStatus != 500 {
+		t.Fatalf("after attempt 1: %+v", d)
+	}
+	if wait := d.NextAttempt.Sub(t0); wait < 9*time.Second || wait > 11*time.Second {
+		t.Fatalf("next attempt in %v, want 10s ± 10%%", wait)
+	}
+	// Not due yet: nothing happens on a kick.
+	te.clock.Advance(8 * time.Second)
+	te.Kick()
+	time.Sleep(50 * time.Millisecond)
+	if len(rcv.got()) != 1 {
+		t.Fatal("retried before its time")
+	}
+	te.clock.Advance(4 * time.Second)
+	te.Kick()
+	eventually(t, "attempt 2", func() bool { return te.delivery(t, did).Attempts == 2 })
+	if d := te.delivery(t, did); d.State != StatePending || d.LastStatus != 302 || d.NextAttempt.Sub(te.clock.Now()) < 54*time.Second {
+		t.Fatalf("after the 302: %+v", d)
+	}
+	te.clock.Advance(2 * time.Minute)
+	te.Kick()
+	eventually(t, "delivered", func() bool { return te.delivery(t, did).State == StateDelivered })
+
+	hits := rcv.got()
+	if len(hits) != 3 || redirected.Load() {
+		t.Fatalf("%d hits, redirect followed: %v", len(hits), redirected.Load())
+	}
+	for _, h := range hits {
+		if h.Header.Get("Webhook-Id") != res.ID {
+			t.Fatalf("Webhook-Id changed across retries: %q vs %q", h.Header.Get("Webhook-Id"), res.ID)
+		}
+	}
+	atts, err := te.store.Attempts(did)
+	if err != nil || len(atts) != 3 || atts[0].Status != 500 || atts[1].Status != 302 || !atts[2].Success {
+		t.Fatalf("attempts %+v %v", atts, err)
+	}
+}
+
+func TestRetryAfterHonoured(t *testing.T) {
+	for _, code := range []int{429, 503} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+				w.Header().Set("Retry-After", "120")
+				w.WriteHeader(code)
+			})
+			te := newTestEngine(t, Config{Retry: []time.Duration{time.Second}, Subscriptions: []Subscription{sub("s", rcv.URL)}})
+			res, _ := te.Publish(msg("x", `{}`))
+			did := deliveryID(res.ID, StaticID("s"))
+			eventually(t, "attempt", func() bool { return te.delivery(t, did).Attempts == 1 })
+			if wait := te.delivery(t, did).NextAttempt.Sub(t0); wait != 120*time.Second {
+				t.Fatalf("next attempt in %v, want Retry-After's 120s", wait)
+			}
+		})
+	}
+	if d := parseRetryAfter(t0.Add(30*time.Second).Format(http.TimeFormat), t0); d != 30*time.Second {
+		t.Fatalf("HTTP-date Retry-After: %v", d)
+	}
+	if d := parseRetryAfter("99999999", t0); d != maxRetryAfter {
+		t.Fatalf("Retry-After is not capped: %v", d)
+	}
+}
+
+func TestExhaustedRetriesFail(t *testing.T) {
+	rcv := newReceiver(t, status(500))
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Second}, Subscriptions: []Subscription{sub("s", rcv.URL)}})
+	res, _ := te.Publish(msg("x", `{}`))
+	did := deliveryID(res.ID, StaticID("s"))
+	eventually(t, "attempt 1", func() bool { return te.delivery(t, did).Attempts == 1 })
+	te.clock.Advance(2 * time.Second)
+	te.Kick()
+	eventually(t, "failed", func() bool { return te.delivery(t, did).State == StateFailed })
+	if n, _ := te.store.QueueDepth(StaticID("s")); n != 0 {
+		t.Fatalf("a failed delivery is still queued (%d)", n)
+	}
+	assertExpires(t, te, prefixD+did)
+}
+
+// assertExpires checks that a settled record will be removed by retention.
+func assertExpires(t *testing.T, te *testEngine, key string) {
+	t.Helper()
+	err := te.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(key))
+		if err != nil {
+			return err
+		}
+		if item.ExpiresAt() == 0 {
+			return fmt.Errorf("%s never expires", key)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRetentionOfDeliveredMessages(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Retention: time.Hour, Subscriptions: []Subscription{sub("s", rcv.URL)}})
+	res, _ := te.Publish(msg("x", `{}`))
+	did := deliveryID(res.ID, StaticID("s"))
+	eventually(t, "delivered", func() bool { return te.delivery(t, did).State == StateDelivered })
+	assertExpires(t, te, prefixD+did)
+	assertExpires(t, te, string(attemptKey(did, 1)))
+	assertExpires(t, te, string(msgKey("", res.ID)))
+}
+
+// 410 disables at once; the disabled endpoint's deliveries are kept and go
+// out after it is re-enabled; endpoint.disabled reaches its listeners.
+func TestGoneDisablesAndEnableResumes(t *testing.T) {
+	var gone atomic.Bool
+	gone.Store(true)
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		if gone.Load() {
+			w.WriteHeader(410)
+			return
+		}
+		w.WriteHeader(204)
+	})
+	ops := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{
+		sub("shop", rcv.URL, "order.status"),
+		sub("ops", ops.URL, EventEndpointDisabled),
+	}})
+	first, _ := te.Publish(msg("order.status", `{"n":1}`))
+	eventually(t, "disabled", func() bool { h, _ := te.Health(StaticID("shop")); return h.Disabled })
+	h, _ := te.Health(StaticID("shop"))
+	if !strings.Contains(h.Reason, "410") {
+		t.Fatalf("reason %q", h.Reason)
+	}
+	eventually(t, "endpoint.disabled event", func() bool { return len(ops.got()) == 1 })
+	var ev map[string]any
+	json.Unmarshal([]byte(ops.got()[0].Body), &ev)
+	if ops.got()[0].Header.Get("X-Event-Name") != EventEndpointDisabled || ev["subscription_id"] != StaticID("shop") {
+		t.Fatalf("event %v %v", ops.got()[0].Header, ev)
+	}
+
+	// While disabled, new messages queue up and nothing is attempted.
+	second, _ := te.Publish(msg("order.status", `{"n":2}`))
+	te.clock.Advance(time.Hour)
+	te.Kick()
+	time.Sleep(50 * time.Millisecond)
+	if n := len(rcv.got()); n != 1 {
+		t.Fatalf("a disabled endpoint got %d requests", n)
+	}
+	if n, _ := te.store.QueueDepth(StaticID("shop")); n != 2 {
+		t.Fatalf("queue depth %d, want both deliveries kept", n)
+	}
+
+	gone.Store(false)
+	if err := te.Enable(StaticID("shop")); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{first.ID, second.ID} {
+		did := deliveryID(id, StaticID("shop"))
+		eventually(t, "delivery after enable", func() bool { return te.delivery(t, did).State == StateDelivered })
+	}
+	if h, _ := te.Health(StaticID("shop")); h.Disabled || !h.FailingSince.IsZero() {
+		t.Fatalf("health after enable %+v", h)
+	}
+}
+
+func TestDisableAfterFailingTooLong(t *testing.T) {
+	rcv := newReceiver(t, status(500))
+	te := newTestEngine(t, Config{
+		Retry: []time.Duration{time.Hour, time.Hour, time.Hour}, DisableAfter: 90 * time.Minute,
+		Subscriptions: []Subscription{sub("s", rcv.URL)},
+	})
+	res, _ := te.Publish(msg("x", `{}`))
+	did := deliveryID(res.ID, StaticID("s"))
+	for i := 1; i <= 2; i++ {
+		eventually(t, "attempt", func() bool { return te.delivery(t, did).Attempts == i })
+		if h, _ := te.Health(StaticID("s")); h.Disabled {
+			t.Fatalf("disabled after %d attempts (%v of failing)", i, te.clock.Now().Sub(t0))
+		}
+		te.clock.Advance(70 * time.Minute)
+		te.Kick()
+	}
+	eventually(t, "attempt 3", func() bool { return te.delivery(t, did).Attempts == 3 })
+	eventually(t, "disabled", func() bool { h, _ := te.Health(StaticID("s")); return h.Disabled })
+	if d := te.delivery(t, did); d.State != StatePending {
+		t.Fatalf("the delivery of a disabled endpoint was dropped: %+v", d)
+	}
+}
+
+// A receiver that never answers must not hold up the others.
+func TestNoHeadOfLineBlocking(t *testing.T) {
+	release := make(chan struct{})
+	slow := newReceiver(t, func(int, http.ResponseWriter) { <-release })
+	defer close(release)
+	fast := newReceiver(t, nil)
+	te := newTestEngine(t, Config{
+		Workers: 4, EndpointConcurrency: 2, Timeout: time.Minute,
+		Subscriptions: []Subscription{sub("slow", slow.URL), sub("fast", fast.URL)},
+	})
+	for i := 0; i < 20; i++ {
+		te.Publish(msg("x", fmt.Sprintf(`{"i":%d}`, i)))
+	}
+	eventually(t, "the fast endpoint's 20 deliveries", func() bool { return len(fast.got()) == 20 })
+	if n := len(slow.got()); n > 2 {
+		t.Fatalf("slow endpoint has %d requests in flight, limit 2", n)
+	}
+}
+
+// A message acknowledged before a crash is delivered after the restart.
+func TestDeliveredAfterCrash(t *testing.T) {
+	dir := t.TempDir()
+	clock := &fakeClock{now: t0}
+	var up atomic.Bool
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		if !up.Load() {
+			w.WriteHeader(503)
+			return
+		}
+		w.WriteHeader(204)
+	})
+	cfg := Config{Retry: []time.Duration{time.Minute}, Subscriptions: []Subscription{sub("s", rcv.URL)}}
+	te := openTestEngine(t, dir, cfg, clock)
+	var ids []string
+	for i := 0; i < 50; i++ {
+		res, err := te.Publish(msg("x", fmt.Sprintf(`{"i":%d}`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, res.ID)
+	}
+	// Mid-flight: some attempts made, some not; then the process dies.
+	te.close()
+
+	up.Store(true)
+	clock.Advance(2 * time.Minute)
+	te = openTestEngine(t, dir, cfg, clock)
+	for _, id := range ids {
+		did := deliveryID(id, StaticID("s"))
+		eventually(t, "delivery after restart", func() bool { return te.delivery(t, did).State == StateDelivered })
+	}
+	seen := map[string]bool{}
+	for _, h := range rcv.got() {
+		seen[h.Header.Get("Webhook-Id")] = true
+	}
+	for _, id := range ids {
+		if !seen[id] {
+			t.Fatalf("message %s never reached the receiver", id)
+		}
+	}
+}
+
+// A fan-out larger than one badger transaction is stored in several and
+// every delivery goes out.
+func TestLargeFanOut(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	var subs []Subscription
+	for i := 0; i < 1500; i++ {
+		subs = append(subs, sub(fmt.Sprint("s", i), rcv.URL))
+	}
+	te := newTestEngine(t, Config{Subscriptions: subs, Workers: 32})
+	big := `{"blob":"` + strings.Repeat("x", 4000) + `"}`
+	res, err := te.Publish(msg("x", big))
+	if err != nil || res.Deliveries != 1500 {
+		t.Fatalf("publish: %+v %v", res, err)
+	}
+	eventually(t, "1500 deliveries", func() bool { return len(rcv.got()) == 1500 })
+}

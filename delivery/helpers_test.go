@@ -1,0 +1,139 @@
+package delivery
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hookgate/caddy-webhook/internal/store"
+)
+
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+var t0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+
+// hit is one request a receiver got.
+type hit struct {
+	Header http.Header
+	Body   string
+	At     time.Time
+}
+
+// receiver is a subscriber endpoint whose answers the test scripts.
+type receiver struct {
+	*httptest.Server
+	mu      sync.Mutex
+	hits    []hit
+	respond func(n int, w http.ResponseWriter) // n counts from 1
+}
+
+func newReceiver(t *testing.T, respond func(n int, w http.ResponseWriter)) *receiver {
+	t.Helper()
+	r := &receiver{respond: respond}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		r.hits = append(r.hits, hit{Header: req.Header.Clone(), Body: string(body), At: time.Now()})
+		n := len(r.hits)
+		respond := r.respond
+		r.mu.Unlock()
+		if respond != nil {
+			respond(n, w)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *receiver) got() []hit {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]hit(nil), r.hits...)
+}
+
+func status(code int) func(int, http.ResponseWriter) {
+	return func(_ int, w http.ResponseWriter) { w.WriteHeader(code) }
+}
+
+// testEngine runs an engine on a fresh badger database.
+type testEngine struct {
+	*Engine
+	db    *store.DB
+	dir   string
+	clock *fakeClock
+}
+
+func newTestEngine(t *testing.T, cfg Config) *testEngine {
+	t.Helper()
+	return openTestEngine(t, t.TempDir(), cfg, &fakeClock{now: t0})
+}
+
+func openTestEngine(t *testing.T, dir string, cfg Config, clock *fakeClock) *testEngine {
+	t.Helper()
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	te := &testEngine{Engine: NewEngine(NewStore(db.DB), nil, clock), db: db, dir: dir, clock: clock}
+	cfg.AllowPrivateTargets = true // receivers are on 127.0.0.1
+	if err := te.Configure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := te.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(te.close)
+	return te
+}
+
+func (te *testEngine) close() {
+	te.Stop()
+	te.db.Close()
+}
+
+func sub(name, url string, events ...string) Subscription {
+	if len(events) == 0 {
+		events = []string{"*"}
+	}
+	return Subscription{ID: StaticID(name), Name: name, URL: url, Events: events}
+}
+
+func msg(event, data string) Message {
+	return Message{Event: event, Data: []byte(data)}
+}
+
+// eventually polls cond; the deadline is generous because it only bounds
+// a failure, never a measurement.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func (te *testEngine) delivery(t *testing.T, id string) Delivery {
+	t.Helper()
+	d, ok, err := te.store.Delivery(id)
+	if err != nil || !ok {
+		t.Fatalf("delivery %s: ok=%v err=%v", id, ok, err)
+	}
+	return d
+}

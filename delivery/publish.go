@@ -1,0 +1,98 @@
+package delivery
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// PublishError is a publish request the engine refuses; its message is
+// meant for the publisher.
+type PublishError struct{ Msg string }
+
+func (e *PublishError) Error() string { return e.Msg }
+
+func publishErr(format string, a ...any) error { return &PublishError{Msg: fmt.Sprintf(format, a...)} }
+
+type publishBody struct {
+	Event    *string         `json:"event"`
+	Tenant   string          `json:"tenant"`
+	Location string          `json:"location"`
+	ID       string          `json:"id"`
+	Data     json.RawMessage `json:"data"`
+}
+
+// ParsePublish reads a publish request body:
+// {"event", "tenant", "location", "id", "data"}.
+func ParsePublish(body []byte) (Message, error) {
+	var msg Message
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return msg, publishErr("request body must be a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	dec.DisallowUnknownFields()
+	var b publishBody
+	if err := dec.Decode(&b); err != nil {
+		return msg, publishErr("invalid JSON: %s", jsonProblem(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return msg, publishErr("invalid JSON: unexpected data after the object")
+	}
+	if b.Event == nil || *b.Event == "" {
+		return msg, publishErr("event is required")
+	}
+	for _, f := range []struct{ what, v string }{{"event", *b.Event}, {"tenant", b.Tenant}, {"location", b.Location}, {"id", b.ID}} {
+		if f.v == "" && f.what != "event" {
+			continue
+		}
+		if err := validateName(f.what, f.v); err != nil {
+			return msg, &PublishError{Msg: err.Error()}
+		}
+	}
+	data := bytes.TrimSpace(b.Data)
+	if len(data) == 0 || bytes.Equal(data, []byte("null")) {
+		return msg, publishErr("data is required")
+	}
+	if data[0] != '{' && data[0] != '[' {
+		return msg, publishErr("data must be a JSON object or array")
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, data); err != nil {
+		return msg, publishErr("data is not valid JSON")
+	}
+	return Message{ID: b.ID, Event: *b.Event, Tenant: b.Tenant, Location: b.Location, Data: compact.Bytes()}, nil
+}
+
+func jsonProblem(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("%s (at byte %d)", se.Error(), se.Offset)
+	case errors.As(err, &te):
+		return fmt.Sprintf("%s must be a %s", te.Field, te.Type.Kind())
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "unexpected end of input"
+	}
+	return err.Error()
+}
+
+var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+
+// NewID returns prefix + a sortable unique identifier: 48 bits of
+// milliseconds then 80 random bits, in Crockford's base32.
+func NewID(prefix string, now time.Time) string {
+	var b [16]byte
+	var ms [8]byte
+	binary.BigEndian.PutUint64(ms[:], uint64(now.UnixMilli()))
+	copy(b[:6], ms[2:])
+	_, _ = rand.Read(b[6:])
+	return prefix + idEncoding.EncodeToString(b[:])
+}

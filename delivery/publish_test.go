@@ -1,0 +1,87 @@
+package delivery
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParsePublish(t *testing.T) {
+	m, err := ParsePublish([]byte(` {"event":"order.status","tenant":"t1","location":"l1","id":"o-1",
+		"data": { "orderId" : "PHS84FJAG5U", "status": "canceled" } } `))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Event != "order.status" || m.Tenant != "t1" || m.Location != "l1" || m.ID != "o-1" || string(m.Data) != `{"orderId":"PHS84FJAG5U","status":"canceled"}` {
+		t.Fatalf("%+v data=%s", m, m.Data)
+	}
+	if m, err := ParsePublish([]byte(`{"event":"e","data":[1,2]}`)); err != nil || string(m.Data) != "[1,2]" {
+		t.Fatalf("array data: %+v %v", m, err)
+	}
+}
+
+func TestParsePublishErrors(t *testing.T) {
+	cases := map[string]string{
+		``:                                       "request body must be a JSON object",
+		`[1]`:                                    "request body must be a JSON object",
+		`{"event":"e","data":{}`:                 "invalid JSON: unexpected end of input",
+		`{"event":"e","data":{}} {}`:             "unexpected data after the object",
+		`{"event":"e","data":{},"evnt":"x"}`:     `invalid JSON: json: unknown field "evnt"`,
+		`{"event":7,"data":{}}`:                  "invalid JSON: event must be a string",
+		`{"data":{}}`:                            "event is required",
+		`{"event":"","data":{}}`:                 "event is required",
+		`{"event":"e"}`:                          "data is required",
+		`{"event":"e","data":null}`:              "data is required",
+		`{"event":"e","data":"text"}`:            "data must be a JSON object or array",
+		`{"event":"e","data":42}`:                "data must be a JSON object or array",
+		`{"event":"a|b","data":{}}`:              "event must not contain control characters or '|'",
+		`{"event":"e","id":"x\u0000","data":{}}`: "id must not contain control characters",
+	}
+	cases[`{"event":"e","tenant":"`+strings.Repeat("t", 201)+`","data":{}}`] = "tenant is longer than 200 bytes"
+	for in, want := range cases {
+		_, err := ParsePublish([]byte(in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want %q", in, err, want)
+		}
+		if _, ok := err.(*PublishError); err != nil && !ok {
+			t.Errorf("%q: %T is not a PublishError", in, err)
+		}
+	}
+}
+
+func TestNewIDSortsByTime(t *testing.T) {
+	a, b := NewID("msg_", t0), NewID("msg_", t0.Add(time.Millisecond))
+	if !(a < b) || len(a) != 4+26 || a == NewID("msg_", t0) {
+		t.Fatalf("%s %s", a, b)
+	}
+}
+
+func TestValidateSubscription(t *testing.T) {
+	ok := Subscription{ID: "static:a", URL: "https://example.com/hook", Events: []string{"*"}}
+	for _, tc := range []struct {
+		mut  func(*Subscription)
+		want string
+	}{
+		{func(s *Subscription) { s.URL = "ftp://example.com" }, "absolute http or https URL"},
+		{func(s *Subscription) { s.URL = "/relative" }, "absolute http or https URL"},
+		{func(s *Subscription) { s.URL = "http://:80/x" }, "absolute http or https URL"},
+		{func(s *Subscription) { s.Events = nil }, "at least one event"},
+		{func(s *Subscription) { s.Envelope = "wrap" }, `unknown envelope "wrap"`},
+		{func(s *Subscription) { s.Auth.SecretHeader = "X-Event-Secret" }, "secret_header needs both"},
+		{func(s *Subscription) { s.Auth.SigningSecret = "not-a-whsec-secret" }, `must start with "whsec_"`},
+		{func(s *Subscription) { s.Auth.SigningSecret = "whsec_c2hvcnQ=" }, "at least 16 bytes"},
+	} {
+		s := ok
+		tc.mut(&s)
+		err := ValidateSubscription(&s)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("err = %v, want %q", err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "not-a-whsec-secret") {
+			t.Errorf("error quotes the secret: %v", err)
+		}
+	}
+	if err := ValidateSubscription(&ok); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,316 @@
+package delivery
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/hookgate/caddy-webhook/internal/store"
+)
+
+// Key layout, all under "delivery/":
+//
+//	sub/<id>                            registered subscription
+//	d/<delivery id>                     delivery (expires after retention once settled)
+//	q/<sub id>\x00<due, 16 hex>\x00<delivery id>   queue index of pending deliveries
+//	att/<delivery id>\x00<n, 8 hex>     attempt record (expires after retention)
+//	health/<sub id>                     endpoint health
+//	msg/<tenant>\x00<message id>        publish record, for idempotency
+const (
+	prefixSub    = "delivery/sub/"
+	prefixD      = "delivery/d/"
+	prefixQ      = "delivery/q/"
+	prefixAtt    = "delivery/att/"
+	prefixHealth = "delivery/health/"
+	prefixMsg    = "delivery/msg/"
+)
+
+// Store keeps the delivery queue in a badger database.
+type Store struct{ db *badger.DB }
+
+// NewStore uses db under the "delivery/" prefix.
+func NewStore(db *badger.DB) *Store { return &Store{db: db} }
+
+func queuePrefix(subID string) []byte { return []byte(prefixQ + subID + "\x00") }
+
+func queueKey(subID string, due time.Time, did string) []byte {
+	var ts [8]byte
+	binary.BigEndian.PutUint64(ts[:], uint64(due.UnixNano()))
+	return []byte(prefixQ + subID + "\x00" + hex.EncodeToString(ts[:]) + "\x00" + did)
+}
+
+func parseQueueKey(k []byte, subID string) (due time.Time, did string, ok bool) {
+	rest := k[len(prefixQ)+len(subID)+1:]
+	if len(rest) < 18 || rest[16] != 0 {
+		return time.Time{}, "", false
+	}
+	var ts [8]byte
+	if _, err := hex.Decode(ts[:], rest[:16]); err != nil {
+		return time.Time{}, "", false
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(ts[:]))), string(rest[17:]), true
+}
+
+func attemptKey(did string, n int) []byte {
+	return fmt.Appendf([]byte(prefixAtt+did+"\x00"), "%08x", n)
+}
+
+func msgKey(tenant, id string) []byte { return []byte(prefixMsg + tenant + "\x00" + id) }
+
+type publishRecord struct {
+	Deliveries int       `json:"deliveries"`
+	At         time.Time `json:"at"`
+}
+
+func getJSON(txn *badger.Txn, key []byte, v any) (bool, error) {
+	item, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, item.Value(func(b []byte) error { return json.Unmarshal(b, v) })
+}
+
+func setJSON(txn *badger.Txn, key []byte, v any, ttl time.Duration) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	e := badger.NewEntry(key, b)
+	if ttl > 0 {
+		e = e.WithTTL(ttl)
+	}
+	return txn.SetEntry(e)
+}
+
+// published returns the publish record of an earlier publish with the same
+// tenant and id.
+func (s *Store) published(tenant, id string) (publishRecord, bool, error) {
+	var rec publishRecord
+	var found bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		found, err = getJSON(txn, msgKey(tenant, id), &rec)
+		return err
+	})
+	return rec, found, err
+}
+
+// enqueue stores one delivery per subscription and then the publish record.
+// Large fan-outs span several transactions; delivery IDs are deterministic
+// and existing deliveries are left alone, so repeating an interrupted
+// enqueue completes it without duplicates.
+func (s *Store) enqueue(msg Message, subs []*Subscription, now time.Time, retention time.Duration) error {
+	txn := s.db.NewTransaction(true)
+	defer func() { txn.Discard() }()
+	for _, sub := range subs {
+		d := Delivery{
+			ID: deliveryID(msg.ID, sub.ID), SubscriptionID: sub.ID, Message: msg,
+			State: StatePending, NextAttempt: now, CreatedAt: now, UpdatedAt: now,
+		}
+		err := addDelivery(txn, &d)
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			if err = commit(txn); err != nil {
+				return err
+			}
+			txn = s.db.NewTransaction(true)
+			err = addDelivery(txn, &d)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	rec := publishRecord{Deliveries: len(subs), At: now}
+	if err := setJSON(txn, msgKey(msg.Tenant, msg.ID), rec, retention); err != nil {
+		return err
+	}
+	return commit(txn)
+}
+
+func addDelivery(txn *badger.Txn, d *Delivery) error {
+	key := []byte(prefixD + d.ID)
+	if _, err := txn.Get(key); err == nil {
+		return nil // stored by an earlier, interrupted publish
+	} else if !errors.Is(err, badger.ErrKeyNotFound) {
+		return err
+	}
+	// Index first: if the record then does not fit in this transaction, the
+	// retry in the next one finds no record and writes both again.
+	if err := txn.Set(queueKey(d.SubscriptionID, d.NextAttempt, d.ID), nil); err != nil {
+		return err
+	}
+	return setJSON(txn, key, d, 0)
+}
+
+func commit(txn *badger.Txn) error {
+	if err := txn.Commit(); err != nil {
+		return fmt.Errorf("storing deliveries: %w", err)
+	}
+	return nil
+}
+
+// due returns up to limit pending deliveries of a subscription whose time
+// has come, and when the next one after them is due (zero if none).
+func (s *Store) due(subID string, now time.Time, limit int) ([]Delivery, time.Time, error) {
+	var out []Delivery
+	var next time.Time
+	var orphans [][]byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := queuePrefix(subID)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+			at, did, ok := parseQueueKey(it.Item().Key(), subID)
+			if !ok {
+				continue
+			}
+			if at.After(now) || len(out) >= limit {
+				next = at
+				return nil
+			}
+			var d Delivery
+			found, err := getJSON(txn, []byte(prefixD+did), &d)
+			if err != nil {
+				return err
+			}
+			if !found {
+				orphans = append(orphans, it.Item().KeyCopy(nil))
+				continue
+			}
+			d.NextAttempt = at
+			out = append(out, d)
+		}
+		return nil
+	})
+	if err == nil && len(orphans) > 0 {
+		err = store.Update(s.db, func(txn *badger.Txn) error {
+			for _, k := range orphans {
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return out, next, err
+}
+
+// settle stores the outcome of an attempt: the attempt record, the delivery
+// and its place in the queue (gone once the delivery is final, when the
+// delivery itself starts to expire).
+func (s *Store) settle(d *Delivery, queuedAt time.Time, att Attempt, retention time.Duration) error {
+	return store.Update(s.db, func(txn *badger.Txn) error {
+		if err := txn.Delete(queueKey(d.SubscriptionID, queuedAt, d.ID)); err != nil {
+			return err
+		}
+		if err := setJSON(txn, attemptKey(d.ID, att.N), att, retention); err != nil {
+			return err
+		}
+		ttl := retention
+		if d.State == StatePending {
+			ttl = 0
+			if err := txn.Set(queueKey(d.SubscriptionID, d.NextAttempt, d.ID), nil); err != nil {
+				return err
+			}
+		}
+		return setJSON(txn, []byte(prefixD+d.ID), d, ttl)
+	})
+}
+
+// Subscriptions returns every registered subscription.
+func (s *Store) Subscriptions() ([]Subscription, error) {
+	var out []Subscription
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixSub), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var sub Subscription
+			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &sub) }); err != nil {
+				return err
+			}
+			out = append(out, sub)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *Store) putSubscription(sub *Subscription) error {
+	return store.Update(s.db, func(txn *badger.Txn) error {
+		return setJSON(txn, []byte(prefixSub+sub.ID), sub, 0)
+	})
+}
+
+func (s *Store) deleteSubscription(id string) error {
+	return store.Update(s.db, func(txn *badger.Txn) error {
+		return txn.Delete([]byte(prefixSub + id))
+	})
+}
+
+func (s *Store) health(subID string) (Health, error) {
+	var h Health
+	err := s.db.View(func(txn *badger.Txn) error {
+		_, err := getJSON(txn, []byte(prefixHealth+subID), &h)
+		return err
+	})
+	return h, err
+}
+
+func (s *Store) saveHealth(subID string, h Health) error {
+	return store.Update(s.db, func(txn *badger.Txn) error {
+		return setJSON(txn, []byte(prefixHealth+subID), h, 0)
+	})
+}
+
+// Attempts returns the attempts of one delivery, oldest first.
+func (s *Store) Attempts(did string) ([]Attempt, error) {
+	var out []Attempt
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := []byte(prefixAtt + did + "\x00")
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var a Attempt
+			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &a) }); err != nil {
+				return err
+			}
+			out = append(out, a)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Delivery loads one delivery.
+func (s *Store) Delivery(did string) (Delivery, bool, error) {
+	var d Delivery
+	var found bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		found, err = getJSON(txn, []byte(prefixD+did), &d)
+		return err
+	})
+	return d, found, err
+}
+
+// QueueDepth counts pending deliveries of one subscription.
+func (s *Store) QueueDepth(subID string) (int, error) {
+	n := 0
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := queuePrefix(subID)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
