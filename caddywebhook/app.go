@@ -6,10 +6,12 @@ package caddywebhook
 import (
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/hookgate/caddy-webhook/delivery"
 	"github.com/hookgate/caddy-webhook/ingest"
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
@@ -19,18 +21,77 @@ func init() {
 }
 
 // App is the `webhooks` app. It owns the embedded badger database that
-// holds push windows and the delivery queue, one per Caddy instance. The
-// open database is shared across config reloads: Caddy provisions the new
-// config while the old one still runs, and badger allows only one opener
-// per directory.
+// holds push windows and the delivery queue, one per Caddy instance, and
+// the workers that deliver published events to subscribers. The open
+// database and the delivery engine are shared across config reloads: Caddy
+// provisions the new config while the old one still runs, and badger
+// allows only one opener per directory.
 type App struct {
 	// Where the database lives. Default: `webhook` under Caddy's data
 	// directory. Placeholders such as {env.*} are replaced.
 	StorageDir string `json:"storage_dir,omitempty"`
 
-	dir    string
-	shared *sharedStore
-	logger *zap.Logger
+	// Concurrent deliveries across all subscriptions. Default: 64.
+	Workers int `json:"workers,omitempty"`
+
+	// Concurrent deliveries to one subscription. Default: 8.
+	EndpointConcurrency int `json:"endpoint_concurrency,omitempty"`
+
+	// Time limit of one delivery attempt. Default: 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Delays between attempts. Default: 5s 5m 30m 2h 5h 10h 10h (eight
+	// attempts over about 28 hours). Each is spread by ±10%.
+	Retry []caddy.Duration `json:"retry,omitempty"`
+
+	// A subscription failing without a success for this long is disabled
+	// until re-enabled; its deliveries are kept. Default: 72h.
+	DisableAfter caddy.Duration `json:"disable_after,omitempty"`
+
+	// How long delivered and failed messages and attempt records are kept.
+	// Default: 7 days.
+	Retention caddy.Duration `json:"retention,omitempty"`
+
+	// Allow deliveries to loopback, private, link-local and other reserved
+	// addresses. Off by default, so a subscriber URL cannot reach internal
+	// services or cloud metadata.
+	AllowPrivateTargets bool `json:"allow_private_targets,omitempty"`
+
+	// Static subscriptions, configured with the server rather than through
+	// the registration API.
+	Subscriptions []SubscriptionConfig `json:"subscriptions,omitempty"`
+
+	dir      string
+	shared   *sharedStore
+	delivery delivery.Config
+	logger   *zap.Logger
+}
+
+// SubscriptionConfig is a static subscription. Secrets may be placeholders
+// such as {env.KINGUIN_SECRET}.
+type SubscriptionConfig struct {
+	// Name of the subscription, unique in the config.
+	Name string `json:"name"`
+	// Where to POST events: an absolute http(s) URL.
+	URL string `json:"url"`
+	// Events to deliver; "*" for all.
+	Events []string `json:"events"`
+	// Tenant whose events to deliver. Default "" (single-tenant).
+	Tenant string `json:"tenant,omitempty"`
+	// Deliver only events of this location. Default: all locations.
+	Location string `json:"location,omitempty"`
+	// Send Secret in this header (Kinguin: X-Event-Secret).
+	SecretHeader string `json:"secret_header,omitempty"`
+	Secret       string `json:"secret,omitempty"`
+	// Send `Authorization: Token token="<token>"` (FlyBuy).
+	Token string `json:"token,omitempty"`
+	// Send HTTP Basic authentication.
+	BasicUser     string `json:"basic_user,omitempty"`
+	BasicPassword string `json:"basic_password,omitempty"`
+	// Sign with Standard Webhooks headers; a `whsec_` secret.
+	SigningSecret string `json:"signing_secret,omitempty"`
+	// "data" wraps the payload as {"data": …} (FlyBuy).
+	Envelope string `json:"envelope,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -51,14 +112,23 @@ type sharedStore struct {
 	db      *store.DB
 	windows *ingest.BadgerWindows
 	leases  *ingest.Leases
+	engine  *delivery.Engine
 }
 
-// Destruct closes the database once the last config using it is gone.
-func (s *sharedStore) Destruct() error { return s.db.Close() }
+// Destruct stops deliveries and closes the database once the last config
+// using them is gone.
+func (s *sharedStore) Destruct() error {
+	s.engine.Stop()
+	return s.db.Close()
+}
 
 // Provision opens (or joins) the database.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	var err error
+	if a.delivery, err = a.deliveryConfig(); err != nil {
+		return fmt.Errorf("webhooks: %w", err)
+	}
 	dir, err := a.storageDir()
 	if err != nil {
 		return err
@@ -74,6 +144,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			db:      db,
 			windows: ingest.NewBadgerWindows(db.DB),
 			leases:  ingest.NewLeases(),
+			engine:  delivery.NewEngine(delivery.NewStore(db.DB), a.logger, nil),
 		}, nil
 	})
 	if err != nil {
@@ -99,11 +170,85 @@ func (a *App) storageDir() (string, error) {
 	return abs, nil
 }
 
-// Start implements caddy.App.
-func (a *App) Start() error { return nil }
+// deliveryConfig resolves placeholders and checks the delivery settings.
+func (a *App) deliveryConfig() (delivery.Config, error) {
+	cfg := delivery.Config{
+		Workers:             a.Workers,
+		EndpointConcurrency: a.EndpointConcurrency,
+		Timeout:             time.Duration(a.Timeout),
+		DisableAfter:        time.Duration(a.DisableAfter),
+		Retention:           time.Duration(a.Retention),
+		AllowPrivateTargets: a.AllowPrivateTargets,
+	}
+	for _, d := range a.Retry {
+		cfg.Retry = append(cfg.Retry, time.Duration(d))
+	}
+	repl := caddy.NewReplacer()
+	for _, sc := range a.Subscriptions {
+		sub, err := sc.subscription(repl)
+		if err != nil {
+			return cfg, fmt.Errorf("subscription %q: %w", sc.Name, err)
+		}
+		cfg.Subscriptions = append(cfg.Subscriptions, sub)
+	}
+	return cfg, cfg.Validate()
+}
 
-// Stop implements caddy.App.
+func (sc SubscriptionConfig) subscription(repl *caddy.Replacer) (delivery.Subscription, error) {
+	sub := delivery.Subscription{
+		ID: delivery.StaticID(sc.Name), Name: sc.Name, Events: sc.Events,
+		Tenant: sc.Tenant, Location: sc.Location, Envelope: sc.Envelope,
+	}
+	if sc.Name == "" {
+		return sub, fmt.Errorf("a subscription has no name")
+	}
+	fields := []struct {
+		name     string
+		from     string
+		to       *string
+		required bool
+	}{
+		{"url", sc.URL, &sub.URL, true},
+		{"secret", sc.Secret, &sub.Auth.Secret, false},
+		{"token", sc.Token, &sub.Auth.Token, false},
+		{"basic user", sc.BasicUser, &sub.Auth.BasicUser, false},
+		{"basic password", sc.BasicPassword, &sub.Auth.BasicPassword, false},
+		{"signing_secret", sc.SigningSecret, &sub.Auth.SigningSecret, false},
+	}
+	for _, f := range fields {
+		if f.from == "" {
+			if f.required {
+				return sub, fmt.Errorf("%s is required", f.name)
+			}
+			continue
+		}
+		v, err := repl.ReplaceOrErr(f.from, true, true)
+		if err != nil {
+			return sub, fmt.Errorf("%s: %v", f.name, err)
+		}
+		*f.to = v
+	}
+	sub.Auth.SecretHeader = sc.SecretHeader
+	return sub, nil
+}
+
+// Start applies this config's delivery settings and starts delivering
+// (a reload only swaps the settings of the running engine).
+func (a *App) Start() error {
+	eng := a.shared.engine
+	eng.SetLogger(a.logger)
+	if err := eng.Configure(a.delivery); err != nil {
+		return fmt.Errorf("webhooks: %w", err)
+	}
+	return eng.Start()
+}
+
+// Stop implements caddy.App. The engine keeps running for the config that
+// replaces this one; it stops with the last config (see sharedStore).
 func (a *App) Stop() error { return nil }
+
+// Engine is the delivery engine.
+func (a *App) Engine() *delivery.Engine { return a.shared.engine }
 
 // Cleanup releases this config's hold on the database; the last one out
 // closes it.

@@ -1,6 +1,8 @@
 package caddywebhook
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -16,13 +18,12 @@ func init() {
 	// comes before terminal handlers such as reverse_proxy and respond, in
 	// whatever order a block lists them.
 	httpcaddyfile.RegisterDirectiveOrder("webhook_ingest", httpcaddyfile.After, "basic_auth")
+	httpcaddyfile.RegisterHandlerDirective("webhook_publish", parsePublish)
+	httpcaddyfile.RegisterDirectiveOrder("webhook_publish", httpcaddyfile.After, "basic_auth")
 }
 
-// parseGlobalWebhooks sets up the webhooks app from the global option:
-//
-//	webhooks {
-//	    storage_dir <dir>
-//	}
+// parseGlobalWebhooks sets up the webhooks app from the global option
+// (see App.UnmarshalCaddyfile).
 func parseGlobalWebhooks(d *caddyfile.Dispenser, existing any) (any, error) {
 	if existing != nil {
 		return nil, d.Err("the webhooks global option may appear only once")
@@ -34,23 +35,177 @@ func parseGlobalWebhooks(d *caddyfile.Dispenser, existing any) (any, error) {
 	return httpcaddyfile.App{Name: "webhooks", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
-// UnmarshalCaddyfile sets up the app from Caddyfile tokens.
+// UnmarshalCaddyfile sets up the app from Caddyfile tokens:
+//
+//	webhooks {
+//	    storage_dir <dir>
+//	    workers <n>
+//	    endpoint_concurrency <n>
+//	    timeout <duration>
+//	    retry <d1> <d2> …
+//	    disable_after <duration>
+//	    retention <duration>
+//	    allow_private_targets
+//	    subscription <name> {
+//	        url <url>
+//	        events <event> [<event>…]
+//	        tenant <id>
+//	        location <id>
+//	        secret_header <header> <secret>
+//	        token <token>
+//	        basic <id> <secret>
+//	        signing_secret <whsec_…>
+//	        envelope data
+//	    }
+//	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // option name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	seen := map[string]bool{}
 	for d.NextBlock(0) {
-		switch d.Val() {
-		case "storage_dir":
-			if a.StorageDir != "" {
-				return d.Err("storage_dir specified more than once")
+		opt := d.Val()
+		if opt != "subscription" {
+			if seen[opt] {
+				return d.Errf("%s specified more than once", opt)
 			}
+			seen[opt] = true
+		}
+		var err error
+		switch opt {
+		case "storage_dir":
 			if !d.AllArgs(&a.StorageDir) {
 				return d.ArgErr()
 			}
+		case "workers":
+			a.Workers, err = positiveIntArg(d)
+		case "endpoint_concurrency":
+			a.EndpointConcurrency, err = positiveIntArg(d)
+		case "timeout":
+			a.Timeout, err = positiveDurationArg(d)
+		case "disable_after":
+			a.DisableAfter, err = positiveDurationArg(d)
+		case "retention":
+			a.Retention, err = positiveDurationArg(d)
+		case "retry":
+			a.Retry, err = retryArgs(d)
+		case "allow_private_targets":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			a.AllowPrivateTargets = true
+		case "subscription":
+			var sc SubscriptionConfig
+			if sc, err = parseSubscription(d); err == nil {
+				for _, other := range a.Subscriptions {
+					if other.Name == sc.Name {
+						return d.Errf("subscription %q is defined twice", sc.Name)
+					}
+				}
+				a.Subscriptions = append(a.Subscriptions, sc)
+			}
 		default:
-			return d.Errf("unrecognized webhooks option %q", d.Val())
+			return d.Errf("unrecognized webhooks option %q", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func parseSubscription(d *caddyfile.Dispenser) (SubscriptionConfig, error) {
+	var sc SubscriptionConfig
+	if !d.NextArg() {
+		return sc, d.Err("subscription needs a name: subscription <name> { … }")
+	}
+	sc.Name = d.Val()
+	if d.NextArg() {
+		return sc, d.Errf("subscription %q: unexpected argument %q before the block", sc.Name, d.Val())
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return sc, d.Errf("subscription %q: %s specified more than once", sc.Name, opt)
+		}
+		seen[opt] = true
+		args := d.RemainingArgs()
+		want := map[string]int{"url": 1, "tenant": 1, "location": 1, "secret_header": 2, "token": 1, "basic": 2, "signing_secret": 1, "envelope": 1}
+		n, known := want[opt]
+		switch {
+		case opt == "events":
+			if len(args) == 0 {
+				return sc, d.Errf("subscription %q: events needs at least one event (\"*\" for all)", sc.Name)
+			}
+			sc.Events = args
+			continue
+		case !known:
+			return sc, d.Errf("subscription %q: unrecognized option %q", sc.Name, opt)
+		case len(args) != n:
+			return sc, d.Errf("subscription %q: %s takes %d argument(s)", sc.Name, opt, n)
+		}
+		switch opt {
+		case "url":
+			sc.URL = args[0]
+		case "tenant":
+			sc.Tenant = args[0]
+		case "location":
+			sc.Location = args[0]
+		case "secret_header":
+			sc.SecretHeader, sc.Secret = args[0], args[1]
+		case "token":
+			sc.Token = args[0]
+		case "basic":
+			sc.BasicUser, sc.BasicPassword = args[0], args[1]
+		case "signing_secret":
+			sc.SigningSecret = args[0]
+		case "envelope":
+			if args[0] != "data" {
+				return sc, d.Errf("subscription %q: envelope must be \"data\"", sc.Name)
+			}
+			sc.Envelope = args[0]
+		}
+	}
+	if sc.URL == "" {
+		return sc, d.Errf("subscription %q: url is required", sc.Name)
+	}
+	if len(sc.Events) == 0 {
+		return sc, d.Errf("subscription %q: events is required (\"*\" for all)", sc.Name)
+	}
+	return sc, nil
+}
+
+func parsePublish(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Publish)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	webhook_publish [{
+//	    max_body <size>
+//	}]
+func (h *Publish) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.Err("webhook_publish takes no arguments")
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "max_body":
+			if h.MaxBody != 0 {
+				return d.Err("max_body specified more than once")
+			}
+			n, err := sizeArg(d)
+			if err != nil {
+				return err
+			}
+			h.MaxBody = n
+		default:
+			return d.Errf("unrecognized webhook_publish option %q", d.Val())
 		}
 	}
 	return nil
@@ -167,6 +322,43 @@ func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
 	return caddy.Duration(dur), nil
 }
 
+func positiveDurationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	dur, err := durationArg(d)
+	if err == nil && dur == 0 {
+		err = d.Errf("%s must be positive", d.Val())
+	}
+	return dur, err
+}
+
+func positiveIntArg(d *caddyfile.Dispenser) (int, error) {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0, d.Errf("invalid %s %q: want a positive number", name, s)
+	}
+	return n, nil
+}
+
+func retryArgs(d *caddyfile.Dispenser) ([]caddy.Duration, error) {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return nil, d.Err("retry needs at least one delay, e.g. retry 5s 5m 30m")
+	}
+	out := make([]caddy.Duration, 0, len(args))
+	for _, a := range args {
+		dur, err := caddy.ParseDuration(a)
+		if err != nil || dur <= 0 {
+			return nil, d.Errf("invalid retry delay %q: want a positive duration", a)
+		}
+		out = append(out, caddy.Duration(dur))
+	}
+	return out, nil
+}
+
 func sizeArg(d *caddyfile.Dispenser) (int64, error) {
 	name := d.Val()
 	var s string
@@ -184,4 +376,5 @@ func sizeArg(d *caddyfile.Dispenser) (int64, error) {
 var (
 	_ caddyfile.Unmarshaler = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*Ingest)(nil)
+	_ caddyfile.Unmarshaler = (*Publish)(nil)
 )

@@ -47,6 +47,12 @@ type Config struct {
 	Subscriptions []Subscription
 }
 
+// Validate reports what Configure would refuse.
+func (c Config) Validate() error {
+	_, err := c.withDefaults()
+	return err
+}
+
 func (c Config) withDefaults() (Config, error) {
 	if c.Workers == 0 {
 		c.Workers = DefaultWorkers

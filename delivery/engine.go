@@ -30,7 +30,7 @@ const EventEndpointDisabled = "endpoint.disabled"
 type Engine struct {
 	store  *Store
 	clock  Clock
-	logger *zap.Logger
+	logger atomic.Pointer[zap.Logger]
 
 	settings atomic.Pointer[settings]
 	workers  atomic.Pointer[chan struct{}]
@@ -76,18 +76,27 @@ func NewEngine(store *Store, logger *zap.Logger, clock Clock) *Engine {
 	if clock == nil {
 		clock = systemClock{}
 	}
-	if logger == nil {
-		logger = zap.NewNop()
-	}
 	e := &Engine{
-		store: store, clock: clock, logger: logger,
+		store: store, clock: clock,
 		registered: map[string]*Subscription{},
 		health:     map[string]*Health{},
 		lanes:      map[string]*lane{},
 	}
 	e.sched = newScheduler(e)
+	e.SetLogger(logger)
 	return e
 }
+
+// SetLogger replaces the logger; the engine outlives configs, each of
+// which brings its own.
+func (e *Engine) SetLogger(l *zap.Logger) {
+	if l == nil {
+		l = zap.NewNop()
+	}
+	e.logger.Store(l)
+}
+
+func (e *Engine) log() *zap.Logger { return e.logger.Load() }
 
 // Configure validates cfg and makes it current.
 func (e *Engine) Configure(cfg Config) error {
@@ -218,7 +227,7 @@ func (e *Engine) runLane(subID string, l *lane) {
 	for {
 		batch, next, err := e.loadDue(subID)
 		if err != nil && e.ctx.Err() == nil {
-			e.logger.Error("reading delivery queue", zap.String("subscription", subID), zap.Error(err))
+			e.log().Error("reading delivery queue", zap.String("subscription", subID), zap.Error(err))
 			next = e.clock.Now().Add(5 * time.Second)
 		}
 		if len(batch) == 0 {
@@ -306,7 +315,7 @@ func (e *Engine) attempt(d *Delivery) {
 		N: d.Attempts, At: now, Status: res.status, Error: d.LastError, Duration: res.duration, Success: res.success(),
 	}
 	if err := e.store.settle(d, queuedAt, att, s.Retention); err != nil {
-		e.logger.Error("recording delivery attempt", zap.String("delivery", d.ID), zap.Error(err))
+		e.log().Error("recording delivery attempt", zap.String("delivery", d.ID), zap.Error(err))
 	}
 	e.logAttempt(sub, d, res)
 	e.recordHealth(sub, res, now)
@@ -330,7 +339,7 @@ func (e *Engine) logAttempt(sub *Subscription, d *Delivery, res result) {
 	if d.State == StateFailed {
 		level = zap.WarnLevel
 	}
-	ce := e.logger.Check(level, "webhook delivery attempt")
+	ce := e.log().Check(level, "webhook delivery attempt")
 	if ce == nil {
 		return
 	}
@@ -447,7 +456,7 @@ func (e *Engine) recordHealth(sub *Subscription, res result, now time.Time) {
 	defer e.healthMu.Unlock()
 	h, err := e.healthOf(sub.ID)
 	if err != nil {
-		e.logger.Error("reading endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
+		e.log().Error("reading endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
 		return
 	}
 	changed, disabled := false, false
@@ -473,7 +482,7 @@ func (e *Engine) recordHealth(sub *Subscription, res result, now time.Time) {
 	}
 	if changed {
 		if err := e.store.saveHealth(sub.ID, *h); err != nil {
-			e.logger.Error("saving endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
+			e.log().Error("saving endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
 		}
 	}
 	if disabled {
@@ -492,7 +501,7 @@ func (e *Engine) recordHealth(sub *Subscription, res result, now time.Time) {
 // announceDisabled logs the disabling and publishes endpoint.disabled to
 // the subscription's tenant.
 func (e *Engine) announceDisabled(sub *Subscription, h Health) {
-	e.logger.Warn("webhook endpoint disabled",
+	e.log().Warn("webhook endpoint disabled",
 		zap.String("subscription", sub.ID), zap.String("url", redactURL(sub.URL)),
 		zap.String("reason", h.Reason), zap.Time("failing_since", h.FailingSince))
 	data, _ := json.Marshal(map[string]any{
@@ -505,7 +514,7 @@ func (e *Engine) announceDisabled(sub *Subscription, h Health) {
 	})
 	msg := Message{Event: EventEndpointDisabled, Tenant: sub.Tenant, Data: data}
 	if _, err := e.Publish(msg); err != nil {
-		e.logger.Error("publishing endpoint.disabled", zap.String("subscription", sub.ID), zap.Error(err))
+		e.log().Error("publishing endpoint.disabled", zap.String("subscription", sub.ID), zap.Error(err))
 	}
 }
 

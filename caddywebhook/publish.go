@@ -1,0 +1,118 @@
+package caddywebhook
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/hookgate/caddy-webhook/delivery"
+)
+
+func init() {
+	caddy.RegisterModule(Publish{})
+}
+
+// DefaultPublishMaxBody bounds a publish request when max_body is not set.
+const DefaultPublishMaxBody = 1 << 20
+
+// Publish is where a backend publishes an event for delivery:
+// `POST {"event", "tenant", "location", "id", "data"}`. It answers
+// `202 {"id", "deliveries"}` once the message and one delivery per
+// matching subscription are durably queued. Publishing an `id` again for
+// the same tenant stores nothing new and answers as the first time.
+//
+// Expose it only to the backend (e.g. on a loopback listener or behind
+// authentication): whoever can publish can make the server send requests
+// to every subscriber.
+type Publish struct {
+	// Largest accepted request body in bytes. Default: 1 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	engine *delivery.Engine
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Publish) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.webhook_publish",
+		New: func() caddy.Module { return new(Publish) },
+	}
+}
+
+// Provision joins the webhooks app's delivery engine.
+func (h *Publish) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.MaxBody == 0 {
+		h.MaxBody = DefaultPublishMaxBody
+	}
+	if h.MaxBody < 0 {
+		return errors.New("webhook_publish: max_body must not be negative")
+	}
+	app, err := appFrom(ctx)
+	if err != nil {
+		return err
+	}
+	h.engine = app.Engine()
+	return nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler. It always answers;
+// next is not called.
+func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return writeJSONError(w, http.StatusMethodNotAllowed, "method not allowed")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return writeJSONError(w, http.StatusRequestEntityTooLarge, "request body too large")
+		}
+		return writeJSONError(w, http.StatusBadRequest, "request body could not be read")
+	}
+	msg, err := delivery.ParsePublish(body)
+	if err != nil {
+		return writeJSONError(w, http.StatusBadRequest, err.Error())
+	}
+	res, err := h.engine.Publish(msg)
+	if err != nil {
+		h.logger.Error("publishing event", zap.String("event", msg.Event), zap.Error(err))
+		return writeJSONError(w, http.StatusInternalServerError, "internal error")
+	}
+	h.logger.Debug("event published",
+		zap.String("id", res.ID), zap.String("event", msg.Event), zap.String("tenant", msg.Tenant),
+		zap.Int("deliveries", res.Deliveries), zap.Bool("duplicate", res.Duplicate))
+	return writeJSON(w, http.StatusAccepted, res)
+}
+
+func writeJSONError(w http.ResponseWriter, status int, msg string) error {
+	return writeJSON(w, status, map[string]string{"error": msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	body = append(body, '\n')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, err = w.Write(body)
+	return err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Publish)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Publish)(nil)
+)
