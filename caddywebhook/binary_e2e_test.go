@@ -157,3 +157,62 @@ http://127.0.0.1:%d {
 		t.Fatalf("upstream got %d pushes, want 1", n)
 	}
 }
+
+// Messages acknowledged with 202 while the subscriber is down are
+// delivered after Caddy is killed with SIGKILL and started again.
+func TestBacklogDeliveredAfterKill9(t *testing.T) {
+	bin := caddyBinary(t)
+	sub := newSubscriber(t)
+	sub.fail.Store(true)
+	admin, port := freePort(t), freePort(t)
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	skip_install_trust
+	webhooks {
+		storage_dir %s
+		allow_private_targets
+		retry 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s
+		subscription backend {
+			url %s
+			events *
+		}
+	}
+}
+http://127.0.0.1:%d {
+	webhook_publish
+}
+`, admin, t.TempDir(), sub.URL, port)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+
+	p := startCaddyProcess(t, bin, cfg, url)
+	const n = 30
+	ids := map[string]bool{}
+	for i := 0; i < n; i++ {
+		res, err := http.Post(url, "application/json", strings.NewReader(fmt.Sprintf(`{"event":"e","id":"m-%d","data":{"i":%d}}`, i, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 202 {
+			t.Fatalf("publish %d: %d", i, res.StatusCode)
+		}
+		ids[fmt.Sprintf("m-%d", i)] = true
+	}
+	p.kill()
+
+	sub.fail.Store(false)
+	startCaddyProcess(t, bin, cfg, url)
+	waitFor(t, "the backlog", func() bool {
+		got := map[string]bool{}
+		for _, r := range sub.received() {
+			got[r.Header.Get("Webhook-Id")] = true
+		}
+		return len(got) == n
+	})
+	for _, r := range sub.received() {
+		if !ids[r.Header.Get("Webhook-Id")] {
+			t.Fatalf("unexpected delivery %q", r.Header.Get("Webhook-Id"))
+		}
+	}
+	t.Logf("%d messages, %d deliveries after restart (duplicates: %d)", n, len(sub.received()), len(sub.received())-n)
+}

@@ -323,9 +323,10 @@ func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
 }
 
 func positiveDurationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	name := d.Val()
 	dur, err := durationArg(d)
 	if err == nil && dur == 0 {
-		err = d.Errf("%s must be positive", d.Val())
+		err = d.Errf("%s must be positive", name)
 	}
 	return dur, err
 }

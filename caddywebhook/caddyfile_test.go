@@ -79,20 +79,132 @@ func TestUnmarshalIngestErrors(t *testing.T) {
 
 func TestUnmarshalWebhooksOption(t *testing.T) {
 	var a App
-	if err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser("webhooks {\n storage_dir /var/lib/hooks\n}")); err != nil {
+	err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`webhooks {
+		storage_dir /var/lib/hooks
+		workers 16
+		endpoint_concurrency 4
+		timeout 3s
+		retry 1s 1m 1h
+		disable_after 48h
+		retention 3d
+		allow_private_targets
+		subscription kinguin {
+			url https://shop.example/hooks
+			events product.update order.status
+			secret_header X-Event-Secret {env.KINGUIN_SECRET}
+		}
+		subscription flybuy {
+			url https://flybuy.example/hook
+			events *
+			tenant acme
+			location store-1
+			token FFCPUG2A
+			basic id secret
+			signing_secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+			envelope data
+		}
+	}`))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if a.StorageDir != "/var/lib/hooks" {
-		t.Fatalf("storage_dir = %q", a.StorageDir)
+	want := App{
+		StorageDir: "/var/lib/hooks", Workers: 16, EndpointConcurrency: 4,
+		Timeout:      caddy.Duration(3 * time.Second),
+		Retry:        []caddy.Duration{caddy.Duration(time.Second), caddy.Duration(time.Minute), caddy.Duration(time.Hour)},
+		DisableAfter: caddy.Duration(48 * time.Hour), Retention: caddy.Duration(72 * time.Hour),
+		AllowPrivateTargets: true,
+		Subscriptions: []SubscriptionConfig{
+			{Name: "kinguin", URL: "https://shop.example/hooks", Events: []string{"product.update", "order.status"}, SecretHeader: "X-Event-Secret", Secret: "{env.KINGUIN_SECRET}"},
+			{Name: "flybuy", URL: "https://flybuy.example/hook", Events: []string{"*"}, Tenant: "acme", Location: "store-1", Token: "FFCPUG2A",
+				BasicUser: "id", BasicPassword: "secret", SigningSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", Envelope: "data"},
+		},
 	}
-	for input, want := range map[string]string{
-		"webhooks {\n storage_dir\n}":                   "wrong argument count",
-		"webhooks {\n storage_dir a\n storage_dir b\n}": "more than once",
-		"webhooks {\n storage /x\n}":                    `unrecognized webhooks option "storage"`,
-		"webhooks now":                                  "wrong argument count",
-	} {
+	got, _ := json.Marshal(a)
+	exp, _ := json.Marshal(want)
+	if string(got) != string(exp) {
+		t.Fatalf("got  %s\nwant %s", got, exp)
+	}
+	if _, err := a.deliveryConfig(); err == nil || !strings.Contains(err.Error(), "KINGUIN_SECRET") {
+		t.Fatalf("unset placeholder: %v", err)
+	}
+	t.Setenv("KINGUIN_SECRET", "s3cret")
+	cfg, err := a.deliveryConfig()
+	if err != nil || cfg.Subscriptions[0].Auth.Secret != "s3cret" || cfg.Subscriptions[0].ID != "static:kinguin" {
+		t.Fatalf("delivery config: %+v %v", cfg, err)
+	}
+}
+
+func TestUnmarshalWebhooksOptionErrors(t *testing.T) {
+	sub := func(body string) string { return "webhooks {\n subscription s {\n" + body + "\n}\n}" }
+	cases := map[string]string{
+		"webhooks {\n storage_dir\n}":                       "wrong argument count",
+		"webhooks {\n storage_dir a\n storage_dir b\n}":     "storage_dir specified more than once",
+		"webhooks {\n storage /x\n}":                        `unrecognized webhooks option "storage"`,
+		"webhooks now":                                      "wrong argument count",
+		"webhooks {\n workers 0\n}":                         `invalid workers "0": want a positive number`,
+		"webhooks {\n workers many\n}":                      `invalid workers "many"`,
+		"webhooks {\n timeout 0s\n}":                        "timeout must be positive",
+		"webhooks {\n retry\n}":                             "retry needs at least one delay",
+		"webhooks {\n retry 5s soon\n}":                     `invalid retry delay "soon"`,
+		"webhooks {\n allow_private_targets yes\n}":         "wrong argument count",
+		"webhooks {\n subscription {\n url http://x\n }\n}": "subscription needs a name",
+		sub("events *"):                                     `subscription "s": url is required`,
+		sub("url https://x.example"):                        `subscription "s": events is required`,
+		sub("url https://x.example\n events"):               `events needs at least one event`,
+		sub("url a b"):                                      `subscription "s": url takes 1 argument(s)`,
+		sub("secret_header X-Event-Secret"):                 `subscription "s": secret_header takes 2 argument(s)`,
+		sub("basic only-id"):                                `subscription "s": basic takes 2 argument(s)`,
+		sub("envelope json"):                                `subscription "s": envelope must be "data"`,
+		sub("url https://a\n url https://b"):                `subscription "s": url specified more than once`,
+		sub("headers X"):                                    `subscription "s": unrecognized option "headers"`,
+		"webhooks {\n subscription s {\n url https://a\n events *\n }\n subscription s {\n url https://a\n events *\n }\n}": `subscription "s" is defined twice`,
+	}
+	for input, want := range cases {
 		var a App
 		err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want %q", input, err, want)
+		}
+	}
+}
+
+// Provisioning rejects subscriptions that parse but cannot work; the
+// error names the subscription, never a secret.
+func TestDeliveryConfigErrors(t *testing.T) {
+	cases := []struct {
+		sc   SubscriptionConfig
+		want string
+	}{
+		{SubscriptionConfig{Name: "a", URL: "ftp://x", Events: []string{"*"}}, `subscription "a": url must be an absolute http or https URL`},
+		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, SigningSecret: "hunter2"}, `subscription "a": signing secret must start with "whsec_"`},
+		{SubscriptionConfig{Name: "a", Events: []string{"*"}}, `subscription "a": url is required`},
+	}
+	for _, tc := range cases {
+		a := App{Subscriptions: []SubscriptionConfig{tc.sc}}
+		_, err := a.deliveryConfig()
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("err = %v, want %q", err, tc.want)
+		}
+	}
+}
+
+func TestUnmarshalPublish(t *testing.T) {
+	var h Publish
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("webhook_publish {\n max_body 64KB\n}")); err != nil || h.MaxBody != 64000 {
+		t.Fatalf("max_body %d, %v", h.MaxBody, err)
+	}
+	h = Publish{}
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("webhook_publish")); err != nil || h.MaxBody != 0 {
+		t.Fatalf("bare directive: %d, %v", h.MaxBody, err)
+	}
+	for input, want := range map[string]string{
+		"webhook_publish now":                                "takes no arguments",
+		"webhook_publish {\n max_body big\n}":                `invalid max_body "big"`,
+		"webhook_publish {\n tenant x\n}":                    `unrecognized webhook_publish option "tenant"`,
+		"webhook_publish {\n max_body 1KB\n max_body 2KB\n}": "max_body specified more than once",
+	} {
+		var h Publish
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: err = %v, want %q", input, err, want)
 		}

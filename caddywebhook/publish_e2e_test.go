@@ -1,0 +1,201 @@
+package caddywebhook
+
+import (
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+)
+
+const (
+	e2eKinguinSecret = "e2e-kinguin-secret-51ab"
+	e2eFlybuyToken   = "e2e-flybuy-token-9dd0"
+)
+
+var e2eSigningSecret = "whsec_" + base64.StdEncoding.EncodeToString([]byte("e2e-signing-key-0123456789abcdef"))
+
+// subscriber is a receiving endpoint that records what arrives.
+type subscriber struct {
+	*httptest.Server
+	mu   sync.Mutex
+	hits []received
+	fail atomic.Bool // answer 503 while set
+}
+
+func newSubscriber(t *testing.T) *subscriber {
+	s := &subscriber{}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if s.fail.Load() {
+			w.WriteHeader(503)
+			return
+		}
+		s.mu.Lock()
+		s.hits = append(s.hits, received{Header: r.Header.Clone(), Body: string(body)})
+		s.mu.Unlock()
+		w.WriteHeader(204)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *subscriber) received() []received {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]received(nil), s.hits...)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func publishConfig(t *testing.T, storage, kinguinURL, flybuyURL string) (string, string) {
+	global, logFile := globalOptions(t, storage, fmt.Sprintf(`allow_private_targets
+		retry 1s
+		subscription kinguin {
+			url %s
+			events product.update
+			secret_header X-Event-Secret {env.E2E_KINGUIN_SECRET}
+			signing_secret %s
+		}
+		subscription flybuy {
+			url %s
+			events *
+			token %s
+			envelope data
+		}`, kinguinURL, e2eSigningSecret, flybuyURL, e2eFlybuyToken))
+	return global + `
+http://localhost:9080 {
+	handle /events {
+		webhook_publish {
+			max_body 1KB
+		}
+	}
+}
+`, logFile
+}
+
+func publish(t *testing.T, client *http.Client, method, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, testBase+"/events", strings.NewReader(body))
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if ct := res.Header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type %q", ct)
+	}
+	return res.StatusCode, strings.TrimSpace(string(b))
+}
+
+func TestPublishEndToEnd(t *testing.T) {
+	t.Setenv("E2E_KINGUIN_SECRET", e2eKinguinSecret)
+	kinguin, flybuy := newSubscriber(t), newSubscriber(t)
+	cfg, logFile := publishConfig(t, t.TempDir(), kinguin.URL+"/hook", flybuy.URL+"/hook")
+	tester := startCaddy(t, cfg)
+
+	payload := `{"kinguinId":1949,"qty":845,"updatedAt":"2020-10-16T11:24:08.015+00:00"}`
+	status, body := publish(t, tester.Client, "POST", `{"event":"product.update","id":"p-1949","data":`+payload+`}`)
+	if status != 202 || body != `{"id":"p-1949","deliveries":2}` {
+		t.Fatalf("publish: %d %s", status, body)
+	}
+	waitFor(t, "both deliveries", func() bool { return len(kinguin.received()) == 1 && len(flybuy.received()) == 1 })
+
+	k := kinguin.received()[0]
+	if k.Body != payload || k.Header.Get("X-Event-Secret") != e2eKinguinSecret || k.Header.Get("X-Event-Name") != "product.update" ||
+		k.Header.Get("Webhook-Id") != "p-1949" || k.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("kinguin got %s %v", k.Body, k.Header)
+	}
+	wh, _ := standardwebhooks.NewWebhook(e2eSigningSecret)
+	if err := wh.Verify([]byte(k.Body), k.Header); err != nil {
+		t.Fatalf("signature: %v", err)
+	}
+	f := flybuy.received()[0]
+	if f.Body != `{"data":`+payload+`}` || f.Header.Get("Authorization") != `Token token="`+e2eFlybuyToken+`"` {
+		t.Fatalf("flybuy got %s %v", f.Body, f.Header)
+	}
+
+	// The same id again: same answer, nothing new delivered.
+	status, body = publish(t, tester.Client, "POST", `{"event":"product.update","id":"p-1949","data":`+payload+`}`)
+	if status != 202 || body != `{"id":"p-1949","deliveries":2}` {
+		t.Fatalf("republish: %d %s", status, body)
+	}
+	// An event only flybuy wants.
+	status, body = publish(t, tester.Client, "POST", `{"event":"order.status","data":{"orderId":"PHS84FJAG5U"}}`)
+	if status != 202 || !strings.HasPrefix(body, `{"id":"msg_`) || !strings.HasSuffix(body, `","deliveries":1}`) {
+		t.Fatalf("second event: %d %s", status, body)
+	}
+	waitFor(t, "the order event", func() bool { return len(flybuy.received()) == 2 })
+	time.Sleep(100 * time.Millisecond)
+	if len(kinguin.received()) != 1 {
+		t.Fatalf("kinguin got %d deliveries, want 1", len(kinguin.received()))
+	}
+
+	bad := []struct {
+		method, body string
+		status       int
+		err          string
+	}{
+		{"GET", "", 405, "method not allowed"},
+		{"POST", `{"event":"x","data":{}`, 400, "invalid JSON: unexpected end of input"},
+		{"POST", `{"data":{}}`, 400, "event is required"},
+		{"POST", `{"event":"x","data":"text"}`, 400, "data must be a JSON object or array"},
+		{"POST", `{"event":"x","data":{"a":"` + strings.Repeat("x", 1100) + `"}}`, 413, "request body too large"},
+	}
+	for _, b := range bad {
+		status, body := publish(t, tester.Client, b.method, b.body)
+		if status != b.status || body != fmt.Sprintf(`{"error":%q}`, b.err) {
+			t.Errorf("%s %.40s: got %d %s, want %d %q", b.method, b.body, status, body, b.status, b.err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := len(flybuy.received()); n != 2 {
+		t.Fatalf("a refused publish was delivered (%d deliveries)", n)
+	}
+	assertNotInFile(t, logFile, e2eKinguinSecret, e2eFlybuyToken, strings.TrimPrefix(e2eSigningSecret, "whsec_"))
+}
+
+// With the guard on (no allow_private_targets), a subscription on loopback
+// is never reached.
+func TestPublishRefusesPrivateTargets(t *testing.T) {
+	sub := newSubscriber(t)
+	global, logFile := globalOptions(t, t.TempDir(), fmt.Sprintf(`subscription local {
+			url %s
+			events *
+		}`, sub.URL))
+	tester := startCaddy(t, global+`
+http://localhost:9080 {
+	webhook_publish
+}`)
+	req, _ := http.NewRequest("POST", testBase+"/", strings.NewReader(`{"event":"x","data":{}}`))
+	res, err := tester.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 202 {
+		t.Fatalf("publish: %d", res.StatusCode)
+	}
+	waitFor(t, "the refused attempt in the log", func() bool {
+		return strings.Contains(readFile(t, logFile), "private or reserved address")
+	})
+	if n := len(sub.received()); n != 0 {
+		t.Fatalf("loopback subscriber got %d requests", n)
+	}
+}
