@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -49,7 +50,8 @@ type Engine struct {
 	wg      sync.WaitGroup
 	started bool
 
-	sched *scheduler
+	sched    *scheduler
+	settleCh chan settleReq
 }
 
 // settings is a Config ready for use.
@@ -69,6 +71,15 @@ type subIndex struct {
 type lane struct {
 	running bool
 	kicked  bool
+	// cursor: nothing in the queue is due before this time. It moves
+	// forward as batches are loaded and back when something earlier is
+	// enqueued (see wakeFrom), which also bumps rewinds.
+	cursor  time.Time
+	rewinds uint64
+	// inflight holds deliveries being attempted or waiting to be settled;
+	// the loader skips them. progress is signalled when one leaves.
+	inflight map[string]bool
+	progress chan struct{}
 }
 
 // NewEngine makes an engine over store. A nil clock means the wall clock.
@@ -83,6 +94,7 @@ func NewEngine(store *Store, logger *zap.Logger, clock Clock) *Engine {
 		lanes:      map[string]*lane{},
 	}
 	e.sched = newScheduler(e)
+	e.settleCh = make(chan settleReq, 1024)
 	e.SetLogger(logger)
 	return e
 }
@@ -167,8 +179,9 @@ func (e *Engine) Start() error {
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.started = true
 	e.mu.Unlock()
-	e.wg.Add(1)
+	e.wg.Add(2)
 	go e.sched.run(e.ctx)
+	go e.settler()
 	e.Kick()
 	return nil
 }
@@ -200,7 +213,11 @@ func (e *Engine) Kick() {
 }
 
 // wake makes sure the subscription's queue is being worked on.
-func (e *Engine) wake(subID string) {
+func (e *Engine) wake(subID string) { e.wakeFrom(subID, time.Time{}) }
+
+// wakeFrom is wake for a queue that just got an entry due at `due`
+// (zero: unknown, rescan from the start).
+func (e *Engine) wakeFrom(subID string, due time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if !e.started {
@@ -208,8 +225,12 @@ func (e *Engine) wake(subID string) {
 	}
 	l := e.lanes[subID]
 	if l == nil {
-		l = &lane{}
+		l = &lane{inflight: map[string]bool{}, progress: make(chan struct{}, 1)}
 		e.lanes[subID] = l
+	}
+	if due.IsZero() || due.Before(l.cursor) {
+		l.cursor = due
+		l.rewinds++
 	}
 	if l.running {
 		l.kicked = true
@@ -220,37 +241,51 @@ func (e *Engine) wake(subID string) {
 	go e.runLane(subID, l)
 }
 
-// runLane delivers a subscription's due deliveries, batch after batch, and
-// schedules a wake-up for the next one when nothing is due.
+// runLane keeps a subscription's due deliveries in flight, up to its
+// concurrency, loading more as slots free up, and schedules a wake-up for
+// the next one when nothing is due and nothing is in flight.
 func (e *Engine) runLane(subID string, l *lane) {
 	defer e.wg.Done()
+	s := e.settings.Load()
+	slots := make(chan struct{}, s.EndpointConcurrency)
 	for {
-		batch, next, err := e.loadDue(subID)
+		e.mu.Lock()
+		from, rewinds := l.cursor, l.rewinds
+		skip := maps.Clone(l.inflight)
+		e.mu.Unlock()
+		batch, next, err := e.loadDue(subID, from, skip, cap(slots))
 		if err != nil && e.ctx.Err() == nil {
 			e.log().Error("reading delivery queue", zap.String("subscription", subID), zap.Error(err))
 			next = e.clock.Now().Add(5 * time.Second)
 		}
 		if len(batch) == 0 {
-			e.mu.Lock()
-			if l.kicked && e.ctx.Err() == nil {
-				l.kicked = false
-				e.mu.Unlock()
+			if len(skip) > 0 && e.ctx.Err() == nil {
+				e.waitProgress(l) // more may become due as these settle
 				continue
 			}
-			l.running = false
-			delete(e.lanes, subID)
-			e.mu.Unlock()
-			if !next.IsZero() && e.ctx.Err() == nil {
-				e.sched.add(subID, next)
+			if e.idle(l, next, subID) {
+				return
 			}
-			return
+			continue
 		}
-		e.deliverBatch(batch)
+		e.mu.Lock()
+		if l.rewinds == rewinds { // else something earlier arrived meanwhile
+			l.cursor = batch[len(batch)-1].NextAttempt
+		}
+		for i := range batch {
+			l.inflight[batch[i].ID] = true
+		}
+		e.mu.Unlock()
+		for i := range batch {
+			if !e.dispatch(l, slots, batch[i]) {
+				return
+			}
+		}
 	}
 }
 
 // loadDue returns due deliveries of an enabled, known subscription.
-func (e *Engine) loadDue(subID string) ([]Delivery, time.Time, error) {
+func (e *Engine) loadDue(subID string, from time.Time, skip map[string]bool, limit int) ([]Delivery, time.Time, error) {
 	if e.ctx.Err() != nil {
 		return nil, time.Time{}, nil
 	}
@@ -260,43 +295,133 @@ func (e *Engine) loadDue(subID string) ([]Delivery, time.Time, error) {
 	if h, err := e.Health(subID); err != nil || h.Disabled {
 		return nil, time.Time{}, err // kept until re-enabled
 	}
-	s := e.settings.Load()
-	return e.store.due(subID, e.clock.Now(), 4*s.EndpointConcurrency)
+	return e.store.due(subID, from, e.clock.Now(), skip, limit)
 }
 
-func (e *Engine) deliverBatch(batch []Delivery) {
-	s := e.settings.Load()
-	perEndpoint := make(chan struct{}, s.EndpointConcurrency)
-	var wg sync.WaitGroup
-	for i := range batch {
-		perEndpoint <- struct{}{}
-		workers := *e.workers.Load()
+// idle ends the lane unless work arrived meanwhile; it reports whether
+// the lane ended.
+func (e *Engine) idle(l *lane, next time.Time, subID string) bool {
+	e.mu.Lock()
+	if l.kicked && e.ctx.Err() == nil {
+		l.kicked = false
+		e.mu.Unlock()
+		return false
+	}
+	l.running = false
+	e.mu.Unlock()
+	if !next.IsZero() && e.ctx.Err() == nil {
+		e.sched.add(subID, next)
+	}
+	return true
+}
+
+func (e *Engine) waitProgress(l *lane) {
+	select {
+	case <-l.progress:
+	case <-e.ctx.Done():
+	}
+}
+
+// dispatch starts one attempt once the endpoint and the engine have a free
+// slot; false when the engine is stopping.
+func (e *Engine) dispatch(l *lane, slots chan struct{}, d Delivery) bool {
+	workers := *e.workers.Load()
+	for _, sem := range []chan struct{}{slots, workers} {
 		select {
-		case workers <- struct{}{}:
+		case sem <- struct{}{}:
 		case <-e.ctx.Done():
-			<-perEndpoint
-			wg.Wait()
+			if sem == workers {
+				<-slots
+			}
+			e.leave(l, d.ID)
+			return false
+		}
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		var out settled
+		recorded := e.attempt(&d, &out)
+		<-workers
+		<-slots
+		if !recorded {
+			e.leave(l, d.ID)
 			return
 		}
-		wg.Add(1)
-		go func(d *Delivery) {
-			defer func() { <-workers; <-perEndpoint; wg.Done() }()
-			e.attempt(d)
-		}(&batch[i])
-	}
-	wg.Wait()
+		select {
+		case e.settleCh <- settleReq{settled: out, lane: l}:
+		case <-e.ctx.Done():
+			e.leave(l, d.ID) // not recorded: attempted again after a restart
+		}
+	}()
+	return true
 }
 
-// attempt makes one delivery attempt and records its outcome.
-func (e *Engine) attempt(d *Delivery) {
+// leave takes a delivery out of its lane's in-flight set.
+func (e *Engine) leave(l *lane, id string) {
+	e.mu.Lock()
+	delete(l.inflight, id)
+	e.mu.Unlock()
+	select {
+	case l.progress <- struct{}{}:
+	default:
+	}
+}
+
+type settleReq struct {
+	settled
+	lane *lane
+}
+
+// settler stores attempt outcomes in as few transactions as the rate
+// allows: whatever queued up while the previous commit ran goes into the
+// next. A crash before a commit only means those deliveries are attempted
+// again (delivery is at least once).
+func (e *Engine) settler() {
+	defer e.wg.Done()
+	const maxBatch = 512
+	var reqs []settleReq
+	var batch []settled
+	for {
+		reqs, batch = reqs[:0], batch[:0]
+		select {
+		case r := <-e.settleCh:
+			reqs = append(reqs, r)
+		case <-e.ctx.Done():
+			return
+		}
+	fill:
+		for len(reqs) < maxBatch {
+			select {
+			case r := <-e.settleCh:
+				reqs = append(reqs, r)
+			default:
+				break fill
+			}
+		}
+		for _, r := range reqs {
+			batch = append(batch, r.settled)
+		}
+		if err := e.store.settle(batch, e.settings.Load().Retention); err != nil {
+			e.log().Error("recording delivery attempts", zap.Int("deliveries", len(batch)), zap.Error(err))
+		}
+		for _, r := range reqs {
+			e.leave(r.lane, r.d.ID)
+		}
+	}
+}
+
+// attempt makes one delivery attempt and fills in its outcome; false if
+// there is nothing to record.
+func (e *Engine) attempt(d *Delivery, out *settled) bool {
 	sub, ok := e.subscription(d.SubscriptionID)
 	if !ok {
-		return
+		return false
 	}
 	s := e.settings.Load()
 	res := send(e.ctx, s.client, sub, &d.Message, s.UserAgent, s.Timeout, e.clock.Now())
 	if e.ctx.Err() != nil {
-		return // shutting down: the queue still has it, it will be retried
+		return false // shutting down: the queue still has it, it will be retried
 	}
 	now := e.clock.Now()
 	queuedAt := d.NextAttempt
@@ -314,11 +439,10 @@ func (e *Engine) attempt(d *Delivery) {
 		DeliveryID: d.ID, SubscriptionID: sub.ID, MessageID: d.Message.ID, Event: d.Message.Event,
 		N: d.Attempts, At: now, Status: res.status, Error: d.LastError, Duration: res.duration, Success: res.success(),
 	}
-	if err := e.store.settle(d, queuedAt, att, s.Retention); err != nil {
-		e.log().Error("recording delivery attempt", zap.String("delivery", d.ID), zap.Error(err))
-	}
+	*out = settled{d: *d, queuedAt: queuedAt, att: att}
 	e.logAttempt(sub, d, res)
 	e.recordHealth(sub, res, now)
+	return true
 }
 
 // retryDelay spreads retries by ±10% so that a receiver coming back is not
@@ -411,7 +535,7 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 		return PublishResult{}, err
 	}
 	for _, s := range subs {
-		e.wake(s.ID)
+		e.wakeFrom(s.ID, now)
 	}
 	return PublishResult{ID: msg.ID, Deliveries: len(subs)}, nil
 }

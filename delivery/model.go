@@ -64,7 +64,7 @@ type Message struct {
 	Event     string          `json:"event"`
 	Tenant    string          `json:"tenant,omitempty"`
 	Location  string          `json:"location,omitempty"`
-	Data      json.RawMessage `json:"data"`
+	Data      json.RawMessage `json:"data,omitempty"`
 	CreatedAt time.Time       `json:"created_at"`
 }
 

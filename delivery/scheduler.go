@@ -60,8 +60,8 @@ func (s *scheduler) run(ctx context.Context) {
 	defer timer.Stop()
 	for {
 		due, wait := s.pop(s.e.clock.Now())
-		for _, id := range due {
-			s.e.wake(id)
+		for _, w := range due {
+			s.e.wakeFrom(w.subID, w.at)
 		}
 		timer.Reset(wait)
 		select {
@@ -74,15 +74,15 @@ func (s *scheduler) run(ctx context.Context) {
 }
 
 // pop takes the wake-ups due at now and says how long to sleep.
-func (s *scheduler) pop(now time.Time) ([]string, time.Duration) {
+func (s *scheduler) pop(now time.Time) ([]wakeUp, time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var due []string
+	var due []wakeUp
 	for len(s.queue) > 0 && !s.queue[0].at.After(now) {
 		w := heap.Pop(&s.queue).(wakeUp)
 		if at, ok := s.next[w.subID]; ok && at.Equal(w.at) { // else superseded
 			delete(s.next, w.subID)
-			due = append(due, w.subID)
+			due = append(due, w)
 		}
 	}
 	if len(s.queue) == 0 {

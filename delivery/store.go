@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -65,6 +66,56 @@ func msgKey(tenant, id string) []byte { return []byte(prefixMsg + tenant + "\x00
 type publishRecord struct {
 	Deliveries int       `json:"deliveries"`
 	At         time.Time `json:"at"`
+}
+
+// Deliveries are stored as their JSON without the payload, a NUL byte
+// (never found in JSON text) and the payload as is, so that reading and
+// rewriting one never parses or re-encodes the payload.
+func encodeDelivery(d Delivery) ([]byte, error) {
+	data := d.Message.Data
+	d.Message.Data = nil
+	head, err := json.Marshal(d)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(head)+1+len(data))
+	out = append(append(head, 0), data...)
+	return out, nil
+}
+
+func decodeDelivery(b []byte, d *Delivery) error {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return errors.New("malformed delivery record")
+	}
+	if err := json.Unmarshal(b[:i], d); err != nil {
+		return err
+	}
+	d.Message.Data = bytes.Clone(b[i+1:])
+	return nil
+}
+
+func getDelivery(txn *badger.Txn, did string, d *Delivery) (bool, error) {
+	item, err := txn.Get([]byte(prefixD + did))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, item.Value(func(b []byte) error { return decodeDelivery(b, d) })
+}
+
+func setDelivery(txn *badger.Txn, d *Delivery, ttl time.Duration) error {
+	b, err := encodeDelivery(*d)
+	if err != nil {
+		return err
+	}
+	e := badger.NewEntry([]byte(prefixD+d.ID), b)
+	if ttl > 0 {
+		e = e.WithTTL(ttl)
+	}
+	return txn.SetEntry(e)
 }
 
 func getJSON(txn *badger.Txn, key []byte, v any) (bool, error) {
@@ -146,7 +197,7 @@ func addDelivery(txn *badger.Txn, d *Delivery) error {
 	if err := txn.Set(queueKey(d.SubscriptionID, d.NextAttempt, d.ID), nil); err != nil {
 		return err
 	}
-	return setJSON(txn, key, d, 0)
+	return setDelivery(txn, d, 0)
 }
 
 func commit(txn *badger.Txn) error {
@@ -157,8 +208,10 @@ func commit(txn *badger.Txn) error {
 }
 
 // due returns up to limit pending deliveries of a subscription whose time
-// has come, and when the next one after them is due (zero if none).
-func (s *Store) due(subID string, now time.Time, limit int) ([]Delivery, time.Time, error) {
+// has come, starting at from, and when the next one after them is due
+// (zero if none). Settled deliveries leave tombstones at the front of the
+// index; starting from the caller's cursor skips them.
+func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, limit int) ([]Delivery, time.Time, error) {
 	var out []Delivery
 	var next time.Time
 	var orphans [][]byte
@@ -166,9 +219,16 @@ func (s *Store) due(subID string, now time.Time, limit int) ([]Delivery, time.Ti
 		prefix := queuePrefix(subID)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
-		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+		start := prefix
+		if !from.IsZero() {
+			start = queueKey(subID, from, "")
+		}
+		for it.Seek(start); it.ValidForPrefix(prefix); it.Next() {
 			at, did, ok := parseQueueKey(it.Item().Key(), subID)
 			if !ok {
+				continue
+			}
+			if skip[did] {
 				continue
 			}
 			if at.After(now) || len(out) >= limit {
@@ -176,7 +236,7 @@ func (s *Store) due(subID string, now time.Time, limit int) ([]Delivery, time.Ti
 				return nil
 			}
 			var d Delivery
-			found, err := getJSON(txn, []byte(prefixD+did), &d)
+			found, err := getDelivery(txn, did, &d)
 			if err != nil {
 				return err
 			}
@@ -202,26 +262,57 @@ func (s *Store) due(subID string, now time.Time, limit int) ([]Delivery, time.Ti
 	return out, next, err
 }
 
-// settle stores the outcome of an attempt: the attempt record, the delivery
-// and its place in the queue (gone once the delivery is final, when the
-// delivery itself starts to expire).
-func (s *Store) settle(d *Delivery, queuedAt time.Time, att Attempt, retention time.Duration) error {
-	return store.Update(s.db, func(txn *badger.Txn) error {
-		if err := txn.Delete(queueKey(d.SubscriptionID, queuedAt, d.ID)); err != nil {
-			return err
-		}
-		if err := setJSON(txn, attemptKey(d.ID, att.N), att, retention); err != nil {
-			return err
-		}
-		ttl := retention
-		if d.State == StatePending {
-			ttl = 0
-			if err := txn.Set(queueKey(d.SubscriptionID, d.NextAttempt, d.ID), nil); err != nil {
-				return err
+// settled is the outcome of one attempt, ready to be stored.
+type settled struct {
+	d        Delivery
+	queuedAt time.Time
+	att      Attempt
+}
+
+// settle stores attempt outcomes, several per transaction: the attempt
+// record, the delivery and its place in the queue (gone once the delivery
+// is final, when the delivery itself starts to expire).
+func (s *Store) settle(batch []settled, retention time.Duration) error {
+	for len(batch) > 0 {
+		n := 0
+		err := store.Update(s.db, func(txn *badger.Txn) error {
+			n = 0
+			for i := range batch {
+				err := settleOne(txn, &batch[i], retention)
+				if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
+					return nil // commit what fits; the rest goes in the next one
+				}
+				if err != nil {
+					return err
+				}
+				n++
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		return setJSON(txn, []byte(prefixD+d.ID), d, ttl)
-	})
+		batch = batch[n:]
+	}
+	return nil
+}
+
+func settleOne(txn *badger.Txn, st *settled, retention time.Duration) error {
+	d := &st.d
+	if err := txn.Delete(queueKey(d.SubscriptionID, st.queuedAt, d.ID)); err != nil {
+		return err
+	}
+	if err := setJSON(txn, attemptKey(d.ID, st.att.N), st.att, retention); err != nil {
+		return err
+	}
+	ttl := retention
+	if d.State == StatePending {
+		ttl = 0
+		if err := txn.Set(queueKey(d.SubscriptionID, d.NextAttempt, d.ID), nil); err != nil {
+			return err
+		}
+	}
+	return setDelivery(txn, d, ttl)
 }
 
 // Subscriptions returns every registered subscription.
@@ -294,7 +385,7 @@ func (s *Store) Delivery(did string) (Delivery, bool, error) {
 	var found bool
 	err := s.db.View(func(txn *badger.Txn) error {
 		var err error
-		found, err = getJSON(txn, []byte(prefixD+did), &d)
+		found, err = getDelivery(txn, did, &d)
 		return err
 	})
 	return d, found, err

@@ -1,0 +1,224 @@
+// Command delivery measures the outbound engine against a local sink, with
+// a bare Go HTTP client loop against the same sink as the baseline of the
+// same run:
+//
+//  1. throughput: a backlog of -n messages drained by the engine (-c
+//     workers, all allowed on the one endpoint) vs -n POSTs by -c
+//     goroutines sharing one http.Client;
+//  2. latency: messages published at a steady -rate for -duration; the
+//     time from Publish to the sink seeing the request, p50/p99/max.
+//
+//	go run ./bench/delivery -n 50000 -c 64 -rate 1000 -duration 10s
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hookgate/caddy-webhook/delivery"
+	"github.com/hookgate/caddy-webhook/internal/store"
+)
+
+var payload = []byte(`{"orderId":"PHS84FJAG5U","orderExternalId":"AL2FEEHOO2OHF","status":"canceled","updatedAt":"2020-10-16T11:24:08.025+00:00"}`)
+
+func main() {
+	n := flag.Int("n", 50000, "deliveries in the throughput phase")
+	c := flag.Int("c", 64, "concurrency of both the engine and the bare loop")
+	rate := flag.Int("rate", 1000, "events per second in the latency phase")
+	dur := flag.Duration("duration", 10*time.Second, "length of the latency phase")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the engine drain here")
+	flag.Parse()
+	profile = *cpuProfile
+
+	sink := newSink()
+	defer sink.Close()
+	fmt.Printf("sink %s, n=%d, concurrency=%d, GOMAXPROCS cores=%d\n", sink.url, *n, *c, numCPU())
+
+	bare := bareLoop(sink, *n, *c)
+	fmt.Printf("bare Go client loop: %8.0f requests/s\n", bare)
+	engine := engineDrain(sink, *n, *c)
+	fmt.Printf("engine drain:        %8.0f deliveries/s\n", engine)
+	fmt.Printf("ratio engine/bare:   %8.2f\n", engine/bare)
+
+	p50, p99, pmax, count := latency(sink, *c, *rate, *dur)
+	fmt.Printf("publish -> first attempt at %d events/s over %v (%d events): p50 %v  p99 %v  max %v\n",
+		*rate, *dur, count, p50, p99, pmax)
+}
+
+var profile string
+
+func numCPU() int { return runtimeNumCPU() }
+
+// sink acknowledges everything and notes when each Webhook-Id arrived.
+type sink struct {
+	*http.Server
+	url   string
+	count atomic.Int64
+	mu    sync.Mutex
+	seen  map[string]time.Time
+	track atomic.Bool
+}
+
+func newSink() *sink {
+	s := &sink{seen: map[string]time.Time{}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	s.url = "http://" + l.Addr().String() + "/hook"
+	s.Server = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if s.track.Load() {
+			now := time.Now()
+			id := r.Header.Get("Webhook-Id")
+			s.mu.Lock()
+			if _, dup := s.seen[id]; !dup {
+				s.seen[id] = now
+			}
+			s.mu.Unlock()
+		}
+		s.count.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	})}
+	go s.Serve(l)
+	return s
+}
+
+func bareLoop(s *sink, n, c int) float64 {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c, MaxIdleConns: c}}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < c; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				req, _ := http.NewRequest(http.MethodPost, s.url, strings.NewReader(string(payload)))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("X-Event-Name", "order.status")
+				req.Header.Set("Webhook-Id", "msg_bare")
+				req.Header.Set("User-Agent", delivery.UserAgent)
+				res, err := client.Do(req)
+				if err != nil {
+					log.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n) / time.Since(start).Seconds()
+}
+
+func openEngine(s *sink, c int) (*delivery.Engine, func()) {
+	dir, err := os.MkdirTemp("", "bench-delivery")
+	if err != nil {
+		log.Fatal(err)
+	}
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	e := delivery.NewEngine(delivery.NewStore(db.DB), nil, nil)
+	err = e.Configure(delivery.Config{
+		Workers: c, EndpointConcurrency: c, AllowPrivateTargets: true,
+		Subscriptions: []delivery.Subscription{{ID: delivery.StaticID("sink"), Name: "sink", URL: s.url, Events: []string{"*"}}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	return e, func() { e.Stop(); db.Close(); os.RemoveAll(dir) }
+}
+
+// engineDrain queues n messages before the engine starts, then times the
+// drain: every delivery read from badger, sent, and settled in badger.
+func engineDrain(s *sink, n, c int) float64 {
+	e, done := openEngine(s, c)
+	defer done()
+	for i := 0; i < n; i++ {
+		if _, err := e.Publish(delivery.Message{Event: "order.status", Data: payload}); err != nil {
+			log.Fatal(err)
+		}
+	}
+	base := s.count.Load()
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	start := time.Now()
+	if err := e.Start(); err != nil {
+		log.Fatal(err)
+	}
+	for s.count.Load()-base < int64(n) {
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	// Wait until the last settles are written so the next phase starts clean.
+	for depth, _ := e.Store().QueueDepth(delivery.StaticID("sink")); depth > 0; depth, _ = e.Store().QueueDepth(delivery.StaticID("sink")) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return float64(n) / elapsed.Seconds()
+}
+
+func latency(s *sink, c, rate int, dur time.Duration) (p50, p99, pmax time.Duration, count int) {
+	e, done := openEngine(s, c)
+	defer done()
+	if err := e.Start(); err != nil {
+		log.Fatal(err)
+	}
+	s.track.Store(true)
+	published := map[string]time.Time{}
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	end := time.Now().Add(dur)
+	for time.Now().Before(end) {
+		<-tick.C
+		at := time.Now()
+		res, err := e.Publish(delivery.Message{Event: "order.status", Data: payload})
+		if err != nil {
+			log.Fatal(err)
+		}
+		published[res.ID] = at
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		got := len(s.seen)
+		s.mu.Unlock()
+		if got >= len(published) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var lat []time.Duration
+	s.mu.Lock()
+	for id, at := range published {
+		if arrived, ok := s.seen[id]; ok {
+			lat = append(lat, arrived.Sub(at))
+		}
+	}
+	s.mu.Unlock()
+	if len(lat) < len(published) {
+		log.Fatalf("only %d of %d events arrived", len(lat), len(published))
+	}
+	slices.Sort(lat)
+	q := func(p float64) time.Duration { return lat[int(p*float64(len(lat)-1))] }
+	return q(0.5), q(0.99), lat[len(lat)-1], len(lat)
+}
