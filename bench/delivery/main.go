@@ -5,10 +5,11 @@
 //  1. throughput: a backlog of -n messages drained by the engine (-c
 //     workers, all allowed on the one endpoint) vs -n POSTs by -c
 //     goroutines sharing one http.Client;
+//
 //  2. latency: messages published at a steady -rate for -duration; the
 //     time from Publish to the sink seeing the request, p50/p99/max.
 //
-//	go run ./bench/delivery -n 50000 -c 64 -rate 1000 -duration 10s
+//     go run ./bench/delivery -n 50000 -c 64 -rate 1000 -duration 10s
 package main
 
 import (
