@@ -20,6 +20,12 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("webhook_ingest", httpcaddyfile.After, "basic_auth")
 	httpcaddyfile.RegisterHandlerDirective("webhook_publish", parsePublish)
 	httpcaddyfile.RegisterDirectiveOrder("webhook_publish", httpcaddyfile.After, "basic_auth")
+	httpcaddyfile.RegisterHandlerDirective("webhook_api", parseAPI)
+	// After forward_auth, which itself follows basic_auth: `tenant` usually
+	// names a value that authentication sets (a placeholder, or a header
+	// forward_auth copies), so it must not be read before authentication
+	// has run.
+	httpcaddyfile.RegisterDirectiveOrder("webhook_api", httpcaddyfile.After, "forward_auth")
 }
 
 // parseGlobalWebhooks sets up the webhooks app from the global option
@@ -175,6 +181,65 @@ func parseSubscription(d *caddyfile.Dispenser) (SubscriptionConfig, error) {
 		return sc, d.Errf("subscription %q: events is required (\"*\" for all)", sc.Name)
 	}
 	return sc, nil
+}
+
+func parseAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(API)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	webhook_api {
+//	    dialect tiki|doshii
+//	    tenant <placeholder>
+//	    verify
+//	    max_body <size>
+//	}
+func (h *API) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.Err("webhook_api takes no arguments, only a block")
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("%s specified more than once", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "dialect":
+			if !d.AllArgs(&h.Dialect) {
+				return d.ArgErr()
+			}
+			if h.Dialect != "tiki" && h.Dialect != "doshii" {
+				return d.Errf("unknown dialect %q (want tiki or doshii)", h.Dialect)
+			}
+		case "tenant":
+			if !d.AllArgs(&h.Tenant) {
+				return d.ArgErr()
+			}
+		case "verify":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Verify = true
+		case "max_body":
+			n, err := sizeArg(d)
+			if err != nil {
+				return err
+			}
+			h.MaxBody = n
+		default:
+			return d.Errf("unrecognized webhook_api option %q", opt)
+		}
+	}
+	if h.Dialect == "" {
+		return d.Err("webhook_api needs a dialect (tiki or doshii)")
+	}
+	return nil
 }
 
 func parsePublish(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -378,4 +443,5 @@ var (
 	_ caddyfile.Unmarshaler = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*Ingest)(nil)
 	_ caddyfile.Unmarshaler = (*Publish)(nil)
+	_ caddyfile.Unmarshaler = (*API)(nil)
 )

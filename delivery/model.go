@@ -22,7 +22,12 @@ type Subscription struct {
 	Location string `json:"location,omitempty"`
 	Auth     Auth   `json:"auth"`
 	// Envelope "data" wraps the payload as {"data": …}; "" sends it raw.
-	Envelope  string    `json:"envelope,omitempty"`
+	Envelope string `json:"envelope,omitempty"`
+	// Source is "static" for subscriptions of the config, else the API
+	// dialect that registered it.
+	Source string `json:"source,omitempty"`
+	// LatencyMS is the round trip of the verification request, if any.
+	LatencyMS int64     `json:"latency_ms,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +47,10 @@ func (r result) errorText() string {
 func describeError(err error) string {
 	var ne net.Error
 	var fe *ForbiddenTargetError
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err // the URL is the caller's own; say what went wrong with it
+	}
 	switch {
 	case errors.As(err, &fe):
 		return fe.Error()

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -19,9 +20,11 @@ import (
 //	sub/<id>                            registered subscription
 //	d/<delivery id>                     delivery (expires after retention once settled)
 //	q/<sub id>\x00<due, 16 hex>\x00<delivery id>   queue index of pending deliveries
-//	att/<delivery id>\x00<n, 8 hex>     attempt record (expires after retention)
+//	att/<sub id>\x00<at, 16 hex>\x00<delivery id>  attempt record (expires after retention)
+//	failed/<sub id>\x00<delivery id>    failed deliveries, for redelivery (expires after retention)
 //	health/<sub id>                     endpoint health
 //	msg/<tenant>\x00<message id>        publish record, for idempotency
+//	cred/<source>\x00<tenant>           credentials a tenant granted (Tiki)
 const (
 	prefixSub    = "delivery/sub/"
 	prefixD      = "delivery/d/"
@@ -29,6 +32,8 @@ const (
 	prefixAtt    = "delivery/att/"
 	prefixHealth = "delivery/health/"
 	prefixMsg    = "delivery/msg/"
+	prefixFailed = "delivery/failed/"
+	prefixCred   = "delivery/cred/"
 )
 
 // Store keeps the delivery queue in a badger database.
@@ -57,9 +62,13 @@ func parseQueueKey(k []byte, subID string) (due time.Time, did string, ok bool) 
 	return time.Unix(0, int64(binary.BigEndian.Uint64(ts[:]))), string(rest[17:]), true
 }
 
-func attemptKey(did string, n int) []byte {
-	return fmt.Appendf([]byte(prefixAtt+did+"\x00"), "%08x", n)
+func attemptKey(a *Attempt) []byte {
+	var ts [8]byte
+	binary.BigEndian.PutUint64(ts[:], uint64(a.At.UnixNano()))
+	return fmt.Appendf([]byte(prefixAtt+a.SubscriptionID+"\x00"+hex.EncodeToString(ts[:])+"\x00"+a.DeliveryID), "\x00%08x", a.N)
 }
+
+func failedKey(subID, did string) []byte { return []byte(prefixFailed + subID + "\x00" + did) }
 
 func msgKey(tenant, id string) []byte { return []byte(prefixMsg + tenant + "\x00" + id) }
 
@@ -302,10 +311,16 @@ func settleOne(txn *badger.Txn, st *settled, retention time.Duration) error {
 	if err := txn.Delete(queueKey(d.SubscriptionID, st.queuedAt, d.ID)); err != nil {
 		return err
 	}
-	if err := setJSON(txn, attemptKey(d.ID, st.att.N), st.att, retention); err != nil {
+	if err := setJSON(txn, attemptKey(&st.att), st.att, retention); err != nil {
 		return err
 	}
 	ttl := retention
+	if d.State == StateFailed {
+		e := badger.NewEntry(failedKey(d.SubscriptionID, d.ID), nil).WithTTL(retention)
+		if err := txn.SetEntry(e); err != nil {
+			return err
+		}
+	}
 	if d.State == StatePending {
 		ttl = 0
 		if err := txn.Set(queueKey(d.SubscriptionID, d.NextAttempt, d.ID), nil); err != nil {
@@ -362,21 +377,86 @@ func (s *Store) saveHealth(subID string, h Health) error {
 
 // Attempts returns the attempts of one delivery, oldest first.
 func (s *Store) Attempts(did string) ([]Attempt, error) {
+	_, subID, ok := strings.Cut(did, "|")
+	if !ok {
+		return nil, nil
+	}
+	all, err := s.RecentAttempts(subID, 0)
+	var out []Attempt
+	for i := len(all) - 1; i >= 0; i-- {
+		if all[i].DeliveryID == did {
+			out = append(out, all[i])
+		}
+	}
+	return out, err
+}
+
+// RecentAttempts returns a subscription's attempts, newest first; limit 0
+// means all that are retained.
+func (s *Store) RecentAttempts(subID string, limit int) ([]Attempt, error) {
 	var out []Attempt
 	err := s.db.View(func(txn *badger.Txn) error {
-		prefix := []byte(prefixAtt + did + "\x00")
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
+		prefix := []byte(prefixAtt + subID + "\x00")
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, Reverse: true, PrefetchValues: true})
 		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		// In reverse, seek past the last key of the prefix.
+		for it.Seek(append(bytes.Clone(prefix), 0xff)); it.ValidForPrefix(prefix); it.Next() {
 			var a Attempt
 			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &a) }); err != nil {
 				return err
 			}
 			out = append(out, a)
+			if limit > 0 && len(out) >= limit {
+				break
+			}
 		}
 		return nil
 	})
 	return out, err
+}
+
+// requeueFailed puts a subscription's failed deliveries back in its queue
+// with a fresh retry schedule, due at now. It returns how many.
+func (s *Store) requeueFailed(subID string, now time.Time) (int, error) {
+	var dids []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := []byte(prefixFailed + subID + "\x00")
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			dids = append(dids, string(it.Item().Key()[len(prefix):]))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, did := range dids {
+		err := store.Update(s.db, func(txn *badger.Txn) error {
+			var d Delivery
+			found, err := getDelivery(txn, did, &d)
+			if err != nil {
+				return err
+			}
+			if err := txn.Delete(failedKey(subID, did)); err != nil {
+				return err
+			}
+			if !found || d.State != StateFailed {
+				return nil // expired meanwhile
+			}
+			d.State, d.Attempts, d.NextAttempt, d.UpdatedAt = StatePending, 0, now, now
+			if err := txn.Set(queueKey(subID, now, did), nil); err != nil {
+				return err
+			}
+			n++
+			return setDelivery(txn, &d, 0)
+		})
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // Delivery loads one delivery.
@@ -404,4 +484,24 @@ func (s *Store) QueueDepth(subID string) (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+// Credentials are what a tenant granted for its deliveries (Tiki's
+// PUT /v1/webhooks/credentials): sent as HTTP Basic authentication.
+type Credentials struct {
+	ID     string `json:"id"`
+	Secret string `json:"secret"`
+}
+
+func credKey(source, tenant string) []byte { return []byte(prefixCred + source + "\x00" + tenant) }
+
+func (s *Store) credentials(source, tenant string) (Credentials, bool, error) {
+	var c Credentials
+	var found bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		found, err = getJSON(txn, credKey(source, tenant), &c)
+		return err
+	})
+	return c, found, err
 }

@@ -1,0 +1,218 @@
+// Package api serves the subscription registration API in the dialects
+// that existing integrations speak: Tiki (seller webhooks) and Doshii
+// (partner webhooks with optional locations and verification). It has no
+// Caddy imports: the adapter passes the authenticated tenant and the path.
+package api
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hookgate/caddy-webhook/delivery"
+)
+
+// Dialects.
+const (
+	Tiki   = "tiki"
+	Doshii = "doshii"
+)
+
+// EventVerify is the event of a verification request.
+const EventVerify = "webhook.verify"
+
+// DefaultMaxBody bounds request bodies.
+const DefaultMaxBody = 64 << 10
+
+// Engine is what the API needs of the delivery engine.
+type Engine interface {
+	Subscription(id string) (delivery.Subscription, bool)
+	Subscriptions() []delivery.Subscription
+	PutSubscription(delivery.Subscription) error
+	DeleteSubscription(id string) error
+	Probe(sub *delivery.Subscription, event string, data []byte) delivery.ProbeResult
+	RecentAttempts(subID string, limit int) ([]delivery.Attempt, error)
+	Health(subID string) (delivery.Health, error)
+	Enable(subID string) error
+	Redeliver(subID string) (int, error)
+	Credentials(source, tenant string) (delivery.Credentials, bool, error)
+	SetCredentials(source, tenant string, c delivery.Credentials) error
+}
+
+// Handler serves one dialect.
+type Handler struct {
+	Engine  Engine
+	Dialect string
+	// Verify sends a webhook.verify request before storing a registration;
+	// always on for Doshii.
+	Verify  bool
+	MaxBody int64
+	Now     func() time.Time
+}
+
+// Request is one API call as the adapter hands it over.
+type Request struct {
+	*http.Request
+	// Tenant is the authenticated caller; every read and write is
+	// confined to it.
+	Tenant string
+	// Base is the URL path up to and including the "webhooks" segment.
+	Base string
+	// Tail is the path below Base, split into unescaped segments.
+	Tail []string
+}
+
+// SplitPath finds the API's part of a request path, whatever prefix the
+// route has: the last "webhooks" segment followed by at most two more.
+func SplitPath(escapedPath string) (base string, tail []string, ok bool) {
+	segs := strings.Split(strings.Trim(escapedPath, "/"), "/")
+	for i := len(segs) - 1; i >= 0 && len(segs)-1-i <= 2; i-- {
+		if segs[i] != "webhooks" {
+			continue
+		}
+		for _, s := range segs[i+1:] {
+			u, err := url.PathUnescape(s)
+			if err != nil || u == "" {
+				return "", nil, false
+			}
+			tail = append(tail, u)
+		}
+		return "/" + strings.Join(segs[:i+1], "/"), tail, true
+	}
+	return "", nil, false
+}
+
+// ServeHTTP answers one call.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r Request) {
+	c := &call{h: h, w: w, r: r}
+	switch h.Dialect {
+	case Tiki:
+		c.tiki()
+	case Doshii:
+		c.doshii()
+	default:
+		c.fail(http.StatusInternalServerError, "unknown dialect")
+	}
+}
+
+// call is one request being answered.
+type call struct {
+	h *Handler
+	w http.ResponseWriter
+	r Request
+}
+
+func (c *call) now() time.Time {
+	if c.h.Now != nil {
+		return c.h.Now().UTC()
+	}
+	return time.Now().UTC()
+}
+
+// fail answers with the dialect's error shape.
+func (c *call) fail(status int, msg string) {
+	if c.h.Dialect == Doshii {
+		c.json(status, map[string]string{"message": msg})
+		return
+	}
+	c.json(status, map[string]any{"error": map[string]string{"message": msg}})
+}
+
+func (c *call) methodNotAllowed(allowed ...string) {
+	c.w.Header().Set("Allow", strings.Join(allowed, ", "))
+	c.fail(http.StatusMethodNotAllowed, "method not allowed")
+}
+
+func (c *call) json(status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status, body = http.StatusInternalServerError, []byte(`{"message":"internal error"}`)
+	}
+	body = append(body, '\n')
+	h := c.w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Cache-Control", "no-store")
+	c.w.WriteHeader(status)
+	_, _ = c.w.Write(body)
+}
+
+// decode reads a JSON object body into v; on failure it has answered.
+func (c *call) decode(v any) bool {
+	limit := c.h.MaxBody
+	if limit <= 0 {
+		limit = DefaultMaxBody
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.w, c.r.Body, limit))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		c.fail(http.StatusRequestEntityTooLarge, "request body too large")
+		return false
+	case err != nil:
+		c.fail(http.StatusBadRequest, "request body could not be read")
+		return false
+	}
+	if t := strings.TrimSpace(string(body)); t == "" || t[0] != '{' {
+		c.fail(http.StatusBadRequest, "request body must be a JSON object")
+		return false
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			c.fail(http.StatusBadRequest, te.Field+" must be a "+te.Type.Kind().String())
+		} else {
+			c.fail(http.StatusBadRequest, "malformed JSON")
+		}
+		return false
+	}
+	return true
+}
+
+// subID names a registration: the same tenant, location and event always
+// give the same subscription, and no other tenant can address it.
+func subID(dialect, tenant, location, event string) string {
+	sum := sha256.Sum256([]byte(tenant + "\x00" + location + "\x00" + event))
+	return dialect + ":" + hex.EncodeToString(sum[:16])
+}
+
+// mine returns the caller's registrations of this dialect.
+func (c *call) mine() []delivery.Subscription {
+	var out []delivery.Subscription
+	for _, s := range c.h.Engine.Subscriptions() {
+		if s.Source == c.h.Dialect && s.Tenant == c.r.Tenant {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// validURL is the dialects' notion of a usable webhook URL.
+func validURL(raw string) bool { return delivery.ValidateURL(raw) == nil }
+
+// verify sends a webhook.verify request; on failure it has answered 400.
+func (c *call) verify(sub *delivery.Subscription) bool {
+	data, _ := json.Marshal(map[string]any{"event": EventVerify, "url": sub.URL, "sentAt": c.now()})
+	res := c.h.Engine.Probe(sub, EventVerify, data)
+	if !res.Success {
+		c.fail(http.StatusBadRequest, "webhook verification failed: "+res.Error)
+		return false
+	}
+	// Whole milliseconds, rounded up: a fast receiver shows 1, not 0.
+	sub.LatencyMS = int64(math.Ceil(float64(res.Latency) / float64(time.Millisecond)))
+	return true
+}
+
+// millis renders a duration in milliseconds with microsecond resolution.
+func millis(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
+
+// timestamp renders times as the seeds do: RFC 3339, UTC, milliseconds.
+func timestamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }

@@ -1,0 +1,135 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strconv"
+
+	"github.com/hookgate/caddy-webhook/delivery"
+)
+
+// maxAttempts bounds a list of attempts.
+const maxAttempts = 500
+
+// operation serves what both dialects offer beside registration:
+//
+//	GET  …/webhooks/attempts            recent attempts of all the caller's webhooks
+//	GET  …/webhooks/{event}/attempts    recent attempts of one
+//	POST …/webhooks/{event}/test        send a test event, report status and latency
+//	POST …/webhooks/{event}/enable      re-enable a disabled webhook
+//	POST …/webhooks/{event}/redeliver   queue its failed deliveries again
+func (c *call) operation(location string) {
+	tail := c.r.Tail
+	if len(tail) == 1 && tail[0] == "attempts" {
+		if c.r.Method != http.MethodGet {
+			c.methodNotAllowed("GET")
+			return
+		}
+		c.attempts(c.mine())
+		return
+	}
+	if len(tail) != 2 {
+		c.fail(http.StatusNotFound, "not found")
+		return
+	}
+	op, wantMethod := tail[1], http.MethodPost
+	if op == "attempts" {
+		wantMethod = http.MethodGet
+	}
+	if !slices.Contains([]string{"attempts", "test", "enable", "redeliver"}, op) {
+		c.fail(http.StatusNotFound, "not found")
+		return
+	}
+	if c.r.Method != wantMethod {
+		c.methodNotAllowed(wantMethod)
+		return
+	}
+	sub, ok := c.h.Engine.Subscription(subID(c.h.Dialect, c.r.Tenant, location, tail[0]))
+	if !ok {
+		c.fail(http.StatusNotFound, c.notFoundMessage())
+		return
+	}
+	switch op {
+	case "attempts":
+		c.attempts([]delivery.Subscription{sub})
+	case "test":
+		c.test(sub)
+	case "enable":
+		if err := c.h.Engine.Enable(sub.ID); err != nil {
+			c.fail(http.StatusInternalServerError, "internal error")
+			return
+		}
+		c.json(http.StatusOK, c.names(map[string]any{"event": tail[0], "enabled": true}))
+	case "redeliver":
+		n, err := c.h.Engine.Redeliver(sub.ID)
+		if err != nil {
+			c.fail(http.StatusInternalServerError, "internal error")
+			return
+		}
+		c.json(http.StatusOK, c.names(map[string]any{"event": tail[0], "redelivered": n}))
+	}
+}
+
+func (c *call) notFoundMessage() string {
+	if c.h.Dialect == Tiki {
+		return tikiNotFound
+	}
+	return "webhook not found"
+}
+
+// test sends an example event the way a delivery would and reports what
+// the receiver made of it (Kinguin's "TEST URL", FlyBuy's "Send").
+func (c *call) test(sub delivery.Subscription) {
+	event := sub.Events[0]
+	data, _ := json.Marshal(map[string]any{"event": event, "test": true, "sentAt": timestamp(c.now())})
+	res := c.h.Engine.Probe(&sub, event, data)
+	c.json(http.StatusOK, c.names(map[string]any{
+		"event": event, "success": res.Success, "status": res.Status,
+		"latency_ms": millis(res.Latency), "error": res.Error,
+	}))
+}
+
+func (c *call) attempts(subs []delivery.Subscription) {
+	limit := 100
+	if v, err := strconv.Atoi(c.r.URL.Query().Get("limit")); err == nil && v > 0 {
+		limit = min(v, maxAttempts)
+	}
+	var all []delivery.Attempt
+	for _, s := range subs {
+		a, err := c.h.Engine.RecentAttempts(s.ID, limit)
+		if err != nil {
+			c.fail(http.StatusInternalServerError, "internal error")
+			return
+		}
+		all = append(all, a...)
+	}
+	slices.SortFunc(all, func(a, b delivery.Attempt) int { return b.At.Compare(a.At) })
+	all = all[:min(len(all), limit)]
+	out := make([]map[string]any, 0, len(all))
+	for _, a := range all {
+		out = append(out, c.names(map[string]any{
+			"event": a.Event, "message_id": a.MessageID, "attempt": a.N,
+			"at": timestamp(a.At), "status": a.Status,
+			"success": a.Success, "error": a.Error, "latency_ms": millis(a.Duration),
+		}))
+	}
+	c.json(http.StatusOK, map[string]any{"data": out})
+}
+
+// names renders field names in the dialect's style: Tiki uses snake_case,
+// Doshii camelCase (latency as webhookLatency, like its registrations).
+func (c *call) names(m map[string]any) map[string]any {
+	if c.h.Dialect != Doshii {
+		return m
+	}
+	rename := map[string]string{"message_id": "messageId", "latency_ms": "webhookLatency"}
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if n, ok := rename[k]; ok {
+			k = n
+		}
+		out[k] = v
+	}
+	return out
+}
