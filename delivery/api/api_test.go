@@ -1,0 +1,467 @@
+package api
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hookgate/caddy-webhook/delivery"
+	"github.com/hookgate/caddy-webhook/internal/store"
+)
+
+// receiver records what it gets and answers with status (default 204).
+type receiver struct {
+	*httptest.Server
+	mu     sync.Mutex
+	hits   []*http.Request
+	bodies []string
+	status int
+	delay  time.Duration
+}
+
+func newReceiver(t *testing.T) *receiver {
+	r := &receiver{status: 204}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		b, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		r.hits = append(r.hits, req)
+		r.bodies = append(r.bodies, string(b))
+		status, delay := r.status, r.delay
+		r.mu.Unlock()
+		time.Sleep(delay)
+		w.WriteHeader(status)
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *receiver) set(status int, delay time.Duration) {
+	r.mu.Lock()
+	r.status, r.delay = status, delay
+	r.mu.Unlock()
+}
+
+func (r *receiver) requests() []*http.Request {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*http.Request(nil), r.hits...)
+}
+
+type env struct {
+	t      *testing.T
+	engine *delivery.Engine
+	tiki   *Handler
+	doshii *Handler
+}
+
+func newEnv(t *testing.T, timeout time.Duration) *env {
+	t.Helper()
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := delivery.NewEngine(delivery.NewStore(db.DB), nil, nil)
+	if err := e.Configure(delivery.Config{AllowPrivateTargets: true, Timeout: timeout, Retry: []time.Duration{time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Stop(); db.Close() })
+	return &env{t: t, engine: e,
+		tiki:   &Handler{Engine: e, Dialect: Tiki},
+		doshii: &Handler{Engine: e, Dialect: Doshii, Verify: true},
+	}
+}
+
+type reply struct {
+	Status int
+	Body   string
+	Header http.Header
+}
+
+func (r reply) json(t *testing.T) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(r.Body), &m); err != nil {
+		t.Fatalf("not a JSON object: %q", r.Body)
+	}
+	return m
+}
+
+func (e *env) do(h *Handler, tenant, method, target, body string, header ...string) reply {
+	e.t.Helper()
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	base, tail, ok := SplitPath(req.URL.EscapedPath())
+	if !ok {
+		e.t.Fatalf("SplitPath(%q) failed", target)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, Request{Request: req, Tenant: tenant, Base: base, Tail: tail})
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		e.t.Fatalf("%s %s: Content-Type %q", method, target, ct)
+	}
+	return reply{Status: rec.Code, Body: strings.TrimSpace(rec.Body.String()), Header: rec.Header()}
+}
+
+func expect(t *testing.T, got reply, status int, body string) {
+	t.Helper()
+	if got.Status != status || (body != "" && got.Body != body) {
+		t.Fatalf("got %d %s\nwant %d %s", got.Status, got.Body, status, body)
+	}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func TestSplitPath(t *testing.T) {
+	cases := map[string]struct {
+		base string
+		tail []string
+	}{
+		"/v1/webhooks":                          {"/v1/webhooks", nil},
+		"/v1/webhooks/":                         {"/v1/webhooks", nil},
+		"/v1/webhooks/credentials":              {"/v1/webhooks", []string{"credentials"}},
+		"/partner/v3/webhooks/order_created":    {"/partner/v3/webhooks", []string{"order_created"}},
+		"/a/webhooks/b/webhooks/x/test":         {"/a/webhooks/b/webhooks", []string{"x", "test"}},
+		"/webhooks/product%3Arequest%3Aok/test": {"/webhooks", []string{"product:request:ok", "test"}},
+	}
+	for in, want := range cases {
+		base, tail, ok := SplitPath(in)
+		if !ok || base != want.base || strings.Join(tail, "|") != strings.Join(want.tail, "|") {
+			t.Errorf("%s: %q %q %v", in, base, tail, ok)
+		}
+	}
+	for _, in := range []string{"/v1/hooks", "/webhooks/a/b/c", "/"} {
+		if _, _, ok := SplitPath(in); ok {
+			t.Errorf("%s: matched", in)
+		}
+	}
+}
+
+func TestTikiSeedExamples(t *testing.T) {
+	e := newEnv(t, 2*time.Second)
+	rcv := newReceiver(t)
+	uri := rcv.URL + "/your/product/request/rejected/endpoint"
+	reg := `{"uri":"` + uri + `","event":"product:request:rejected"}`
+
+	expect(t, e.do(e.tiki, "seller-1", "GET", "/v1/webhooks", ""), 200, `{"data":[]}`)
+	expect(t, e.do(e.tiki, "seller-1", "POST", "/v1/webhooks", reg), 200,
+		`{"event":"product:request:rejected","seller_id":"seller-1","uri":"`+uri+`"}`)
+	expect(t, e.do(e.tiki, "seller-1", "POST", "/v1/webhooks", reg), 409,
+		`{"error":{"message":"Webhook for this event has been registered. Please update it instead."}}`)
+	for _, bad := range []string{"not a url", "/relative/path", "ftp://example.com/x", "https://", "mailto:a@b.c", ""} {
+		expect(t, e.do(e.tiki, "seller-1", "POST", "/v1/webhooks", `{"uri":"`+bad+`","event":"product:request:approved"}`), 400,
+			`{"error":{"message":"Invalid URI"}}`)
+		expect(t, e.do(e.tiki, "seller-1", "PUT", "/v1/webhooks", `{"uri":"`+bad+`","event":"product:request:rejected"}`), 400,
+			`{"error":{"message":"Invalid URI"}}`)
+	}
+	approved := rcv.URL + "/your/product/request/approved/endpoint"
+	e.do(e.tiki, "seller-1", "POST", "/v1/webhooks", `{"uri":"`+approved+`","event":"product:request:approved"}`)
+	expect(t, e.do(e.tiki, "seller-1", "GET", "/v1/webhooks", ""), 200,
+		`{"data":[{"uri":"`+approved+`","event":"product:request:approved"},{"uri":"`+uri+`","event":"product:request:rejected"}]}`)
+
+	newURI := rcv.URL + "/new/product/request/rejected/endpoint"
+	expect(t, e.do(e.tiki, "seller-1", "PUT", "/v1/webhooks", `{"uri":"`+newURI+`","event":"product:request:rejected"}`), 200,
+		`{"uri":"`+newURI+`","event":"product:request:rejected"}`)
+	expect(t, e.do(e.tiki, "seller-1", "PUT", "/v1/webhooks", `{"uri":"`+newURI+`","event":"never:registered"}`), 404,
+		`{"error":{"message":"Webhook not found"}}`)
+
+	expect(t, e.do(e.tiki, "seller-1", "DELETE", "/v1/webhooks?event=product:request:approved", ""), 200, "")
+	expect(t, e.do(e.tiki, "seller-1", "DELETE", "/v1/webhooks?event=product:request:approved", ""), 404,
+		`{"error":{"message":"Webhook not found"}}`)
+	expect(t, e.do(e.tiki, "seller-1", "DELETE", "/v1/webhooks", ""), 400,
+		`{"error":{"message":"event query parameter is required"}}`)
+
+	// Granted credentials: deliveries to this seller carry Basic auth,
+	// for webhooks registered before and after the grant.
+	expect(t, e.do(e.tiki, "seller-1", "PUT", "/v1/webhooks/credentials",
+		`{"id":"some random string to identify us","secret":"another random string as the secret"}`), 200,
+		`{"id":"some random string to identify us"}`)
+	e.do(e.tiki, "seller-1", "POST", "/v1/webhooks", `{"uri":"`+approved+`","event":"product:request:approved"}`)
+	for _, ev := range []string{"product:request:rejected", "product:request:approved"} {
+		if res, err := e.engine.Publish(delivery.Message{Event: ev, Tenant: "seller-1", Data: []byte(`{"sku":"A1"}`)}); err != nil || res.Deliveries != 1 {
+			t.Fatalf("publish %s: %+v %v", ev, res, err)
+		}
+	}
+	eventually(t, "two deliveries", func() bool { return len(rcv.requests()) == 2 })
+	for _, r := range rcv.requests() {
+		u, p, ok := r.BasicAuth()
+		if !ok || u != "some random string to identify us" || p != "another random string as the secret" {
+			t.Fatalf("%s: basic auth %q %q %v", r.URL.Path, u, p, ok)
+		}
+	}
+	if paths := rcv.requests()[0].URL.Path + " " + rcv.requests()[1].URL.Path; !strings.Contains(paths, "/new/product/request/rejected/endpoint") {
+		t.Fatalf("the update did not take: %s", paths)
+	}
+}
+
+func TestTikiBadInput(t *testing.T) {
+	e := newEnv(t, time.Second)
+	e.tiki.MaxBody = 100
+	cases := []struct {
+		method, path, body string
+		status             int
+		want               string
+	}{
+		{"PATCH", "/v1/webhooks", "{}", 405, `{"error":{"message":"method not allowed"}}`},
+		{"GET", "/v1/webhooks/credentials", "", 405, `{"error":{"message":"method not allowed"}}`},
+		{"POST", "/v1/webhooks", `{"uri":`, 400, `{"error":{"message":"malformed JSON"}}`},
+		{"POST", "/v1/webhooks", `[]`, 400, `{"error":{"message":"request body must be a JSON object"}}`},
+		{"POST", "/v1/webhooks", `{"uri":"https://a.example","event":7}`, 400, `{"error":{"message":"event must be a string"}}`},
+		{"POST", "/v1/webhooks", `{"uri":"https://a.example"}`, 400, `{"error":{"message":"event is required"}}`},
+		{"POST", "/v1/webhooks", `{"uri":"https://a.example","event":"` + strings.Repeat("e", 100) + `"}`, 413, `{"error":{"message":"request body too large"}}`},
+		{"PUT", "/v1/webhooks/credentials", `{"id":"x"}`, 400, `{"error":{"message":"id and secret are required"}}`},
+		{"POST", "/v1/webhooks/x/launch", ``, 404, `{"error":{"message":"not found"}}`},
+	}
+	for _, c := range cases {
+		got := e.do(e.tiki, "s", c.method, c.path, c.body)
+		if got.Status != c.status || got.Body != c.want {
+			t.Errorf("%s %s %s: got %d %s, want %d %s", c.method, c.path, c.body, got.Status, got.Body, c.status, c.want)
+		}
+	}
+	if got := e.do(e.tiki, "s", "PATCH", "/v1/webhooks", "{}"); got.Header.Get("Allow") != "GET, POST, PUT, DELETE" {
+		t.Errorf("Allow = %q", got.Header.Get("Allow"))
+	}
+	if subs := e.engine.Subscriptions(); len(subs) != 0 {
+		t.Fatalf("bad input stored %d subscriptions", len(subs))
+	}
+}
+
+func TestTikiVerify(t *testing.T) {
+	e := newEnv(t, 300*time.Millisecond)
+	e.tiki.Verify = true
+	rcv := newReceiver(t)
+	reg := func(event string) reply {
+		return e.do(e.tiki, "s", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`/hook","event":"`+event+`"}`)
+	}
+	rcv.set(500, 0)
+	expect(t, reg("a"), 400, `{"error":{"message":"webhook verification failed: receiver answered 500 Internal Server Error"}}`)
+	rcv.set(301, 0)
+	expect(t, reg("a"), 400, `{"error":{"message":"webhook verification failed: receiver answered 301 Moved Permanently"}}`)
+	rcv.set(204, time.Second)
+	expect(t, reg("a"), 400, `{"error":{"message":"webhook verification failed: timed out"}}`)
+	if n := len(e.engine.Subscriptions()); n != 0 {
+		t.Fatalf("failed verifications stored %d subscriptions", n)
+	}
+	rcv.set(204, 0)
+	expect(t, reg("a"), 200, "")
+	last := rcv.requests()[len(rcv.requests())-1]
+	if last.Header.Get("X-Event-Name") != EventVerify || last.Method != "POST" {
+		t.Fatalf("verification request %s %v", last.Method, last.Header)
+	}
+	// An update is verified too, and a failed one changes nothing.
+	rcv.set(500, 0)
+	expect(t, e.do(e.tiki, "s", "PUT", "/v1/webhooks", `{"uri":"`+rcv.URL+`/elsewhere","event":"a"}`), 400, "")
+	if sub, _ := e.engine.Subscription(subID(Tiki, "s", "", "a")); !strings.HasSuffix(sub.URL, "/hook") {
+		t.Fatalf("a failed update changed the URL to %s", sub.URL)
+	}
+}
+
+func TestDoshiiSeedExample(t *testing.T) {
+	e := newEnv(t, 2*time.Second)
+	rcv := newReceiver(t)
+	body := `{"event":"order_created","webhookUrl":"` + rcv.URL + `/doshii/webhook","authenticationKey":"secure_key","authenticationToken":"secure_token"}`
+	got := e.do(e.doshii, "partner", "POST", "http://sandbox.doshii.co/partner/v3/webhooks", body)
+	expect(t, got, 200, "")
+	m := got.json(t)
+	if m["event"] != "order_created" || m["webhookUrl"] != rcv.URL+"/doshii/webhook" || m["authenticationEnabled"] != true ||
+		m["uri"] != "http://sandbox.doshii.co/partner/v3/webhooks/order_created" {
+		t.Fatalf("response %v", m)
+	}
+	if lat, _ := m["webhookLatency"].(float64); lat < 1 {
+		t.Fatalf("webhookLatency %v", m["webhookLatency"])
+	}
+	for _, f := range []string{"createdAt", "updatedAt"} {
+		if _, err := time.Parse("2006-01-02T15:04:05.000Z", m[f].(string)); err != nil {
+			t.Fatalf("%s %q: %v", f, m[f], err)
+		}
+	}
+	if len(m) != 7 {
+		t.Fatalf("fields %v, want exactly the seven of the seed", m)
+	}
+	// Verification happened, with the webhook's authentication.
+	if v := rcv.requests()[0]; v.Header.Get("X-Event-Name") != EventVerify || v.Header.Get("Authorization") != "Basic "+base64.StdEncoding.EncodeToString([]byte("secure_key:secure_token")) {
+		t.Fatalf("verification %v", v.Header)
+	}
+
+	// One global webhook per event; a location may have its own.
+	expect(t, e.do(e.doshii, "partner", "POST", "/partner/v3/webhooks", `{"event":"order_created","webhookUrl":"`+rcv.URL+`/other"}`), 409,
+		`{"message":"only one global webhook may be registered for event order_created"}`)
+	expect(t, e.do(e.doshii, "partner", "POST", "/partner/v3/webhooks", `{"event":"order_created","webhookUrl":"`+rcv.URL+`/loc1","authenticationToken":"tok-1"}`,
+		HeaderDoshiiLocation, "loc-1"), 200, "")
+	expect(t, e.do(e.doshii, "partner", "POST", "/partner/v3/webhooks", `{"event":"order_created","webhookUrl":"`+rcv.URL+`/loc1b"}`,
+		HeaderDoshiiLocation, "loc-1"), 409, `{"message":"a webhook for event order_created is already registered for this location"}`)
+
+	// Deliveries: the global webhook gets every location, the location one
+	// only its own; key+token is Basic, a token alone is the header as is.
+	before := len(rcv.requests())
+	for _, loc := range []string{"loc-1", "loc-2"} {
+		e.engine.Publish(delivery.Message{Event: "order_created", Tenant: "partner", Location: loc, Data: []byte(`{"id":1}`)})
+	}
+	eventually(t, "three deliveries", func() bool { return len(rcv.requests()) == before+3 })
+	byPath := map[string][]string{}
+	for _, r := range rcv.requests()[before:] {
+		byPath[r.URL.Path] = append(byPath[r.URL.Path], r.Header.Get("Authorization"))
+	}
+	if len(byPath["/doshii/webhook"]) != 2 || len(byPath["/loc1"]) != 1 || byPath["/loc1"][0] != "tok-1" ||
+		byPath["/doshii/webhook"][0] != "Basic "+base64.StdEncoding.EncodeToString([]byte("secure_key:secure_token")) {
+		t.Fatalf("deliveries %v", byPath)
+	}
+
+	// GET, PUT, DELETE by event, in the location scope of the header.
+	if got := e.do(e.doshii, "partner", "GET", "/partner/v3/webhooks/order_created", "", HeaderDoshiiLocation, "loc-1").json(t); got["webhookUrl"] != rcv.URL+"/loc1" {
+		t.Fatalf("GET loc-1: %v", got)
+	}
+	list := e.do(e.doshii, "partner", "GET", "/partner/v3/webhooks", "")
+	if list.Status != 200 || strings.Count(list.Body, `"event":"order_created"`) != 2 {
+		t.Fatalf("list %s", list.Body)
+	}
+	upd := e.do(e.doshii, "partner", "PUT", "/partner/v3/webhooks/order_created", `{"webhookUrl":"`+rcv.URL+`/v2","authenticationToken":"","authenticationKey":""}`)
+	if m := upd.json(t); upd.Status != 200 || m["webhookUrl"] != rcv.URL+"/v2" || m["authenticationEnabled"] != false {
+		t.Fatalf("PUT %d %s", upd.Status, upd.Body)
+	}
+	expect(t, e.do(e.doshii, "partner", "DELETE", "/partner/v3/webhooks/order_created", ""), 200, "")
+	expect(t, e.do(e.doshii, "partner", "GET", "/partner/v3/webhooks/order_created", ""), 404, `{"message":"webhook not found"}`)
+	expect(t, e.do(e.doshii, "partner", "GET", "/partner/v3/webhooks/order_created", "", HeaderDoshiiLocation, "loc-1"), 200, "")
+}
+
+func TestDoshiiBadInputAndVerification(t *testing.T) {
+	e := newEnv(t, 300*time.Millisecond)
+	rcv := newReceiver(t)
+	cases := []struct {
+		method, path, body string
+		status             int
+		want               string
+	}{
+		{"PATCH", "/webhooks", "{}", 405, `{"message":"method not allowed"}`},
+		{"POST", "/webhooks/x", "{}", 405, `{"message":"method not allowed"}`},
+		{"POST", "/webhooks", `{"event":`, 400, `{"message":"malformed JSON"}`},
+		{"POST", "/webhooks", `{"webhookUrl":"https://a.example"}`, 400, `{"message":"event is required"}`},
+		{"POST", "/webhooks", `{"event":"e"}`, 400, `{"message":"webhookUrl is required"}`},
+		{"POST", "/webhooks", `{"event":"e","webhookUrl":"nope"}`, 400, `{"message":"webhookUrl must be an absolute http or https URL"}`},
+		{"POST", "/webhooks", `{"event":"e","webhookUrl":"` + rcv.URL + `","authenticationKey":"k"}`, 400, `{"message":"authenticationToken is required with authenticationKey"}`},
+		{"PUT", "/webhooks/e", `{"webhookUrl":"` + rcv.URL + `"}`, 404, `{"message":"webhook not found"}`},
+		{"DELETE", "/webhooks/e", ``, 404, `{"message":"webhook not found"}`},
+	}
+	for _, c := range cases {
+		got := e.do(e.doshii, "p", c.method, c.path, c.body)
+		if got.Status != c.status || got.Body != c.want {
+			t.Errorf("%s %s %s: got %d %s, want %d %s", c.method, c.path, c.body, got.Status, got.Body, c.status, c.want)
+		}
+	}
+	// Verification is always on for doshii: failure and timeout refuse.
+	rcv.set(404, 0)
+	expect(t, e.do(e.doshii, "p", "POST", "/webhooks", `{"event":"e","webhookUrl":"`+rcv.URL+`"}`), 400,
+		`{"message":"webhook verification failed: receiver answered 404 Not Found"}`)
+	rcv.set(204, time.Second)
+	expect(t, e.do(e.doshii, "p", "POST", "/webhooks", `{"event":"e","webhookUrl":"`+rcv.URL+`"}`), 400,
+		`{"message":"webhook verification failed: timed out"}`)
+	if n := len(e.engine.Subscriptions()); n != 0 {
+		t.Fatalf("stored %d subscriptions", n)
+	}
+}
+
+// One tenant can neither read, update, delete, test, enable nor redeliver
+// another's webhooks, in either dialect.
+func TestTenantIsolation(t *testing.T) {
+	e := newEnv(t, time.Second)
+	rcv := newReceiver(t)
+	expect(t, e.do(e.tiki, "alice", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`","event":"ev"}`), 200, "")
+	expect(t, e.do(e.doshii, "alice", "POST", "/webhooks", `{"event":"ev","webhookUrl":"`+rcv.URL+`"}`), 200, "")
+	hits := len(rcv.requests())
+
+	expect(t, e.do(e.tiki, "bob", "GET", "/v1/webhooks", ""), 200, `{"data":[]}`)
+	expect(t, e.do(e.tiki, "bob", "PUT", "/v1/webhooks", `{"uri":"`+rcv.URL+`/evil","event":"ev"}`), 404, "")
+	expect(t, e.do(e.tiki, "bob", "DELETE", "/v1/webhooks?event=ev", ""), 404, "")
+	expect(t, e.do(e.doshii, "bob", "GET", "/webhooks", ""), 200, `[]`)
+	expect(t, e.do(e.doshii, "bob", "GET", "/webhooks/ev", ""), 404, "")
+	expect(t, e.do(e.doshii, "bob", "PUT", "/webhooks/ev", `{"webhookUrl":"`+rcv.URL+`/evil"}`), 404, "")
+	expect(t, e.do(e.doshii, "bob", "DELETE", "/webhooks/ev", ""), 404, "")
+	for _, h := range []*Handler{e.tiki, e.doshii} {
+		for _, op := range []string{"test", "enable", "redeliver"} {
+			expect(t, e.do(h, "bob", "POST", "/webhooks/ev/"+op, ""), 404, "")
+		}
+		expect(t, e.do(h, "bob", "GET", "/webhooks/ev/attempts", ""), 404, "")
+		expect(t, e.do(h, "bob", "GET", "/webhooks/attempts", ""), 200, `{"data":[]}`)
+	}
+	// bob registering the same event gets his own webhook, not alice's.
+	expect(t, e.do(e.tiki, "bob", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`/bob","event":"ev"}`), 200, "")
+	if n := len(rcv.requests()); n != hits {
+		t.Fatalf("bob's calls reached alice's receiver (%d requests)", n-hits)
+	}
+	if got := e.do(e.tiki, "alice", "GET", "/v1/webhooks", ""); !strings.Contains(got.Body, `"uri":"`+rcv.URL+`"`) || strings.Contains(got.Body, "/bob") || strings.Contains(got.Body, "/evil") {
+		t.Fatalf("alice's webhooks changed: %s", got.Body)
+	}
+}
+
+func TestOperations(t *testing.T) {
+	e := newEnv(t, time.Second)
+	rcv := newReceiver(t)
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`","event":"order.status"}`), 200, "")
+
+	test := e.do(e.tiki, "s", "POST", "/v1/webhooks/order.status/test", "")
+	if m := test.json(t); test.Status != 200 || m["success"] != true || m["status"] != float64(204) || m["event"] != "order.status" {
+		t.Fatalf("test: %d %s", test.Status, test.Body)
+	}
+	if r := rcv.requests()[0]; r.Header.Get("X-Event-Name") != "order.status" {
+		t.Fatalf("test request %v", r.Header)
+	}
+	rcv.set(500, 0)
+	if m := e.do(e.tiki, "s", "POST", "/v1/webhooks/order.status/test", "").json(t); m["success"] != false || m["status"] != float64(500) {
+		t.Fatalf("failing test: %v", m)
+	}
+
+	// A delivery that fails for good shows in the attempts and comes back
+	// with redeliver once the receiver is fixed.
+	e.engine.Configure(delivery.Config{AllowPrivateTargets: true, Retry: []time.Duration{}})
+	res, _ := e.engine.Publish(delivery.Message{Event: "order.status", Tenant: "s", Data: []byte(`{"n":1}`)})
+	id := subID(Tiki, "s", "", "order.status")
+	eventually(t, "the failed attempt", func() bool {
+		a, _ := e.engine.RecentAttempts(id, 10)
+		return len(a) == 1
+	})
+	att := e.do(e.tiki, "s", "GET", "/v1/webhooks/attempts", "")
+	if att.Status != 200 || !strings.Contains(att.Body, `"message_id":"`+res.ID+`"`) || !strings.Contains(att.Body, `"status":500`) {
+		t.Fatalf("attempts: %s", att.Body)
+	}
+	rcv.set(204, 0)
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks/order.status/redeliver", ""), 200, `{"event":"order.status","redelivered":1}`)
+	eventually(t, "the redelivery", func() bool {
+		a, _ := e.engine.RecentAttempts(id, 10)
+		return len(a) == 2 && a[0].Success
+	})
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks/order.status/redeliver", ""), 200, `{"event":"order.status","redelivered":0}`)
+
+	// enable clears a disabled webhook (disabled here by a 410).
+	rcv.set(410, 0)
+	e.engine.Publish(delivery.Message{Event: "order.status", Tenant: "s", Data: []byte(`{"n":2}`)})
+	eventually(t, "disabled", func() bool { h, _ := e.engine.Health(id); return h.Disabled })
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks/order.status/enable", ""), 200, `{"enabled":true,"event":"order.status"}`)
+	if h, _ := e.engine.Health(id); h.Disabled {
+		t.Fatal("still disabled")
+	}
+	// Doshii names the fields its way.
+	expect(t, e.do(e.doshii, "s", "POST", "/webhooks", `{"event":"e2","webhookUrl":"`+rcv.URL+`"}`), 400, "") // 410 fails verification
+	rcv.set(204, 0)
+	expect(t, e.do(e.doshii, "s", "POST", "/webhooks", `{"event":"e2","webhookUrl":"`+rcv.URL+`"}`), 200, "")
+	if m := e.do(e.doshii, "s", "POST", "/webhooks/e2/test", "").json(t); m["webhookLatency"] == nil || m["latency_ms"] != nil {
+		t.Fatalf("doshii test fields %v", m)
+	}
+}
