@@ -255,3 +255,83 @@ func TestCaddyfileExampleAdapts(t *testing.T) {
 		t.Fatalf("no webhooks app:\n%s", js)
 	}
 }
+
+func TestUnmarshalAPI(t *testing.T) {
+	var h API
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("webhook_api {\n dialect doshii\n tenant {http.auth.user.id}\n verify\n max_body 16KB\n}"))
+	if err != nil || h.Dialect != "doshii" || h.Tenant != "{http.auth.user.id}" || !h.Verify || h.MaxBody != 16000 {
+		t.Fatalf("%+v %v", h, err)
+	}
+	for input, want := range map[string]string{
+		"webhook_api":                                      "needs a dialect",
+		"webhook_api tiki":                                 "takes no arguments",
+		"webhook_api {\n dialect svix\n}":                  `unknown dialect "svix" (want tiki or doshii)`,
+		"webhook_api {\n dialect\n}":                       "wrong argument count",
+		"webhook_api {\n dialect tiki\n dialect doshii\n}": "dialect specified more than once",
+		"webhook_api {\n dialect tiki\n verify yes\n}":     "wrong argument count",
+		"webhook_api {\n dialect tiki\n tenant\n}":         "wrong argument count",
+		"webhook_api {\n dialect tiki\n prefix /v1\n}":     `unrecognized webhook_api option "prefix"`,
+	} {
+		var h API
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want %q", input, err, want)
+		}
+	}
+}
+
+// All three handlers run after authentication and before terminal
+// handlers without an `order` line, whatever order a block lists them in.
+func TestDirectiveOrder(t *testing.T) {
+	src := `{
+	webhooks {
+		storage_dir /tmp/x
+	}
+}
+http://:9999 {
+	respond 204
+	reverse_proxy 127.0.0.1:1
+	webhook_api {
+		dialect tiki
+		tenant {http.auth.user.id}
+	}
+	webhook_publish
+	webhook_ingest {
+		access_key k
+		client a b
+	}
+	forward_auth 127.0.0.1:2 {
+		uri /auth
+	}
+	basic_auth {
+		u $2a$14$5z6T58R7cGQ.dft4mMM0xOweKpV02/gVVfScelCoskPgD4Bda7J1u
+	}
+}`
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := string(out)
+	pos := func(h string) int {
+		i := strings.Index(js, `"handler":"`+h+`"`)
+		if i < 0 {
+			t.Fatalf("%s missing:\n%s", h, js)
+		}
+		return i
+	}
+	auth := pos("authentication")
+	// forward_auth adapts to a reverse_proxy with handle_response; the
+	// first reverse_proxy is forward_auth, the second the real one.
+	fwd := strings.Index(js, `"uri":"/auth"`)
+	for _, h := range []string{"webhook_ingest", "webhook_publish"} {
+		if p := pos(h); p < auth || p > fwd {
+			t.Errorf("%s is not between basic_auth and forward_auth", h)
+		}
+	}
+	if p := pos("webhook_api"); p < fwd || p > pos("static_response") {
+		t.Errorf("webhook_api is not after forward_auth and before respond")
+	}
+	if pos("webhook_ingest") > strings.LastIndex(js, `"handler":"reverse_proxy"`) {
+		t.Errorf("webhook_ingest after reverse_proxy")
+	}
+}

@@ -1,0 +1,177 @@
+package caddywebhook
+
+import (
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// hashPassword makes a cheap bcrypt hash for basic_auth.
+func hashPassword(t *testing.T, pw string) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
+}
+
+func apiConfig(t *testing.T, storage, tikiHash, doshiiHash string) string {
+	global, _ := globalOptions(t, storage, "allow_private_targets\n\t\tretry 1s")
+	return global + fmt.Sprintf(`
+http://localhost:9080 {
+	handle /v1/webhooks* {
+		basic_auth {
+			seller-1 %s
+			seller-2 %s
+		}
+		webhook_api {
+			dialect tiki
+			tenant {http.auth.user.id}
+		}
+	}
+	handle /partner/v3/webhooks* {
+		basic_auth {
+			partner-1 %s
+		}
+		webhook_api {
+			dialect doshii
+			tenant {http.auth.user.id}
+		}
+	}
+	handle /publish {
+		webhook_publish
+	}
+}
+`, tikiHash, tikiHash, doshiiHash)
+}
+
+func call(t *testing.T, client *http.Client, user, pass, method, path, body string, header ...string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, testBase+path, strings.NewReader(body))
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, strings.TrimSpace(string(b))
+}
+
+func TestAPIEndToEnd(t *testing.T) {
+	tikiHash, doshiiHash := hashPassword(t, "tiki-pass"), hashPassword(t, "doshii-pass")
+	sub := newSubscriber(t)
+	storage := t.TempDir()
+	cfg := apiConfig(t, storage, tikiHash, doshiiHash)
+	tester := startCaddy(t, cfg)
+	c := tester.Client
+
+	// basic_auth in front: no credentials, no API.
+	if st, _ := call(t, c, "", "", "GET", "/v1/webhooks", ""); st != 401 {
+		t.Fatalf("unauthenticated: %d", st)
+	}
+	if st, _ := call(t, c, "seller-1", "wrong", "GET", "/v1/webhooks", ""); st != 401 {
+		t.Fatalf("wrong password: %d", st)
+	}
+
+	// Tiki: register, grant credentials, update, deliver.
+	st, body := call(t, c, "seller-1", "tiki-pass", "POST", "/v1/webhooks", `{"uri":"`+sub.URL+`/tiki","event":"product:request:rejected"}`)
+	if st != 200 || body != `{"event":"product:request:rejected","seller_id":"seller-1","uri":"`+sub.URL+`/tiki"}` {
+		t.Fatalf("register: %d %s", st, body)
+	}
+	call(t, c, "seller-1", "tiki-pass", "PUT", "/v1/webhooks/credentials", `{"id":"tiki-id","secret":"tiki-secret"}`)
+	st, body = call(t, c, "seller-1", "tiki-pass", "PUT", "/v1/webhooks", `{"uri":"`+sub.URL+`/tiki-v2","event":"product:request:rejected"}`)
+	if st != 200 {
+		t.Fatalf("update: %d %s", st, body)
+	}
+	// seller-2 sees none of it.
+	if st, body := call(t, c, "seller-2", "tiki-pass", "GET", "/v1/webhooks", ""); st != 200 || body != `{"data":[]}` {
+		t.Fatalf("seller-2 list: %d %s", st, body)
+	}
+
+	// Doshii: register (verified), deliver with key/token.
+	st, body = call(t, c, "partner-1", "doshii-pass", "POST", "/partner/v3/webhooks",
+		`{"event":"order_created","webhookUrl":"`+sub.URL+`/doshii","authenticationKey":"secure_key","authenticationToken":"secure_token"}`)
+	if st != 200 || !strings.Contains(body, `"uri":"http://localhost:9080/partner/v3/webhooks/order_created"`) {
+		t.Fatalf("doshii register: %d %s", st, body)
+	}
+
+	for _, ev := range []string{
+		`{"event":"product:request:rejected","tenant":"seller-1","data":{"sku":"A1"}}`,
+		`{"event":"order_created","tenant":"partner-1","location":"loc-9","data":{"id":7}}`,
+	} {
+		if st, body := call(t, c, "", "", "POST", "/publish", ev); st != 202 || !strings.HasSuffix(body, `"deliveries":1}`) {
+			t.Fatalf("publish: %d %s", st, body)
+		}
+	}
+	waitFor(t, "the two deliveries", func() bool {
+		n := 0
+		for _, r := range sub.received() {
+			if r.Header.Get("X-Event-Name") != "webhook.verify" {
+				n++
+			}
+		}
+		return n == 2
+	})
+	for _, r := range sub.received() {
+		switch r.Header.Get("X-Event-Name") {
+		case "product:request:rejected":
+			if r.Header.Get("Authorization") != "Basic "+base64.StdEncoding.EncodeToString([]byte("tiki-id:tiki-secret")) {
+				t.Fatalf("tiki delivery auth %q", r.Header.Get("Authorization"))
+			}
+		case "order_created":
+			if r.Header.Get("Authorization") != "Basic "+base64.StdEncoding.EncodeToString([]byte("secure_key:secure_token")) {
+				t.Fatalf("doshii delivery auth %q", r.Header.Get("Authorization"))
+			}
+		}
+	}
+
+	// Registrations survive the app stopping and starting again.
+	tester.InitServer(emptyConfig, "caddyfile")
+	tester.InitServer(cfg, "caddyfile")
+	st, body = call(t, c, "seller-1", "tiki-pass", "GET", "/v1/webhooks", "")
+	if st != 200 || body != `{"data":[{"uri":"`+sub.URL+`/tiki-v2","event":"product:request:rejected"}]}` {
+		t.Fatalf("after restart: %d %s", st, body)
+	}
+	if st, _ := call(t, c, "partner-1", "doshii-pass", "GET", "/partner/v3/webhooks/order_created", ""); st != 200 {
+		t.Fatalf("doshii after restart: %d", st)
+	}
+
+	// Delete, and nothing more is delivered.
+	if st, _ := call(t, c, "seller-1", "tiki-pass", "DELETE", "/v1/webhooks?event=product:request:rejected", ""); st != 200 {
+		t.Fatalf("delete: %d", st)
+	}
+	if st, body := call(t, c, "", "", "POST", "/publish", `{"event":"product:request:rejected","tenant":"seller-1","data":{}}`); st != 202 || !strings.HasSuffix(body, `"deliveries":0}`) {
+		t.Fatalf("publish after delete: %d %s", st, body)
+	}
+}
+
+func TestAPIRefusesEmptyTenant(t *testing.T) {
+	global, _ := globalOptions(t, t.TempDir(), "")
+	tester := startCaddy(t, global+`
+http://localhost:9080 {
+	webhook_api {
+		dialect tiki
+		tenant {http.request.header.X-Caller}
+	}
+}`)
+	st, body := call(t, tester.Client, "", "", "GET", "/v1/webhooks", "")
+	if st != 401 || body != `{"error":{"message":"not authenticated"}}` {
+		t.Fatalf("no tenant: %d %s", st, body)
+	}
+	st, body = call(t, tester.Client, "", "", "GET", "/v1/webhooks", "", "X-Caller", "acme")
+	if st != 200 || body != `{"data":[]}` {
+		t.Fatalf("with tenant: %d %s", st, body)
+	}
+}
