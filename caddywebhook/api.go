@@ -6,6 +6,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/hookgate/caddy-webhook/delivery/api"
 )
@@ -43,6 +44,7 @@ type API struct {
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	handler *api.Handler
+	logger  *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -55,6 +57,7 @@ func (API) CaddyModule() caddy.ModuleInfo {
 
 // Provision joins the webhooks app's delivery engine.
 func (h *API) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
 	if h.Dialect != api.Tiki && h.Dialect != api.Doshii {
 		return fmt.Errorf("webhook_api: unknown dialect %q (want tiki or doshii)", h.Dialect)
 	}
@@ -76,11 +79,12 @@ func (h *API) Provision(ctx caddy.Context) error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler. Paths without a
 // `webhooks` segment go to the next handler.
-func (h *API) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h *API) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	base, tail, ok := api.SplitPath(r.URL.EscapedPath())
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
+	defer recoverPanic(w, r, h.logger, h.errorBody("internal error"), &err)
 	tenant := ""
 	if h.Tenant != "" {
 		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -89,15 +93,19 @@ func (h *API) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		}
 		if tenant == "" {
 			// Without a caller there is no one to confine the request to.
-			msg := "not authenticated"
-			if h.Dialect == api.Doshii {
-				return writeJSON(w, http.StatusUnauthorized, map[string]string{"message": msg})
-			}
-			return writeJSON(w, http.StatusUnauthorized, map[string]any{"error": map[string]string{"message": msg}})
+			return writeJSON(w, http.StatusUnauthorized, h.errorBody("not authenticated"))
 		}
 	}
 	h.handler.ServeHTTP(w, api.Request{Request: r, Tenant: tenant, Base: base, Tail: tail})
 	return nil
+}
+
+// errorBody is an error in the dialect's shape.
+func (h *API) errorBody(msg string) any {
+	if h.Dialect == api.Doshii {
+		return map[string]string{"message": msg}
+	}
+	return map[string]any{"error": map[string]string{"message": msg}}
 }
 
 // Interface guards

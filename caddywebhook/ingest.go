@@ -126,7 +126,8 @@ func (h *Ingest) gateConfig() (ingest.Config, error) {
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
-func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
+	defer recoverPanic(w, r, h.logger, ingest.Envelope{Error: ingest.MsgInternal}, &err)
 	start := time.Now()
 	push, ans := h.gate.Admit(r)
 	if ans != nil {

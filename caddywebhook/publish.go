@@ -65,7 +65,8 @@ func (h *Publish) Provision(ctx caddy.Context) error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler. It always answers;
 // next is not called.
-func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) (err error) {
+	defer recoverPanic(w, r, h.logger, map[string]string{"error": "internal error"}, &err)
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		return writeJSONError(w, http.StatusMethodNotAllowed, "method not allowed")
