@@ -4,6 +4,7 @@
 package caddywebhook
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -30,6 +31,12 @@ type App struct {
 	// Where the database lives. Default: `webhook` under Caddy's data
 	// directory. Placeholders such as {env.*} are replaced.
 	StorageDir string `json:"storage_dir,omitempty"`
+
+	// Encrypt the database at rest (AES) with this key: base64 of 16, 24
+	// or 32 bytes, normally a placeholder such as {env.WEBHOOK_KEY}. The
+	// key cannot change while Caddy runs, and data written with a key can
+	// only be read with it.
+	EncryptionKey string `json:"encryption_key,omitempty"`
 
 	// Concurrent deliveries across all subscriptions. Default: 64.
 	Workers int `json:"workers,omitempty"`
@@ -109,6 +116,8 @@ var stores = caddy.NewUsagePool()
 // sharedStore is everything that must outlive a single config: the database
 // and the in-memory state that has to stay consistent with it.
 type sharedStore struct {
+	// keyID fingerprints the encryption key the database was opened with.
+	keyID   [32]byte
 	db      *store.DB
 	windows *ingest.BadgerWindows
 	leases  *ingest.Leases
@@ -133,14 +142,20 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	key, err := a.encryptionKey()
+	if err != nil {
+		return err
+	}
+	keyID := sha256.Sum256(key)
 	val, loaded, err := stores.LoadOrNew(dir, func() (caddy.Destructor, error) {
 		// Badger outlives this config, so it logs through the process-wide
 		// logger rather than this config's.
-		db, err := store.Open(dir, store.Options{Logger: caddy.Log().Named("webhooks.badger")})
+		db, err := store.Open(dir, store.Options{Logger: caddy.Log().Named("webhooks.badger"), EncryptionKey: key})
 		if err != nil {
 			return nil, err
 		}
 		return &sharedStore{
+			keyID:   keyID,
 			db:      db,
 			windows: ingest.NewBadgerWindows(db.DB),
 			leases:  ingest.NewLeases(),
@@ -150,9 +165,28 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("webhooks: %w", err)
 	}
+	if shared := val.(*sharedStore); shared.keyID != keyID {
+		_, _ = stores.Delete(dir)
+		return fmt.Errorf("webhooks: encryption_key differs from the one the open database uses; it can only change with a restart")
+	}
 	a.dir, a.shared = dir, val.(*sharedStore)
 	a.logger.Info("webhook store ready", zap.String("dir", dir), zap.Bool("reused", loaded))
 	return nil
+}
+
+func (a *App) encryptionKey() ([]byte, error) {
+	if a.EncryptionKey == "" {
+		return nil, nil
+	}
+	v, err := caddy.NewReplacer().ReplaceOrErr(a.EncryptionKey, true, true)
+	if err != nil {
+		return nil, fmt.Errorf("webhooks: encryption_key: %v", err)
+	}
+	key, err := store.ParseEncryptionKey(v)
+	if err != nil {
+		return nil, fmt.Errorf("webhooks: %w", err)
+	}
+	return key, nil
 }
 
 func (a *App) storageDir() (string, error) {

@@ -45,6 +45,7 @@ func parseGlobalWebhooks(d *caddyfile.Dispenser, existing any) (any, error) {
 //
 //	webhooks {
 //	    storage_dir <dir>
+//	    encryption_key <base64 key>
 //	    workers <n>
 //	    endpoint_concurrency <n>
 //	    timeout <duration>
@@ -82,6 +83,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch opt {
 		case "storage_dir":
 			if !d.AllArgs(&a.StorageDir) {
+				return d.ArgErr()
+			}
+		case "encryption_key":
+			if !d.AllArgs(&a.EncryptionKey) {
 				return d.ArgErr()
 			}
 		case "workers":

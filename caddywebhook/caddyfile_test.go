@@ -81,6 +81,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 	var a App
 	err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`webhooks {
 		storage_dir /var/lib/hooks
+		encryption_key {env.WEBHOOK_KEY}
 		workers 16
 		endpoint_concurrency 4
 		timeout 3s
@@ -108,7 +109,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := App{
-		StorageDir: "/var/lib/hooks", Workers: 16, EndpointConcurrency: 4,
+		StorageDir: "/var/lib/hooks", EncryptionKey: "{env.WEBHOOK_KEY}", Workers: 16, EndpointConcurrency: 4,
 		Timeout:      caddy.Duration(3 * time.Second),
 		Retry:        []caddy.Duration{caddy.Duration(time.Second), caddy.Duration(time.Minute), caddy.Duration(time.Hour)},
 		DisableAfter: caddy.Duration(48 * time.Hour), Retention: caddy.Duration(72 * time.Hour),

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -198,4 +200,62 @@ http://localhost:9080 {
 	if n := len(sub.received()); n != 0 {
 		t.Fatalf("loopback subscriber got %d requests", n)
 	}
+}
+
+func TestEncryptionAtRestThroughCaddy(t *testing.T) {
+	t.Setenv("E2E_WEBHOOK_KEY", base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef")))
+	sub := newSubscriber(t)
+	storage := t.TempDir()
+	const token = "e2e-encrypted-token-7f3e"
+	global, _ := globalOptions(t, storage, fmt.Sprintf(`encryption_key {env.E2E_WEBHOOK_KEY}
+		allow_private_targets
+		subscription s {
+			url %s
+			events *
+			token %s
+		}`, sub.URL, token))
+	cfg := global + "\nhttp://localhost:9080 {\n\twebhook_publish\n}\n"
+	tester := startCaddy(t, cfg)
+	req, _ := http.NewRequest("POST", testBase+"/", strings.NewReader(`{"event":"e","data":{"card":"4111-needle-1111"}}`))
+	res, err := tester.Client.Do(req)
+	if err != nil || res.StatusCode != 202 {
+		t.Fatalf("publish: %v %v", res, err)
+	}
+	res.Body.Close()
+	waitFor(t, "the delivery", func() bool { return len(sub.received()) >= 1 })
+
+	// A reload may not change the key of the open database.
+	t.Setenv("E2E_OTHER_KEY", base64.StdEncoding.EncodeToString([]byte("fedcba9876543210fedcba9876543210")))
+	changed := strings.Replace(cfg, "{env.E2E_WEBHOOK_KEY}", "{env.E2E_OTHER_KEY}", 1)
+	req, _ = http.NewRequest("POST", "http://localhost:2999/load", strings.NewReader(changed))
+	req.Header.Set("Content-Type", "text/caddyfile")
+	res, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode == 200 || !strings.Contains(string(b), "encryption_key differs") {
+		t.Fatalf("key change on reload: %d %s", res.StatusCode, b)
+	}
+
+	tester.InitServer(emptyConfig, "caddyfile") // closes the database
+	for _, secret := range []string{token, "4111-needle-1111"} {
+		if dirHas(t, storage, secret) {
+			t.Errorf("%q is readable in the data directory", secret)
+		}
+	}
+}
+
+func dirHas(t *testing.T, dir, s string) bool {
+	t.Helper()
+	found := false
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			b, _ := os.ReadFile(p)
+			found = found || strings.Contains(string(b), s)
+		}
+		return nil
+	})
+	return found
 }

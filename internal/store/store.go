@@ -7,9 +7,11 @@
 package store
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +40,20 @@ type DB struct {
 	once     sync.Once
 }
 
+// ParseEncryptionKey reads a key given as base64 of 16, 24 or 32 bytes.
+// Errors never quote the key.
+func ParseEncryptionKey(s string) ([]byte, error) {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+	if err != nil {
+		return nil, errors.New("encryption_key must be base64 (e.g. the output of `openssl rand -base64 32`)")
+	}
+	switch len(key) {
+	case 16, 24, 32:
+		return key, nil
+	}
+	return nil, fmt.Errorf("encryption_key must decode to 16, 24 or 32 bytes, not %d", len(key))
+}
+
 // Open opens (creating if needed) the database in dir.
 func Open(dir string, opts Options) (*DB, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -60,6 +76,9 @@ func Open(dir string, opts Options) (*DB, error) {
 	}
 	bdb, err := badger.Open(bopts)
 	if err != nil {
+		if strings.Contains(err.Error(), "Encryption key mismatch") || strings.Contains(err.Error(), "encryption key") {
+			return nil, fmt.Errorf("opening badger database in %s: the encryption_key does not match the one the data was written with: %w", dir, err)
+		}
 		return nil, fmt.Errorf("opening badger database in %s: %w", dir, err)
 	}
 	db := &DB{DB: bdb, dir: dir, stop: make(chan struct{}), done: make(chan struct{})}

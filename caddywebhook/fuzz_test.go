@@ -1,0 +1,40 @@
+package caddywebhook
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// FuzzCaddyfile feeds arbitrary blocks to every parser of the plugin: no
+// panic, and what parses survives JSON encoding (what `caddy adapt` does).
+func FuzzCaddyfile(f *testing.F) {
+	for _, s := range []string{
+		"webhook_ingest {\n access_key k1 k2\n client acme key interval 1m\n interval 1h\n max_body 10MB\n}",
+		"webhook_ingest {\n client acme\n}",
+		"webhooks {\n storage_dir /x\n workers 4\n retry 1s 1m\n subscription s {\n url https://a\n events *\n secret_header X-S v\n envelope data\n }\n}",
+		"webhooks {\n subscription {\n}\n}",
+		"webhook_publish {\n max_body 1KB\n}",
+		"webhook_api {\n dialect doshii\n tenant {http.auth.user.id}\n verify\n}",
+		"webhook_api {\n dialect\n}",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, input string) {
+		tokens, err := caddyfile.Tokenize([]byte(input), "Caddyfile")
+		if err != nil || len(tokens) == 0 {
+			return
+		}
+		for _, u := range []caddyfile.Unmarshaler{new(Ingest), new(App), new(Publish), new(API)} {
+			d := caddyfile.NewDispenser(tokens)
+			if u.UnmarshalCaddyfile(d) == nil {
+				if _, err := jsonMarshal(u); err != nil {
+					t.Fatalf("%T parsed but does not encode: %v", u, err)
+				}
+			}
+		}
+	})
+}
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }

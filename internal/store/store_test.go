@@ -1,0 +1,100 @@
+package store
+
+import (
+	"bytes"
+	"encoding/base64"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// needle is a secret that must not be readable from the data directory.
+var needle = []byte("FFCPUG2A-secret-token-needle")
+
+func writeNeedle(t *testing.T, dir string, key []byte) {
+	t.Helper()
+	db, err := Open(dir, Options{EncryptionKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(txn *badger.Txn) error {
+		return txn.Set([]byte("delivery/sub/x"), append([]byte(`{"token":"`), append(needle, '"', '}')...))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func dirContains(t *testing.T, dir string, b []byte) bool {
+	t.Helper()
+	found := false
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			data, _ := os.ReadFile(p)
+			found = found || bytes.Contains(data, b)
+		}
+		return nil
+	})
+	return found
+}
+
+func TestEncryptionAtRest(t *testing.T) {
+	plain := t.TempDir()
+	writeNeedle(t, plain, nil)
+	if !dirContains(t, plain, needle) {
+		t.Fatal("control: the secret should be readable without encryption")
+	}
+
+	key, err := ParseEncryptionKey(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := t.TempDir()
+	writeNeedle(t, enc, key)
+	if dirContains(t, enc, needle) {
+		t.Fatal("the secret is readable from the encrypted data directory")
+	}
+	// It reads back with the key...
+	db, err := Open(enc, Options{EncryptionKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte("delivery/sub/x"))
+		if err != nil {
+			return err
+		}
+		v, _ := item.ValueCopy(nil)
+		if !bytes.Contains(v, needle) {
+			t.Fatalf("read back %q", v)
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ...and not with another one.
+	other, _ := ParseEncryptionKey(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{8}, 32)))
+	if _, err := Open(enc, Options{EncryptionKey: other}); err == nil || !strings.Contains(err.Error(), "encryption_key does not match") {
+		t.Fatalf("wrong key: %v", err)
+	}
+}
+
+func TestParseEncryptionKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"not base64!": "must be base64",
+		base64.StdEncoding.EncodeToString([]byte("short")): "16, 24 or 32 bytes, not 5",
+	} {
+		_, err := ParseEncryptionKey(in)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), in) {
+			t.Errorf("%q: %v", in, err)
+		}
+	}
+}
