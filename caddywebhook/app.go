@@ -127,6 +127,7 @@ type sharedStore struct {
 // Destruct stops deliveries and closes the database once the last config
 // using them is gone.
 func (s *sharedStore) Destruct() error {
+	currentEngine.CompareAndSwap(s.engine, nil)
 	s.engine.Stop()
 	return s.db.Close()
 }
@@ -134,6 +135,9 @@ func (s *sharedStore) Destruct() error {
 // Provision opens (or joins) the database.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("webhooks: metrics: %w", err)
+	}
 	var err error
 	if a.delivery, err = a.deliveryConfig(); err != nil {
 		return fmt.Errorf("webhooks: %w", err)
@@ -271,10 +275,15 @@ func (sc SubscriptionConfig) subscription(repl *caddy.Replacer) (delivery.Subscr
 func (a *App) Start() error {
 	eng := a.shared.engine
 	eng.SetLogger(a.logger)
+	eng.SetObserver(observeAttempt)
 	if err := eng.Configure(a.delivery); err != nil {
 		return fmt.Errorf("webhooks: %w", err)
 	}
-	return eng.Start()
+	if err := eng.Start(); err != nil {
+		return err
+	}
+	currentEngine.Store(eng)
+	return nil
 }
 
 // Stop implements caddy.App. The engine keeps running for the config that

@@ -191,6 +191,7 @@ func writeAnswer(w http.ResponseWriter, a ingest.Answer) error {
 // log writes one line per push. Outcomes that point at an attack or a fault
 // are raised above info; keys never appear.
 func (h *Ingest) log(r *http.Request, s ingest.Settled, upstreamStatus int, upErr error, start time.Time) {
+	observePush(s.Outcome)
 	level := zapcore.InfoLevel
 	switch s.Outcome {
 	case ingest.OutcomeNotAuthorized, ingest.OutcomeUnknownToken:

@@ -88,6 +88,9 @@ func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		h.logger.Error("publishing event", zap.String("event", msg.Event), zap.Error(err))
 		return writeJSONError(w, http.StatusInternalServerError, "internal error")
 	}
+	if !res.Duplicate {
+		published.Inc()
+	}
 	h.logger.Debug("event published",
 		zap.String("id", res.ID), zap.String("event", msg.Event), zap.String("tenant", msg.Tenant),
 		zap.Int("deliveries", res.Deliveries), zap.Bool("duplicate", res.Duplicate))

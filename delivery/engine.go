@@ -55,6 +55,9 @@ type Engine struct {
 
 	sched    *scheduler
 	settleCh chan settleReq
+
+	queued   atomic.Int64 // pending deliveries, for QueueDepth
+	observer atomic.Pointer[func(Attempt, State)]
 }
 
 // settings is a Config ready for use.
@@ -112,6 +115,30 @@ func (e *Engine) SetLogger(l *zap.Logger) {
 }
 
 func (e *Engine) log() *zap.Logger { return e.logger.Load() }
+
+// SetObserver installs f to be told of every recorded attempt and the
+// state it left its delivery in (for metrics). Nil removes it.
+func (e *Engine) SetObserver(f func(Attempt, State)) {
+	if f == nil {
+		e.observer.Store(nil)
+		return
+	}
+	e.observer.Store(&f)
+}
+
+// QueueDepth is the number of pending deliveries.
+func (e *Engine) QueueDepth() int64 { return e.queued.Load() }
+
+// DisabledEndpoints counts the known subscriptions that are disabled.
+func (e *Engine) DisabledEndpoints() int {
+	n := 0
+	for _, s := range e.Subscriptions() {
+		if h, err := e.Health(s.ID); err == nil && h.Disabled {
+			n++
+		}
+	}
+	return n
+}
 
 // Configure validates cfg and makes it current.
 func (e *Engine) Configure(cfg Config) error {
@@ -182,6 +209,12 @@ func (e *Engine) Start() error {
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.started = true
 	e.mu.Unlock()
+	// Seed the pending count once; from here on it is kept up to date.
+	n, err := e.store.countQueued()
+	if err != nil {
+		return fmt.Errorf("counting the delivery queue: %w", err)
+	}
+	e.queued.Store(n)
 	e.wg.Add(2)
 	go e.sched.run(e.ctx)
 	go e.settler()
@@ -443,6 +476,12 @@ func (e *Engine) attempt(d *Delivery, out *settled) bool {
 		N: d.Attempts, At: now, Status: res.status, Error: d.LastError, Duration: res.duration, Success: res.success(),
 	}
 	*out = settled{d: *d, queuedAt: queuedAt, att: att}
+	if d.State != StatePending {
+		e.queued.Add(-1)
+	}
+	if f := e.observer.Load(); f != nil {
+		(*f)(att, d.State)
+	}
 	e.logAttempt(sub, d, res)
 	e.recordHealth(sub, res, now)
 	return true
@@ -534,7 +573,9 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 			}
 		}
 	}
-	if err := e.store.enqueue(msg, subs, now, e.settings.Load().Retention); err != nil {
+	added, err := e.store.enqueue(msg, subs, now, e.settings.Load().Retention)
+	e.queued.Add(int64(added))
+	if err != nil {
 		return PublishResult{}, err
 	}
 	for _, s := range subs {
@@ -736,6 +777,7 @@ type ProbeResult struct {
 // fresh retry schedule, and returns how many.
 func (e *Engine) Redeliver(subID string) (int, error) {
 	n, err := e.store.requeueFailed(subID, e.clock.Now())
+	e.queued.Add(int64(n))
 	if n > 0 {
 		e.wakeFrom(subID, time.Time{})
 	}

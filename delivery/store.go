@@ -167,46 +167,55 @@ func (s *Store) published(tenant, id string) (publishRecord, bool, error) {
 // Large fan-outs span several transactions; delivery IDs are deterministic
 // and existing deliveries are left alone, so repeating an interrupted
 // enqueue completes it without duplicates.
-func (s *Store) enqueue(msg Message, subs []*Subscription, now time.Time, retention time.Duration) error {
+func (s *Store) enqueue(msg Message, subs []*Subscription, now time.Time, retention time.Duration) (added int, err error) {
 	txn := s.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
+	pending := 0 // added in the current transaction
 	for _, sub := range subs {
 		d := Delivery{
 			ID: deliveryID(msg.ID, sub.ID), SubscriptionID: sub.ID, Message: msg,
 			State: StatePending, NextAttempt: now, CreatedAt: now, UpdatedAt: now,
 		}
-		err := addDelivery(txn, &d)
+		isNew, err := addDelivery(txn, &d)
 		if errors.Is(err, badger.ErrTxnTooBig) {
 			if err = commit(txn); err != nil {
-				return err
+				return added, err
 			}
+			added, pending = added+pending, 0
 			txn = s.db.NewTransaction(true)
-			err = addDelivery(txn, &d)
+			isNew, err = addDelivery(txn, &d)
 		}
 		if err != nil {
-			return err
+			return added, err
+		}
+		if isNew {
+			pending++
 		}
 	}
 	rec := publishRecord{Deliveries: len(subs), At: now}
 	if err := setJSON(txn, msgKey(msg.Tenant, msg.ID), rec, retention); err != nil {
-		return err
+		return added, err
 	}
-	return commit(txn)
+	if err := commit(txn); err != nil {
+		return added, err
+	}
+	return added + pending, nil
 }
 
-func addDelivery(txn *badger.Txn, d *Delivery) error {
+// addDelivery stores d unless it exists; it reports whether it added it.
+func addDelivery(txn *badger.Txn, d *Delivery) (bool, error) {
 	key := []byte(prefixD + d.ID)
 	if _, err := txn.Get(key); err == nil {
-		return nil // stored by an earlier, interrupted publish
+		return false, nil // stored by an earlier, interrupted publish
 	} else if !errors.Is(err, badger.ErrKeyNotFound) {
-		return err
+		return false, err
 	}
 	// Index first: if the record then does not fit in this transaction, the
 	// retry in the next one finds no record and writes both again.
 	if err := txn.Set(queueKey(d.SubscriptionID, d.NextAttempt, d.ID), nil); err != nil {
-		return err
+		return false, err
 	}
-	return setDelivery(txn, d, 0)
+	return true, setDelivery(txn, d, 0)
 }
 
 func commit(txn *badger.Txn) error {
@@ -469,6 +478,20 @@ func (s *Store) Delivery(did string) (Delivery, bool, error) {
 		return err
 	})
 	return d, found, err
+}
+
+// countQueued counts every pending delivery (a key-only scan).
+func (s *Store) countQueued() (int64, error) {
+	var n int64
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixQ)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
 }
 
 // QueueDepth counts pending deliveries of one subscription.

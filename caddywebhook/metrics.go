@@ -1,0 +1,101 @@
+package caddywebhook
+
+import (
+	"errors"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hookgate/caddy-webhook/delivery"
+	"github.com/hookgate/caddy-webhook/ingest"
+)
+
+// The plugin's metrics. They outlive configs (the counters are cumulative
+// for the process) and are registered in the registry of every config, so
+// they appear on Caddy's /metrics beside its own.
+var (
+	ingestPushes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "webhooks",
+		Name: "ingest_pushes_total",
+		Help: "Inbound pushes by outcome (accepted, not_authorized, too_early, upstream_error, …).",
+	}, []string{"outcome"})
+
+	deliveryAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "webhooks",
+		Name: "delivery_attempts_total",
+		Help: "Delivery attempts by outcome: delivered, retrying (failed, will be retried) or failed (no retries left).",
+	}, []string{"outcome"})
+
+	attemptDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "webhooks",
+		Name:    "delivery_attempt_duration_seconds",
+		Help:    "Round trip of delivery attempts, by whether the receiver acknowledged.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"success"})
+
+	published = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "webhooks",
+		Name: "published_messages_total",
+		Help: "Messages accepted by webhook_publish (idempotent repeats excluded).",
+	})
+
+	queueDepth = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "webhooks",
+		Name: "queue_depth",
+		Help: "Deliveries waiting for a (first or next) attempt.",
+	}, func() float64 {
+		if e := currentEngine.Load(); e != nil {
+			return float64(e.QueueDepth())
+		}
+		return 0
+	})
+
+	disabledEndpoints = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "webhooks",
+		Name: "endpoints_disabled",
+		Help: "Subscriptions disabled after failing (410 Gone or disable_after).",
+	}, func() float64 {
+		if e := currentEngine.Load(); e != nil {
+			return float64(e.DisabledEndpoints())
+		}
+		return 0
+	})
+)
+
+// currentEngine is the engine of the running config, for the gauges and
+// the admin API (which must not hold on to a config's context).
+var currentEngine atomic.Pointer[delivery.Engine]
+
+func registerMetrics(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{ingestPushes, deliveryAttempts, attemptDuration, published, queueDepth, disabledEndpoints} {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// observeAttempt feeds the delivery metrics; installed on the engine.
+func observeAttempt(a delivery.Attempt, s delivery.State) {
+	outcome := "retrying"
+	switch s {
+	case delivery.StateDelivered:
+		outcome = "delivered"
+	case delivery.StateFailed:
+		outcome = "failed"
+	}
+	deliveryAttempts.WithLabelValues(outcome).Inc()
+	success := "false"
+	if a.Success {
+		success = "true"
+	}
+	attemptDuration.WithLabelValues(success).Observe(a.Duration.Seconds())
+}
+
+func observePush(o ingest.Outcome) { ingestPushes.WithLabelValues(string(o)).Inc() }
