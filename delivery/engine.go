@@ -510,7 +510,7 @@ func (e *Engine) logAttempt(sub *Subscription, d *Delivery, res result) {
 		return
 	}
 	ce.Write(
-		zap.String("subscription", sub.ID), zap.String("url", redactURL(sub.URL)),
+		zap.String("subscription", sub.ID), zap.String("url", RedactURL(sub.URL)),
 		zap.String("event", d.Message.Event), zap.String("message_id", d.Message.ID),
 		zap.Int("attempt", d.Attempts), zap.Int("status", res.status), zap.String("state", string(d.State)),
 		zap.String("error", d.LastError), zap.Duration("duration", res.duration),
@@ -525,8 +525,9 @@ func timeOrNil(t time.Time) *time.Time {
 	return &t
 }
 
-// redactURL drops credentials and the query (which often carries a token).
-func redactURL(raw string) string {
+// RedactURL drops credentials and the query (which often carries a token)
+// from a URL meant for logs and operators.
+func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return ""
@@ -670,12 +671,12 @@ func (e *Engine) recordHealth(sub *Subscription, res result, now time.Time) {
 // the subscription's tenant.
 func (e *Engine) announceDisabled(sub *Subscription, h Health) {
 	e.log().Warn("webhook endpoint disabled",
-		zap.String("subscription", sub.ID), zap.String("url", redactURL(sub.URL)),
+		zap.String("subscription", sub.ID), zap.String("url", RedactURL(sub.URL)),
 		zap.String("reason", h.Reason), zap.Time("failing_since", h.FailingSince))
 	data, _ := json.Marshal(map[string]any{
 		"subscription_id": sub.ID,
 		"name":            sub.Name,
-		"url":             redactURL(sub.URL),
+		"url":             RedactURL(sub.URL),
 		"reason":          h.Reason,
 		"failing_since":   h.FailingSince.UTC(),
 		"disabled_at":     h.DisabledAt.UTC(),

@@ -480,6 +480,38 @@ func (s *Store) Delivery(did string) (Delivery, bool, error) {
 	return d, found, err
 }
 
+// FailedDeliveries returns up to limit failed deliveries (without their
+// payloads) of one subscription, or of all when subID is "".
+func (s *Store) FailedDeliveries(subID string, limit int) ([]Delivery, error) {
+	var out []Delivery
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := []byte(prefixFailed)
+		if subID != "" {
+			prefix = []byte(prefixFailed + subID + "\x00")
+		}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid() && len(out) < limit; it.Next() {
+			k := it.Item().Key()
+			i := bytes.IndexByte(k[len(prefixFailed):], 0)
+			if i < 0 {
+				continue
+			}
+			var d Delivery
+			found, err := getDelivery(txn, string(k[len(prefixFailed)+i+1:]), &d)
+			if err != nil {
+				return err
+			}
+			if found && d.State == StateFailed {
+				d.Message.Data = nil
+				out = append(out, d)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // countQueued counts every pending delivery (a key-only scan).
 func (s *Store) countQueued() (int64, error) {
 	var n int64

@@ -1,0 +1,210 @@
+package caddywebhook
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/hookgate/caddy-webhook/delivery"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// adminAPI is the `admin.api.webhooks` module: operator routes on Caddy's
+// admin endpoint.
+//
+//	GET  /webhooks/subscriptions                  every subscription, its health and queue
+//	GET  /webhooks/subscriptions/{id}             one of them
+//	GET  /webhooks/failed[?subscription=id&limit=n]   failed deliveries
+//	POST /webhooks/subscriptions/{id}/enable      re-enable a disabled subscription
+//	POST /webhooks/subscriptions/{id}/redeliver   queue its failed deliveries again
+//
+// Admin modules are provisioned before apps and are not rolled back with a
+// failed reload, so the running engine is looked up on every request.
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.webhooks",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/webhooks/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	eng := currentEngine.Load()
+	if eng == nil {
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errors.New("the webhooks app is not running")}
+	}
+	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.EscapedPath(), "/webhooks/"), "/"), "/")
+	for i, p := range parts {
+		u, err := url.PathUnescape(p)
+		if err != nil {
+			return apiErr(http.StatusBadRequest, "malformed path")
+		}
+		parts[i] = u
+	}
+	switch {
+	case len(parts) == 1 && parts[0] == "subscriptions":
+		return onlyGet(r, func() error { return a.listSubscriptions(w, eng) })
+	case len(parts) == 1 && parts[0] == "failed":
+		return onlyGet(r, func() error { return a.listFailed(w, r, eng) })
+	case len(parts) == 2 && parts[0] == "subscriptions":
+		return onlyGet(r, func() error {
+			sub, ok := eng.Subscription(parts[1])
+			if !ok {
+				return apiErr(http.StatusNotFound, "no subscription "+parts[1])
+			}
+			return writeAdmin(w, subscriptionView(eng, sub))
+		})
+	case len(parts) == 3 && parts[0] == "subscriptions":
+		return a.act(w, r, eng, parts[1], parts[2])
+	}
+	return apiErr(http.StatusNotFound, "no such route")
+}
+
+func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engine, id, action string) error {
+	if action != "enable" && action != "redeliver" {
+		return apiErr(http.StatusNotFound, "no such route")
+	}
+	if r.Method != http.MethodPost {
+		return apiErr(http.StatusMethodNotAllowed, "method not allowed; use POST")
+	}
+	if _, ok := eng.Subscription(id); !ok {
+		return apiErr(http.StatusNotFound, "no subscription "+id)
+	}
+	if action == "enable" {
+		if err := eng.Enable(id); err != nil {
+			return apiErr(http.StatusInternalServerError, err.Error())
+		}
+		return writeAdmin(w, map[string]any{"subscription": id, "enabled": true})
+	}
+	n, err := eng.Redeliver(id)
+	if err != nil {
+		return apiErr(http.StatusInternalServerError, err.Error())
+	}
+	return writeAdmin(w, map[string]any{"subscription": id, "redelivered": n})
+}
+
+// subscription is what operators see of one; secrets are only named.
+type subscriptionJSON struct {
+	ID       string          `json:"id"`
+	Name     string          `json:"name,omitempty"`
+	Source   string          `json:"source"`
+	URL      string          `json:"url"`
+	Events   []string        `json:"events"`
+	Tenant   string          `json:"tenant"`
+	Location string          `json:"location,omitempty"`
+	Auth     []string        `json:"auth"`
+	Queued   int             `json:"queued"`
+	Health   delivery.Health `json:"health"`
+}
+
+func subscriptionView(eng *delivery.Engine, s delivery.Subscription) subscriptionJSON {
+	v := subscriptionJSON{
+		ID: s.ID, Name: s.Name, Source: s.Source, URL: delivery.RedactURL(s.URL), Events: s.Events,
+		Tenant: s.Tenant, Location: s.Location, Auth: []string{},
+	}
+	if v.Source == "" {
+		v.Source = "static"
+	}
+	a := s.Auth
+	for _, kind := range []struct {
+		set  bool
+		name string
+	}{
+		{a.SecretHeader != "", "secret_header:" + a.SecretHeader}, {a.Token != "", "token"},
+		{a.BasicUser != "" || a.BasicPassword != "", "basic"}, {a.Authorization != "", "authorization"},
+		{a.SigningSecret != "", "signature"},
+	} {
+		if kind.set {
+			v.Auth = append(v.Auth, kind.name)
+		}
+	}
+	v.Queued, _ = eng.Store().QueueDepth(s.ID)
+	v.Health, _ = eng.Health(s.ID)
+	return v
+}
+
+func (a adminAPI) listSubscriptions(w http.ResponseWriter, eng *delivery.Engine) error {
+	subs := eng.Subscriptions()
+	out := make([]subscriptionJSON, 0, len(subs))
+	for _, s := range subs {
+		out = append(out, subscriptionView(eng, s))
+	}
+	sortByID(out)
+	return writeAdmin(w, out)
+}
+
+func (a adminAPI) listFailed(w http.ResponseWriter, r *http.Request, eng *delivery.Engine) error {
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return apiErr(http.StatusBadRequest, "limit must be a positive number")
+		}
+		limit = min(n, 10000)
+	}
+	ds, err := eng.Store().FailedDeliveries(r.URL.Query().Get("subscription"), limit)
+	if err != nil {
+		return apiErr(http.StatusInternalServerError, err.Error())
+	}
+	type failedJSON struct {
+		ID           string    `json:"id"`
+		Subscription string    `json:"subscription"`
+		MessageID    string    `json:"message_id"`
+		Event        string    `json:"event"`
+		Tenant       string    `json:"tenant,omitempty"`
+		Attempts     int       `json:"attempts"`
+		LastStatus   int       `json:"last_status,omitempty"`
+		LastError    string    `json:"last_error,omitempty"`
+		FailedAt     time.Time `json:"failed_at"`
+	}
+	out := make([]failedJSON, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, failedJSON{d.ID, d.SubscriptionID, d.Message.ID, d.Message.Event, d.Message.Tenant,
+			d.Attempts, d.LastStatus, d.LastError, d.UpdatedAt})
+	}
+	return writeAdmin(w, out)
+}
+
+func onlyGet(r *http.Request, f func() error) error {
+	if r.Method != http.MethodGet {
+		return apiErr(http.StatusMethodNotAllowed, "method not allowed; use GET")
+	}
+	return f()
+}
+
+func apiErr(status int, msg string) error {
+	return caddy.APIError{HTTPStatus: status, Err: errors.New(msg)}
+}
+
+func writeAdmin(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		return apiErr(http.StatusInternalServerError, fmt.Sprintf("encoding: %v", err))
+	}
+	return nil
+}
+
+// Interface guard
+var _ caddy.AdminRouter = adminAPI{}
+
+func sortByID(s []subscriptionJSON) {
+	slices.SortFunc(s, func(a, b subscriptionJSON) int { return strings.Compare(a.ID, b.ID) })
+}
