@@ -188,12 +188,15 @@ func writeAnswer(w http.ResponseWriter, a ingest.Answer) error {
 	return err
 }
 
-// log writes one line per push. Outcomes that point at an attack or a fault
-// are raised above info; keys never appear.
+// log writes one line per push: accepted ones at debug (like Caddy's own
+// per-request lines; metrics count them), refusals at info, what points at
+// an attack or a fault above that. Keys never appear.
 func (h *Ingest) log(r *http.Request, s ingest.Settled, upstreamStatus int, upErr error, start time.Time) {
 	observePush(s.Outcome)
 	level := zapcore.InfoLevel
 	switch s.Outcome {
+	case ingest.OutcomeAccepted:
+		level = zapcore.DebugLevel
 	case ingest.OutcomeNotAuthorized, ingest.OutcomeUnknownToken:
 		level = zapcore.WarnLevel
 	case ingest.OutcomeUpstreamError, ingest.OutcomeStoreError:

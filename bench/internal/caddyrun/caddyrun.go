@@ -1,0 +1,107 @@
+// Package caddyrun builds Caddy with this plugin and runs it for the
+// benchmark and fault programs under bench/.
+package caddyrun
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Build compiles ./cmd/caddy (run from the repository root) into dir.
+func Build(dir string) (string, error) {
+	bin := filepath.Join(dir, "caddy")
+	out, err := exec.Command("go", "build", "-o", bin, "./cmd/caddy").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// FreePort returns a loopback port nobody listens on right now.
+func FreePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Process is a running Caddy.
+type Process struct {
+	cmd *exec.Cmd
+	Log string
+}
+
+// Start runs bin with the Caddyfile and waits until probeURL answers.
+func Start(bin, dir, caddyfile, probeURL string) (*Process, error) {
+	cf := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cf, []byte(caddyfile), 0o600); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, "caddy.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "run", "--config", cf, "--adapter", "caddyfile")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir, "XDG_DATA_HOME="+dir)
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &Process{cmd: cmd, Log: logPath}
+	go func() { cmd.Wait(); logf.Close() }()
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if res, err := http.Get(probeURL); err == nil {
+			res.Body.Close()
+			return p, nil
+		}
+	}
+	p.Kill()
+	return nil, fmt.Errorf("caddy did not answer %s; see %s", probeURL, logPath)
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (p *Process) Kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	for i := 0; i < 500 && !p.exited(); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Stop sends SIGTERM (a graceful stop) and waits.
+func (p *Process) Stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	for i := 0; i < 1000 && !p.exited(); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (p *Process) exited() bool { return p.cmd.ProcessState != nil }
+
+// RSS is the process's resident memory in bytes (Linux).
+func (p *Process) RSS() int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
