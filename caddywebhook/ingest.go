@@ -123,7 +123,56 @@ func (h *Ingest) gateConfig() (ingest.Config, error) {
 	return cfg, nil
 }
 
-var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// maxCapture bounds how much of the upstream's body is kept: only its
+// reason for a rejection is needed.
+const maxCapture = 64 << 10
+
+// capture receives the upstream's answer in place of the client's
+// ResponseWriter, so the client gets the envelope and none of the
+// upstream's headers.
+type capture struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+var capturePool = sync.Pool{New: func() any { return &capture{header: http.Header{}} }}
+
+func (c *capture) Header() http.Header { return c.header }
+
+func (c *capture) WriteHeader(status int) {
+	if c.status == 0 && status >= 200 { // 1xx are not the answer
+		c.status = status
+	}
+}
+
+func (c *capture) Write(b []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	if room := maxCapture - c.body.Len(); room > 0 {
+		c.body.Write(b[:min(len(b), room)])
+	}
+	return len(b), nil
+}
+
+// forward runs the next handler with its answer captured.
+func forward(r *http.Request, next caddyhttp.Handler, settle func(ingest.Upstream)) {
+	c := capturePool.Get().(*capture)
+	defer func() {
+		clear(c.header)
+		c.status = 0
+		c.body.Reset()
+		capturePool.Put(c)
+	}()
+	err := next.ServeHTTP(c, r)
+	up := ingest.Upstream{Status: c.status, Header: c.header, Body: c.body.Bytes(), Err: err}
+	var herr caddyhttp.HandlerError
+	if errors.As(err, &herr) {
+		up.Status = herr.StatusCode
+	}
+	settle(up) // before the capture goes back to the pool
+}
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
@@ -143,35 +192,13 @@ func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	r.TransferEncoding = nil
 	r.Header.Set("Content-Length", strconv.Itoa(len(push.Body)))
 
-	up := forward(w, r, next)
-	settled := push.Settle(up)
+	var settled ingest.Settled
+	var up ingest.Upstream
+	forward(r, next, func(u ingest.Upstream) {
+		settled, up = push.Settle(u), ingest.Upstream{Status: u.Status, Err: u.Err}
+	})
 	h.log(r, settled, up.Status, up.Err, start)
 	return writeAnswer(w, settled.Answer)
-}
-
-// forward runs the next handler with its response captured, so the client
-// gets the envelope rather than the upstream's body. Headers the upstream
-// set are taken back off the response.
-func forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) ingest.Upstream {
-	before := w.Header().Clone()
-	buf := bufPool.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer bufPool.Put(buf)
-
-	rec := caddyhttp.NewResponseRecorder(w, buf, func(int, http.Header) bool { return true })
-	err := next.ServeHTTP(rec, r)
-
-	up := ingest.Upstream{Status: rec.Status(), Header: w.Header().Clone(), Err: err}
-	up.Body = bytes.Clone(buf.Bytes())
-	var herr caddyhttp.HandlerError
-	if errors.As(err, &herr) {
-		up.Status = herr.StatusCode
-	}
-	clear(w.Header())
-	for k, v := range before {
-		w.Header()[k] = v
-	}
-	return up
 }
 
 func writeAnswer(w http.ResponseWriter, a ingest.Answer) error {

@@ -73,14 +73,46 @@ func (l *Leases) TryAcquire(client string) (release func(), ok bool) {
 // windowPrefix namespaces this package's keys in the shared database.
 const windowPrefix = "ingest/window/"
 
-// BadgerWindows is a WindowStore in a badger database.
-type BadgerWindows struct{ db *badger.DB }
+// BadgerWindows is a WindowStore in a badger database, with a
+// write-through cache: badger lets one process open a database, so every
+// write goes through here and the cache cannot go stale. A push then costs
+// one write and no read.
+type BadgerWindows struct {
+	db    *badger.DB
+	mu    sync.RWMutex
+	cache map[string]cachedWindow
+}
+
+type cachedWindow struct {
+	w     Window
+	known bool
+}
 
 // NewBadgerWindows stores windows in db under the "ingest/window/" prefix.
-func NewBadgerWindows(db *badger.DB) *BadgerWindows { return &BadgerWindows{db: db} }
+func NewBadgerWindows(db *badger.DB) *BadgerWindows {
+	return &BadgerWindows{db: db, cache: map[string]cachedWindow{}}
+}
 
 // LoadWindow implements WindowStore.
 func (s *BadgerWindows) LoadWindow(client string) (Window, bool, error) {
+	s.mu.RLock()
+	c, hit := s.cache[client]
+	s.mu.RUnlock()
+	if hit {
+		return c.w, c.known, nil
+	}
+	w, known, err := s.read(client)
+	if err == nil {
+		s.mu.Lock()
+		if _, raced := s.cache[client]; !raced { // a save won meanwhile
+			s.cache[client] = cachedWindow{w, known}
+		}
+		s.mu.Unlock()
+	}
+	return w, known, err
+}
+
+func (s *BadgerWindows) read(client string) (Window, bool, error) {
 	var w Window
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get([]byte(windowPrefix + client))
@@ -110,5 +142,8 @@ func (s *BadgerWindows) SaveWindow(client string, w Window) error {
 	if err != nil {
 		return fmt.Errorf("saving push window: %w", err)
 	}
+	s.mu.Lock()
+	s.cache[client] = cachedWindow{w, true}
+	s.mu.Unlock()
 	return nil
 }

@@ -31,6 +31,7 @@ func main() {
 	c := flag.Int("c", 32, "concurrent requests")
 	round := flag.Duration("round", 5*time.Second, "length of one measuring round")
 	rounds := flag.Int("rounds", 3, "rounds per configuration, alternating")
+	profile := flag.String("cpuprofile", "", "save Caddy's CPU profile of one webhook_ingest round here")
 	flag.Parse()
 	if *clients < *c {
 		log.Fatal("need at least as many clients as concurrent requests")
@@ -76,6 +77,23 @@ http://127.0.0.1:%d {
 	fmt.Printf("clients=%d concurrency=%d rounds=%d×%v, cores=%d\n", *clients, *c, *rounds, *round, runtimeNumCPU())
 	load(plain, *c, *clients, time.Second) // warm both paths
 	load(ingest, *c, *clients, time.Second)
+	if *profile != "" {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", adminPort, int(round.Seconds())))
+			if err != nil {
+				log.Print(err)
+				return
+			}
+			defer res.Body.Close()
+			f, _ := os.Create(*profile)
+			io.Copy(f, res.Body)
+			f.Close()
+		}()
+		load(ingest, *c, *clients, *round)
+		<-done
+	}
 	var a, b result
 	for i := 0; i < *rounds; i++ {
 		a.add(load(plain, *c, *clients, *round))
@@ -127,11 +145,13 @@ func load(url string, c, clients int, d time.Duration) result {
 		go func(w int) {
 			defer wg.Done()
 			var r result
-			for i := w; time.Now().Before(end); i += c {
+			perWorker := clients / c
+			for j := 0; time.Now().Before(end); j++ {
+				i := w + c*(j%perWorker)
 				req, _ := http.NewRequest("POST", url, strings.NewReader(body))
 				req.Header.Set("Content-Type", "application/json")
 				req.Header.Set("Authorization", "Token bench-access-key")
-				req.Header.Set("X-Webhook-Token", fmt.Sprintf("key-%d", i%clients))
+				req.Header.Set("X-Webhook-Token", fmt.Sprintf("key-%d", i))
 				t0 := time.Now()
 				res, err := client.Do(req)
 				if err != nil {
@@ -143,6 +163,9 @@ func load(url string, c, clients int, d time.Duration) result {
 				r.lat = append(r.lat, time.Since(t0))
 				if res.StatusCode >= 300 {
 					r.errors++
+					if r.errors == 1 {
+						log.Printf("%s answered %d", url, res.StatusCode)
+					}
 				}
 				r.n++
 			}

@@ -55,7 +55,9 @@ func Start(bin, dir, caddyfile, probeURL string) (*Process, error) {
 	}
 	cmd := exec.Command(bin, "run", "--config", cf, "--adapter", "caddyfile")
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir, "XDG_DATA_HOME="+dir)
+	// Autosave and certificates go to a home of their own in dir.
+	home := filepath.Join(dir, "xdg")
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+home, "XDG_DATA_HOME="+home)
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
