@@ -77,11 +77,13 @@ type subIndex struct {
 type lane struct {
 	running bool
 	kicked  bool
-	// cursor: nothing in the queue is due before this time. It moves
-	// forward as batches are loaded and back when something earlier is
-	// enqueued (see wakeFrom), which also bumps rewinds.
-	cursor  time.Time
-	rewinds uint64
+	// cursor: every entry due before it has been loaded, except those
+	// announced since (rewind, rewindTo). A load starts at the earlier of
+	// the two, so an entry committed while a load was running, and hence
+	// possibly missing from its snapshot, is still found by the next one.
+	cursor   time.Time
+	rewind   bool
+	rewindTo time.Time
 	// inflight holds deliveries being attempted or waiting to be settled;
 	// the loader skips them. progress is signalled when one leaves.
 	inflight map[string]bool
@@ -264,10 +266,10 @@ func (e *Engine) wakeFrom(subID string, due time.Time) {
 		l = &lane{inflight: map[string]bool{}, progress: make(chan struct{}, 1)}
 		e.lanes[subID] = l
 	}
-	if due.IsZero() || due.Before(l.cursor) {
-		l.cursor = due
-		l.rewinds++
+	if !l.rewind || due.Before(l.rewindTo) {
+		l.rewindTo = due // zero: from the start
 	}
+	l.rewind = true
 	if l.running {
 		l.kicked = true
 		return
@@ -286,7 +288,13 @@ func (e *Engine) runLane(subID string, l *lane) {
 	slots := make(chan struct{}, s.EndpointConcurrency)
 	for {
 		e.mu.Lock()
-		from, rewinds := l.cursor, l.rewinds
+		from := l.cursor
+		if l.rewind {
+			if l.rewindTo.Before(from) {
+				from = l.rewindTo
+			}
+			l.rewind = false
+		}
 		skip := maps.Clone(l.inflight)
 		e.mu.Unlock()
 		batch, next, err := e.loadDue(subID, from, skip, cap(slots))
@@ -305,9 +313,7 @@ func (e *Engine) runLane(subID string, l *lane) {
 			continue
 		}
 		e.mu.Lock()
-		if l.rewinds == rewinds { // else something earlier arrived meanwhile
-			l.cursor = batch[len(batch)-1].NextAttempt
-		}
+		l.cursor = batch[len(batch)-1].NextAttempt
 		for i := range batch {
 			l.inflight[batch[i].ID] = true
 		}

@@ -1,0 +1,266 @@
+// Command crash checks that nothing acknowledged is lost when Caddy dies:
+// it publishes continuously (and pushes through webhook_ingest), kills
+// Caddy with SIGKILL -kills times at random moments, restarts it, and then
+// checks that every message answered 202 reached the subscriber at least
+// once and that every push answered 200 is still remembered by its
+// client's push window. It exits 1 if anything acknowledged was lost.
+//
+//	go run ./bench/crash -kills 3
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
+)
+
+func main() {
+	kills := flag.Int("kills", 3, "how many times to kill -9 Caddy")
+	publishers := flag.Int("publishers", 8, "concurrent publishers")
+	clients := flag.Int("clients", 2000, "ingest clients (each pushes once, window 1h)")
+	flag.Parse()
+
+	dir, _ := os.MkdirTemp("", "bench-crash")
+	bin, err := caddyrun.Build(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	sink := newSink()
+	upstream := startUpstream()
+	port, admin := caddyrun.FreePort(), caddyrun.FreePort()
+	var cl strings.Builder
+	for i := 0; i < *clients; i++ {
+		fmt.Fprintf(&cl, "\t\tclient c%d key-%d\n", i, i)
+	}
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	skip_install_trust
+	log {
+		level WARN
+	}
+	webhooks {
+		storage_dir %s/data
+		allow_private_targets
+		retry 200ms 500ms 1s 1s 1s 1s 1s 1s 1s 1s
+		subscription sink {
+			url %s
+			events *
+		}
+	}
+}
+http://127.0.0.1:%d {
+	handle /publish {
+		webhook_publish
+	}
+	handle /push {
+		webhook_ingest {
+			access_key crash-key
+			interval 1h
+%s		}
+		reverse_proxy %s
+	}
+}
+`, admin, dir, sink.url, port, cl.String(), upstream)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	p, err := caddyrun.Start(bin, dir, cfg, base+"/publish")
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	var acked sync.Map // message id -> true
+	var nAcked, nRefused atomic.Int64
+	var pushed sync.Map // client index -> true (answered 200)
+	var nextClient atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 5 * time.Second}
+	for g := 0; g < *publishers; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("p%d-m%d", g, n)
+				res, err := client.Post(base+"/publish", "application/json",
+					strings.NewReader(`{"event":"order.status","id":"`+id+`","data":{"n":`+fmt.Sprint(n)+`}}`))
+				if err != nil {
+					nRefused.Add(1)
+					time.Sleep(20 * time.Millisecond) // Caddy is down
+					continue
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode == http.StatusAccepted {
+					acked.Store(id, true)
+					nAcked.Add(1)
+				}
+			}
+		}(g)
+	}
+	wg.Add(1)
+	go func() { // one push per client, spread over the run
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			i := nextClient.Add(1) - 1
+			if i >= int64(*clients) {
+				return
+			}
+			if status, _ := push(client, base, int(i)); status == 200 {
+				pushed.Store(i, true)
+			}
+		}
+	}()
+
+	var restarts []time.Duration
+	for k := 0; k < *kills; k++ {
+		time.Sleep(time.Duration(500+rand.IntN(2500)) * time.Millisecond)
+		p.Kill()
+		fmt.Printf("kill -9 #%d after %d acknowledged publishes\n", k+1, nAcked.Load())
+		t0 := time.Now()
+		if p, err = caddyrun.Start(bin, dir, cfg, base+"/publish"); err != nil {
+			log.Fatal(err)
+		}
+		restarts = append(restarts, time.Since(t0))
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	defer p.Stop()
+
+	// Every acknowledged message must arrive.
+	deadline := time.Now().Add(2 * time.Minute)
+	missing := 0
+	for time.Now().Before(deadline) {
+		missing = 0
+		acked.Range(func(k, _ any) bool {
+			if !sink.has(k.(string)) {
+				missing++
+			}
+			return true
+		})
+		if missing == 0 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	total, distinct := sink.counts()
+	// Every acknowledged push must still hold its window.
+	forgotten, nPushed := 0, 0
+	pushed.Range(func(k, _ any) bool {
+		nPushed++
+		if status, body := push(client, base, int(k.(int64))); status != 400 || !strings.Contains(body, "next push not allowed") {
+			forgotten++
+		}
+		return true
+	})
+
+	fmt.Printf("restarts: %v (until Caddy answered again)\n", restarts)
+	fmt.Printf("publish: %d acknowledged (202), %d refused while down; delivered %d distinct, missing %d, duplicates %d\n",
+		nAcked.Load(), nRefused.Load(), distinct, missing, total-distinct)
+	fmt.Printf("ingest: %d pushes acknowledged (200), windows forgotten after the kills: %d\n", nPushed, forgotten)
+	if missing > 0 || forgotten > 0 {
+		var sample []string
+		acked.Range(func(k, _ any) bool {
+			if !sink.has(k.(string)) && len(sample) < 5 {
+				sample = append(sample, k.(string))
+			}
+			return true
+		})
+		fmt.Println("missing, e.g.:", sample)
+		for _, path := range []string{"/webhooks/subscriptions", "/webhooks/failed?limit=3"} {
+			if res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", admin, path)); err == nil {
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				fmt.Printf("admin %s: %s\n", path, b)
+			}
+		}
+		fmt.Println("data kept in", dir)
+		fmt.Println("FAIL: acknowledged data was lost")
+		os.Exit(1)
+	}
+	os.RemoveAll(dir)
+	fmt.Println("PASS")
+}
+
+func push(c *http.Client, base string, i int) (int, string) {
+	req, _ := http.NewRequest("POST", base+"/push", strings.NewReader(`{"menu":[]}`))
+	req.Header.Set("Authorization", "Token crash-key")
+	req.Header.Set("X-Webhook-Token", fmt.Sprintf("key-%d", i))
+	res, err := c.Do(req)
+	if err != nil {
+		return 0, ""
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+type sink struct {
+	url  string
+	mu   sync.Mutex
+	seen map[string]int
+}
+
+func newSink() *sink {
+	s := &sink{seen: map[string]int{}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	s.url = "http://" + l.Addr().String() + "/hook"
+	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		s.mu.Lock()
+		s.seen[r.Header.Get("Webhook-Id")]++
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	return s
+}
+
+func (s *sink) has(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seen[id] > 0
+}
+
+func (s *sink) counts() (total, distinct int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.seen {
+		total += n
+	}
+	return total, len(s.seen)
+}
+
+func startUpstream() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	return l.Addr().String()
+}
