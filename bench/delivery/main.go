@@ -39,6 +39,7 @@ func main() {
 	rate := flag.Int("rate", 1000, "events per second in the latency phase")
 	dur := flag.Duration("duration", 10*time.Second, "length of the latency phase")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the engine drain here")
+	viaCaddy := flag.Bool("caddy", false, "run the engine inside a real Caddy built from ./cmd/caddy, publishing over HTTP")
 	flag.Parse()
 	profile = *cpuProfile
 
@@ -48,11 +49,15 @@ func main() {
 
 	bare := bareLoop(sink, *n, *c)
 	fmt.Printf("bare Go client loop: %8.0f requests/s\n", bare)
-	engine := engineDrain(sink, *n, *c)
-	fmt.Printf("engine drain:        %8.0f deliveries/s\n", engine)
-	fmt.Printf("ratio engine/bare:   %8.2f\n", engine/bare)
+	drain, lat, where := engineDrain, latency, "engine in-process"
+	if *viaCaddy {
+		drain, lat, where = caddyDrain, caddyLatency, "Caddy"
+	}
+	engine := drain(sink, *n, *c)
+	fmt.Printf("drain (%s): %8.0f deliveries/s\n", where, engine)
+	fmt.Printf("ratio drain/bare:   %8.2f\n", engine/bare)
 
-	p50, p99, pmax, count := latency(sink, *c, *rate, *dur)
+	p50, p99, pmax, count := lat(sink, *c, *rate, *dur)
 	fmt.Printf("publish -> first attempt at %d events/s over %v (%d events): p50 %v  p99 %v  max %v\n",
 		*rate, *dur, count, p50, p99, pmax)
 }
@@ -62,6 +67,7 @@ var profile string
 func numCPU() int { return runtimeNumCPU() }
 
 // sink acknowledges everything and notes when each Webhook-Id arrived.
+// While held, requests wait.
 type sink struct {
 	*http.Server
 	url   string
@@ -69,6 +75,18 @@ type sink struct {
 	mu    sync.Mutex
 	seen  map[string]time.Time
 	track atomic.Bool
+	gate  atomic.Pointer[chan struct{}]
+}
+
+func (s *sink) hold() {
+	ch := make(chan struct{})
+	s.gate.Store(&ch)
+}
+
+func (s *sink) release() {
+	if ch := s.gate.Swap(nil); ch != nil {
+		close(*ch)
+	}
 }
 
 func newSink() *sink {
@@ -80,6 +98,9 @@ func newSink() *sink {
 	s.url = "http://" + l.Addr().String() + "/hook"
 	s.Server = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
+		if ch := s.gate.Load(); ch != nil {
+			<-*ch
+		}
 		if s.track.Load() {
 			now := time.Now()
 			id := r.Header.Get("Webhook-Id")

@@ -69,7 +69,13 @@ func Open(dir string, opts Options) (*DB, error) {
 		WithBlockCacheSize(32 << 20).
 		WithIndexCacheSize(16 << 20).
 		WithValueLogFileSize(128 << 20).
-		WithNumCompactors(2)
+		WithNumCompactors(2).
+		// A compaction builds up to 8+splits tables at once, in memory,
+		// and badger's tables grow 2× per level: with a million queued
+		// deliveries that was over a GB. 1 MB tables at every level
+		// bound it.
+		WithBaseTableSize(1 << 20)
+	bopts.TableSizeMultiplier = 1
 	if len(opts.EncryptionKey) > 0 {
 		bopts = bopts.WithEncryptionKey(opts.EncryptionKey).
 			WithEncryptionKeyRotationDuration(30 * 24 * time.Hour)

@@ -92,7 +92,14 @@ func (p *Process) Stop() {
 func (p *Process) exited() bool { return p.cmd.ProcessState != nil }
 
 // RSS is the process's resident memory in bytes (Linux).
-func (p *Process) RSS() int64 {
+func (p *Process) RSS() int64 { return p.status("VmRSS:") }
+
+// RSSAnon is the anonymous part of RSS (heap, stacks): memory the process
+// owns, as opposed to file pages it has mapped (badger's tables and value
+// log), which the kernel can drop and read again.
+func (p *Process) RSSAnon() int64 { return p.status("RssAnon:") }
+
+func (p *Process) status(field string) int64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
 		return 0
@@ -100,7 +107,7 @@ func (p *Process) RSS() int64 {
 	defer f.Close()
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(s.Text(), field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			return kb * 1024
 		}

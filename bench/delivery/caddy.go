@@ -1,0 +1,143 @@
+package main
+
+import (
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
+)
+
+// caddyRun is the real-Caddy variant: Caddy built from ./cmd/caddy, events
+// published over HTTP to webhook_publish, delivered to the same sink.
+type caddyRun struct {
+	p       *caddyrun.Process
+	publish string
+	dir     string
+}
+
+func startCaddy(s *sink, c int) *caddyRun {
+	dir, _ := os.MkdirTemp("", "bench-delivery-caddy")
+	bin, err := caddyrun.Build(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	port, admin := caddyrun.FreePort(), caddyrun.FreePort()
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	skip_install_trust
+	log {
+		level WARN
+	}
+	webhooks {
+		storage_dir %s/data
+		allow_private_targets
+		workers %d
+		endpoint_concurrency %d
+		timeout 120s
+		subscription sink {
+			url %s
+			events *
+		}
+	}
+}
+http://127.0.0.1:%d {
+	webhook_publish
+}
+`, admin, dir, c, c, s.url, port)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	p, err := caddyrun.Start(bin, dir, cfg, url)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return &caddyRun{p: p, publish: url, dir: dir}
+}
+
+func (r *caddyRun) stop() { r.p.Stop(); os.RemoveAll(r.dir) }
+
+// publishN sends n publishes with c concurrent clients.
+func (r *caddyRun) publishN(n, c int) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c}}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < c; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				r.post(client, "")
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (r *caddyRun) post(client *http.Client, id string) {
+	body := `{"event":"order.status","data":` + string(payload) + `}`
+	if id != "" {
+		body = `{"event":"order.status","id":"` + id + `","data":` + string(payload) + `}`
+	}
+	res, err := client.Post(r.publish, "application/json", strings.NewReader(body))
+	if err != nil {
+		log.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusAccepted {
+		log.Fatalf("publish: %d", res.StatusCode)
+	}
+}
+
+// caddyDrain publishes n messages while the sink holds every request, then
+// lets go and times how long Caddy takes to deliver all n.
+func caddyDrain(s *sink, n, c int) float64 {
+	r := startCaddy(s, c)
+	defer r.stop()
+	s.hold()
+	base := s.count.Load()
+	r.publishN(n, c)
+	start := time.Now()
+	s.release()
+	for s.count.Load()-base < int64(n) {
+		time.Sleep(time.Millisecond)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// caddyLatency publishes at a steady rate over HTTP and measures from the
+// publish request to the sink seeing the delivery.
+func caddyLatency(s *sink, c, rate int, dur time.Duration) (p50, p99, pmax time.Duration, count int) {
+	r := startCaddy(s, c)
+	defer r.stop()
+	s.track.Store(true)
+	client := &http.Client{}
+	sent := map[string]time.Time{}
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	for i, end := 0, time.Now().Add(dur); time.Now().Before(end); i++ {
+		<-tick.C
+		id := fmt.Sprintf("lat-%d", i)
+		sent[id] = time.Now()
+		r.post(client, id)
+	}
+	time.Sleep(2 * time.Second)
+	var lat []time.Duration
+	s.mu.Lock()
+	for id, at := range sent {
+		if arrived, ok := s.seen[id]; ok {
+			lat = append(lat, arrived.Sub(at))
+		}
+	}
+	s.mu.Unlock()
+	if len(lat) < len(sent) {
+		log.Fatalf("only %d of %d events arrived", len(lat), len(sent))
+	}
+	slices.Sort(lat)
+	q := func(p float64) time.Duration { return lat[int(p*float64(len(lat)-1))] }
+	return q(0.5), q(0.99), lat[len(lat)-1], len(lat)
+}

@@ -1,0 +1,321 @@
+// Command scale measures how the plugin grows with fan-out and backlog,
+// against a real Caddy built from ./cmd/caddy:
+//
+//   - fan-out: one event to N subscriptions (-fanout 1000,10000,100000):
+//     time to the 202, time until the last delivery, peak resident memory;
+//
+//   - backlog: -backlog messages queued for an endpoint that is down
+//     (disabled by a 410, so its deliveries are kept, not retried), then
+//     kill -9 and restart (time until Caddy serves again), then the endpoint
+//     comes back (re-enabled through the admin API) and the drain is timed
+//     and compared with a bare Go client loop against the same sink.
+//
+//     go run ./bench/scale -fanout 1000,10000,100000 -backlog 1000000
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
+)
+
+const payload = `{"orderId":"PHS84FJAG5U","status":"canceled","updatedAt":"2020-10-16T11:24:08.025+00:00"}`
+
+func main() {
+	fanouts := flag.String("fanout", "1000,10000,100000", "subscription counts for the fan-out runs (\"\" to skip)")
+	backlog := flag.Int("backlog", 1000000, "messages in the backlog run (0 to skip)")
+	c := flag.Int("c", 64, "concurrency of publishers, deliveries and the bare loop")
+	flag.StringVar(&heapProfile, "heapprofile", "", "save Caddy's heap profile one second into the drain here")
+	flag.Parse()
+
+	dir, _ := os.MkdirTemp("", "bench-scale")
+	defer os.RemoveAll(dir)
+	bin, err := caddyrun.Build(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	s := newSink()
+	if *fanouts != "" {
+		fmt.Printf("%10s %12s %14s %14s %11s %11s\n", "fan-out", "caddy start", "publish (202)", "all delivered", "peak RSS", "(anon)")
+		for _, f := range strings.Split(*fanouts, ",") {
+			n, _ := strconv.Atoi(f)
+			fanout(bin, dir, s, n, *c)
+		}
+	}
+	if *backlog > 0 {
+		backlogRun(bin, dir, s, *backlog, *c)
+	}
+}
+
+func fanout(bin, dir string, s *sink, n, c int) {
+	run, _ := os.MkdirTemp(dir, "fanout")
+	var subs strings.Builder
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&subs, "\t\tsubscription s%d {\n\t\t\turl %s/%d\n\t\t\tevents fan.out\n\t\t}\n", i, s.url, i)
+	}
+	port, admin := caddyrun.FreePort(), caddyrun.FreePort()
+	cfg := config(admin, run, fmt.Sprintf("workers %d\n\t\tendpoint_concurrency 1\n", c)+subs.String(), port)
+	t0 := time.Now()
+	p, err := caddyrun.Start(bin, run, cfg, fmt.Sprintf("http://127.0.0.1:%d/", port))
+	if err != nil {
+		log.Fatal(err)
+	}
+	started := time.Since(t0)
+	defer p.Stop()
+	peak := watchRSS(p)
+	base := s.count.Load()
+	t1 := time.Now()
+	publish(fmt.Sprintf("http://127.0.0.1:%d/", port), `{"event":"fan.out","data":`+payload+`}`)
+	accepted := time.Since(t1)
+	for s.count.Load()-base < int64(n) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	delivered := time.Since(t1)
+	rss, anon := peak()
+	fmt.Printf("%10d %12v %14v %14v %8.0f MB %8.0f MB\n", n, started.Round(time.Millisecond), accepted.Round(time.Microsecond),
+		delivered.Round(time.Millisecond), float64(rss)/1e6, float64(anon)/1e6)
+}
+
+var heapProfile string
+
+func backlogRun(bin, dir string, s *sink, n, c int) {
+	run, _ := os.MkdirTemp(dir, "backlog")
+	port, admin := caddyrun.FreePort(), caddyrun.FreePort()
+	cfg := config(admin, run, fmt.Sprintf(`workers %d
+		endpoint_concurrency %d
+		subscription down {
+			url %s/down
+			events *
+		}
+`, c, c, s.url), port)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
+	p, err := caddyrun.Start(bin, run, cfg, url)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// The endpoint goes away: its first delivery gets 410 and disables it.
+	s.gone.Store(true)
+	publish(url, `{"event":"e","data":{}}`)
+	for !strings.Contains(get(adminURL+"/webhooks/subscriptions/static:down"), `"disabled":true`) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	peak := watchRSS(p)
+	t0 := time.Now()
+	publishMany(url, n, c)
+	pubRate := float64(n) / time.Since(t0).Seconds()
+	if heapProfile != "" {
+		os.WriteFile(heapProfile+".queue", []byte(get(adminURL+"/debug/pprof/heap")), 0o600)
+	}
+	rss, anon := peak()
+	fmt.Printf("\nbacklog: %d messages published at %.0f/s for a disabled endpoint; peak RSS while queueing %.0f MB (anon %.0f MB)\n",
+		n, pubRate, float64(rss)/1e6, float64(anon)/1e6)
+
+	p.Kill()
+	t1 := time.Now()
+	if p, err = caddyrun.Start(bin, run, cfg, url); err != nil {
+		log.Fatal(err)
+	}
+	serving := time.Since(t1)
+	// Apps start in any order: the HTTP server may answer before the
+	// webhooks app has opened the store; resumed is when its gauge shows
+	// the backlog.
+	for depth(adminURL) != n+2 && time.Since(t1) < time.Minute {
+		time.Sleep(5 * time.Millisecond)
+	}
+	fmt.Printf("kill -9 and restart with the backlog: serving after %v, engine resumed with %s queued after %v, RSS %.0f MB (anon %.0f MB)\n",
+		serving.Round(time.Millisecond), metric(adminURL, "caddy_webhooks_queue_depth"), time.Since(t1).Round(time.Millisecond),
+		float64(p.RSS())/1e6, float64(p.RSSAnon())/1e6)
+	defer p.Stop()
+
+	bare := bareLoop(s.url+"/bare", n/10, c)
+	s.gone.Store(false)
+	peak = watchRSS(p)
+	base := s.count.Load()
+	t2 := time.Now()
+	post(adminURL+"/webhooks/subscriptions/static:down/enable", "")
+	for s.count.Load() == base {
+		time.Sleep(time.Millisecond)
+	}
+	firstAfter := time.Since(t2)
+	if heapProfile != "" {
+		time.Sleep(time.Second)
+		os.WriteFile(heapProfile, []byte(get(adminURL+"/debug/pprof/heap")), 0o600)
+	}
+	for s.count.Load()-base < int64(n) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	rate := float64(n) / time.Since(t2).Seconds()
+	rss, anon = peak()
+	fmt.Printf("endpoint back: first delivery after %v; %d delivered at %.0f/s (bare loop %.0f/s, ratio %.2f); peak RSS while draining %.0f MB (anon %.0f MB)\n",
+		firstAfter.Round(time.Millisecond), n, rate, bare, rate/bare, float64(rss)/1e6, float64(anon)/1e6)
+}
+
+func config(admin int, dir, webhooks string, port int) string {
+	return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	skip_install_trust
+	log {
+		level WARN
+	}
+	webhooks {
+		storage_dir %s/data
+		allow_private_targets
+		%s
+	}
+}
+http://127.0.0.1:%d {
+	webhook_publish
+}
+`, admin, dir, webhooks, port)
+}
+
+// watchRSS samples the process's memory until the returned func is called;
+// it reports the peak of RSS and, separately, of its anonymous part.
+func watchRSS(p *caddyrun.Process) func() (int64, int64) {
+	var peak, peakAnon atomic.Int64
+	stop := make(chan struct{})
+	go func() {
+		for {
+			if r := p.RSS(); r > peak.Load() {
+				peak.Store(r)
+			}
+			if r := p.RSSAnon(); r > peakAnon.Load() {
+				peakAnon.Store(r)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	return func() (int64, int64) { close(stop); return peak.Load(), peakAnon.Load() }
+}
+
+func publish(url, body string) {
+	res, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		log.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusAccepted {
+		log.Fatalf("publish: %d", res.StatusCode)
+	}
+}
+
+func publishMany(url string, n, c int) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c}}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < c; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				res, err := client.Post(url, "application/json", strings.NewReader(`{"event":"e","data":`+payload+`}`))
+				if err != nil {
+					log.Fatal(err)
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func bareLoop(url string, n, c int) float64 {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c}}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for i := 0; i < c; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				res, err := client.Post(url, "application/json", strings.NewReader(payload))
+				if err != nil {
+					log.Fatal(err)
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n) / time.Since(t0).Seconds()
+}
+
+func get(url string) string {
+	res, err := http.Get(url)
+	if err != nil {
+		return ""
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return string(b)
+}
+
+func post(url, body string) {
+	res, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		log.Fatal(err)
+	}
+	res.Body.Close()
+}
+
+func depth(adminURL string) int {
+	v, _ := strconv.ParseFloat(metric(adminURL, "caddy_webhooks_queue_depth"), 64)
+	return int(v)
+}
+
+func metric(adminURL, name string) string {
+	for _, line := range strings.Split(get(adminURL+"/metrics"), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return "?"
+}
+
+// sink counts deliveries; while gone it answers 410.
+type sink struct {
+	url   string
+	count atomic.Int64
+	gone  atomic.Bool
+}
+
+func newSink() *sink {
+	s := &sink{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	s.url = "http://" + l.Addr().String()
+	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if s.gone.Load() {
+			w.WriteHeader(http.StatusGone)
+			return
+		}
+		if r.URL.Path != "/bare" {
+			s.count.Add(1)
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	return s
+}
