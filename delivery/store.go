@@ -88,7 +88,7 @@ func encodeDelivery(d Delivery) ([]byte, error) {
 		return nil, err
 	}
 	out := make([]byte, 0, len(head)+1+len(data))
-	out = append(append(head, 0), data...)
+	out = append(append(append(out, head...), 0), data...)
 	return out, nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -45,7 +46,7 @@ func main() {
 
 	sink := newSink()
 	defer sink.Close()
-	fmt.Printf("sink %s, n=%d, concurrency=%d, GOMAXPROCS cores=%d\n", sink.url, *n, *c, numCPU())
+	fmt.Printf("sink %s, n=%d, concurrency=%d, GOMAXPROCS cores=%d\n", sink.url, *n, *c, runtime.GOMAXPROCS(0))
 
 	bare := bareLoop(sink, *n, *c)
 	fmt.Printf("bare Go client loop: %8.0f requests/s\n", bare)
@@ -63,8 +64,6 @@ func main() {
 }
 
 var profile string
-
-func numCPU() int { return runtimeNumCPU() }
 
 // sink acknowledges everything and notes when each Webhook-Id arrived.
 // While held, requests wait.

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -74,7 +75,7 @@ http://127.0.0.1:%d {
 
 	plain := fmt.Sprintf("http://127.0.0.1:%d/api/v1/webhook", plainPort)
 	ingest := fmt.Sprintf("http://127.0.0.1:%d/api/v1/webhook", ingestPort)
-	fmt.Printf("clients=%d concurrency=%d rounds=%d×%v, cores=%d\n", *clients, *c, *rounds, *round, runtimeNumCPU())
+	fmt.Printf("clients=%d concurrency=%d rounds=%d×%v, cores=%d\n", *clients, *c, *rounds, *round, runtime.GOMAXPROCS(0))
 	load(plain, *c, *clients, time.Second) // warm both paths
 	load(ingest, *c, *clients, time.Second)
 	if *profile != "" {
