@@ -259,3 +259,56 @@ func dirHas(t *testing.T, dir, s string) bool {
 	})
 	return found
 }
+
+// Across a reload the old and new config share one engine: a backlog
+// pending at the reload is delivered once, new settings and subscriptions
+// apply, and nothing is delivered twice by two sets of workers.
+func TestDeliveryAcrossReload(t *testing.T) {
+	a, b := newSubscriber(t), newSubscriber(t)
+	a.fail.Store(true) // hold a backlog across the reload
+	storage := t.TempDir()
+	cfg := func(extra string) string {
+		global, _ := globalOptions(t, storage, fmt.Sprintf(`allow_private_targets
+		retry 200ms 200ms 200ms 200ms 200ms 200ms 200ms 200ms 200ms 200ms
+		%s
+		subscription a {
+			url %s
+			events *
+		}`, extra, a.URL))
+		return global + "\nhttp://localhost:9080 {\n\twebhook_publish\n}\n"
+	}
+	tester := startCaddy(t, cfg(""))
+	send := func(id string) {
+		req, _ := http.NewRequest("POST", testBase+"/", strings.NewReader(`{"event":"e","id":"`+id+`","data":{}}`))
+		res, err := tester.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 202 {
+			t.Fatalf("publish %s: %d", id, res.StatusCode)
+		}
+	}
+	for i := 0; i < 20; i++ {
+		send(fmt.Sprint("before-", i))
+	}
+	tester.InitServer(cfg(fmt.Sprintf("workers 4\n\t\tsubscription b {\n\t\t\turl %s\n\t\t\tevents *\n\t\t}", b.URL)), "caddyfile")
+	a.fail.Store(false)
+	for i := 0; i < 5; i++ {
+		send(fmt.Sprint("after-", i))
+	}
+	waitFor(t, "all deliveries", func() bool { return len(a.received()) >= 25 && len(b.received()) >= 5 })
+	time.Sleep(500 * time.Millisecond) // would anything arrive twice?
+	seen := map[string]int{}
+	for _, r := range a.received() {
+		seen[r.Header.Get("Webhook-Id")]++
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s delivered %d times to a", id, n)
+		}
+	}
+	if len(seen) != 25 || len(b.received()) != 5 {
+		t.Fatalf("a got %d distinct, b got %d", len(seen), len(b.received()))
+	}
+}
