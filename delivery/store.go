@@ -154,13 +154,17 @@ func setJSON(txn *badger.Txn, key []byte, v any, ttl time.Duration) error {
 // tenant and id.
 func (s *Store) published(tenant, id string) (publishRecord, bool, error) {
 	var rec publishRecord
-	var found bool
-	err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		found, err = getJSON(txn, msgKey(tenant, id), &rec)
+	found, err := s.viewJSON(msgKey(tenant, id), &rec)
+	return rec, found, err
+}
+
+// viewJSON reads one JSON value in a transaction of its own.
+func (s *Store) viewJSON(key []byte, v any) (found bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		found, err = getJSON(txn, key, v)
 		return err
 	})
-	return rec, found, err
+	return found, err
 }
 
 // enqueue stores one delivery per subscription and then the publish record.
@@ -371,10 +375,7 @@ func (s *Store) deleteSubscription(id string) error {
 
 func (s *Store) health(subID string) (Health, error) {
 	var h Health
-	err := s.db.View(func(txn *badger.Txn) error {
-		_, err := getJSON(txn, []byte(prefixHealth+subID), &h)
-		return err
-	})
+	_, err := s.viewJSON([]byte(prefixHealth+subID), &h)
 	return h, err
 }
 
@@ -552,11 +553,6 @@ func credKey(source, tenant string) []byte { return []byte(prefixCred + source +
 
 func (s *Store) credentials(source, tenant string) (Credentials, bool, error) {
 	var c Credentials
-	var found bool
-	err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		found, err = getJSON(txn, credKey(source, tenant), &c)
-		return err
-	})
+	found, err := s.viewJSON(credKey(source, tenant), &c)
 	return c, found, err
 }

@@ -37,28 +37,18 @@ func main() {
 		log.Fatal(err)
 	}
 	sink := newSink()
-	upstream := startUpstream()
+	upstream := caddyrun.Upstream204()
 	port, admin := caddyrun.FreePort(), caddyrun.FreePort()
 	var cl strings.Builder
 	for i := 0; i < *clients; i++ {
 		fmt.Fprintf(&cl, "\t\tclient c%d key-%d\n", i, i)
 	}
-	cfg := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	skip_install_trust
-	log {
-		level WARN
-	}
-	webhooks {
-		storage_dir %s/data
-		allow_private_targets
+	cfg := caddyrun.Global(admin, dir, fmt.Sprintf(`allow_private_targets
 		retry 200ms 500ms 1s 1s 1s 1s 1s 1s 1s 1s
 		subscription sink {
 			url %s
 			events *
-		}
-	}
-}
+		}`, sink.url)) + fmt.Sprintf(`
 http://127.0.0.1:%d {
 	handle /publish {
 		webhook_publish
@@ -71,7 +61,7 @@ http://127.0.0.1:%d {
 		reverse_proxy %s
 	}
 }
-`, admin, dir, sink.url, port, cl.String(), upstream)
+`, port, cl.String(), upstream)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	p, err := caddyrun.Start(bin, dir, cfg, base+"/publish")
 	if err != nil {
@@ -251,16 +241,4 @@ func (s *sink) counts() (total, distinct int) {
 		total += n
 	}
 	return total, len(s.seen)
-}
-
-func startUpstream() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	return l.Addr().String()
 }

@@ -29,28 +29,14 @@ func startCaddy(s *sink, c int) *caddyRun {
 		log.Fatal(err)
 	}
 	port, admin := caddyrun.FreePort(), caddyrun.FreePort()
-	cfg := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	skip_install_trust
-	log {
-		level WARN
-	}
-	webhooks {
-		storage_dir %s/data
-		allow_private_targets
+	cfg := caddyrun.Global(admin, dir, fmt.Sprintf(`allow_private_targets
 		workers %d
 		endpoint_concurrency %d
 		timeout 120s
 		subscription sink {
 			url %s
 			events *
-		}
-	}
-}
-http://127.0.0.1:%d {
-	webhook_publish
-}
-`, admin, dir, c, c, s.url, port)
+		}`, c, c, s.url)) + fmt.Sprintf("http://127.0.0.1:%d {\n\twebhook_publish\n}\n", port)
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	p, err := caddyrun.Start(bin, dir, cfg, url)
 	if err != nil {

@@ -23,11 +23,11 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
 	"github.com/hookgate/caddy-webhook/delivery"
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
@@ -48,7 +48,7 @@ func main() {
 	defer sink.Close()
 	fmt.Printf("sink %s, n=%d, concurrency=%d, GOMAXPROCS cores=%d\n", sink.url, *n, *c, runtime.GOMAXPROCS(0))
 
-	bare := bareLoop(sink, *n, *c)
+	bare := caddyrun.BareLoop(sink.url, string(payload), *n, *c)
 	fmt.Printf("bare Go client loop: %8.0f requests/s\n", bare)
 	drain, lat, where := engineDrain, latency, "engine in-process"
 	if *viaCaddy {
@@ -114,34 +114,6 @@ func newSink() *sink {
 	})}
 	go s.Serve(l)
 	return s
-}
-
-func bareLoop(s *sink, n, c int) float64 {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c, MaxIdleConns: c}}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i := 0; i < c; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				req, _ := http.NewRequest(http.MethodPost, s.url, strings.NewReader(string(payload)))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("X-Event-Name", "order.status")
-				req.Header.Set("Webhook-Id", "msg_bare")
-				req.Header.Set("User-Agent", delivery.UserAgent)
-				res, err := client.Do(req)
-				if err != nil {
-					log.Fatal(err)
-				}
-				_, _ = io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-			}
-		}()
-	}
-	wg.Wait()
-	return float64(n) / time.Since(start).Seconds()
 }
 
 func openEngine(s *sink, c int) (*delivery.Engine, func()) {

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"runtime"
@@ -44,19 +43,13 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	upstream := startUpstream()
+	upstream := caddyrun.Upstream204()
 	plainPort, ingestPort, adminPort := caddyrun.FreePort(), caddyrun.FreePort(), caddyrun.FreePort()
 	var cl strings.Builder
 	for i := 0; i < *clients; i++ {
 		fmt.Fprintf(&cl, "\t\tclient c%d key-%d\n", i, i)
 	}
-	cfg := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	skip_install_trust
-	webhooks {
-		storage_dir %s/data
-	}
-}
+	cfg := caddyrun.Global(adminPort, dir, "") + fmt.Sprintf(`
 http://127.0.0.1:%d {
 	reverse_proxy %s
 }
@@ -66,7 +59,7 @@ http://127.0.0.1:%d {
 %s	}
 	reverse_proxy %s
 }
-`, adminPort, dir, plainPort, upstream, ingestPort, cl.String(), upstream)
+`, plainPort, upstream, ingestPort, cl.String(), upstream)
 	p, err := caddyrun.Start(bin, dir, cfg, fmt.Sprintf("http://127.0.0.1:%d/", plainPort))
 	if err != nil {
 		log.Fatal(err)
@@ -178,16 +171,4 @@ func load(url string, c, clients int, d time.Duration) result {
 	wg.Wait()
 	total.elapsed = time.Since(start)
 	return total
-}
-
-func startUpstream() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	return l.Addr().String()
 }

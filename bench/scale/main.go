@@ -139,7 +139,7 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 		float64(p.RSS())/1e6, float64(p.RSSAnon())/1e6)
 	defer p.Stop()
 
-	bare := bareLoop(s.url+"/bare", n/10, c)
+	bare := caddyrun.BareLoop(s.url+"/bare", payload, n/10, c)
 	s.gone.Store(false)
 	peak = watchRSS(p)
 	base := s.count.Load()
@@ -163,22 +163,8 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 }
 
 func config(admin int, dir, webhooks string, port int) string {
-	return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	skip_install_trust
-	log {
-		level WARN
-	}
-	webhooks {
-		storage_dir %s/data
-		allow_private_targets
-		%s
-	}
-}
-http://127.0.0.1:%d {
-	webhook_publish
-}
-`, admin, dir, webhooks, port)
+	return caddyrun.Global(admin, dir, "allow_private_targets\n\t\t"+webhooks) +
+		fmt.Sprintf("http://127.0.0.1:%d {\n\twebhook_publish\n}\n", port)
 }
 
 // watchRSS samples the process's memory until the returned func is called;
@@ -235,29 +221,6 @@ func publishMany(url string, n, c int) {
 		}()
 	}
 	wg.Wait()
-}
-
-func bareLoop(url string, n, c int) float64 {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c}}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	t0 := time.Now()
-	for i := 0; i < c; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				res, err := client.Post(url, "application/json", strings.NewReader(payload))
-				if err != nil {
-					log.Fatal(err)
-				}
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-			}
-		}()
-	}
-	wg.Wait()
-	return float64(n) / time.Since(t0).Seconds()
 }
 
 func get(url string) string {

@@ -1,0 +1,78 @@
+package caddyrun
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Global is the global options block of the bench configs: admin on
+// loopback, no trust store, quiet logs, and the webhooks app with its
+// store in dir plus the given options.
+func Global(adminPort int, dir, webhooks string) string {
+	return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	skip_install_trust
+	log {
+		level WARN
+	}
+	webhooks {
+		storage_dir %s/data
+		%s
+	}
+}
+`, adminPort, dir, webhooks)
+}
+
+// Upstream204 serves 204 to everything on a loopback port and returns its
+// address.
+func Upstream204() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	return l.Addr().String()
+}
+
+// BareLoop is the baseline of the delivery benchmarks: n POSTs of body to
+// url with the headers of a delivery, by c goroutines sharing one client,
+// as fast as they go. It returns requests per second.
+func BareLoop(url, body string, n, c int) float64 {
+	tr := &http.Transport{MaxIdleConnsPerHost: c, MaxIdleConns: c}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < c; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("X-Event-Name", "order.status")
+				req.Header.Set("Webhook-Id", "msg_bare")
+				req.Header.Set("User-Agent", "caddy-webhook/1")
+				res, err := client.Do(req)
+				if err != nil {
+					log.Fatal(err)
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n) / time.Since(start).Seconds()
+}
