@@ -7,6 +7,8 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -122,6 +124,13 @@ type sharedStore struct {
 	windows *ingest.BadgerWindows
 	leases  *ingest.Leases
 	engine  *delivery.Engine
+
+	// running lists the started apps using this store, oldest first; the
+	// newest one's settings are the engine's. It lets a config that is
+	// rolled back (a failed reload) hand the engine back to the one that
+	// stays.
+	mu      sync.Mutex
+	running []*App
 }
 
 // Destruct stops deliveries and closes the database once the last config
@@ -273,22 +282,51 @@ func (sc SubscriptionConfig) subscription(repl *caddy.Replacer) (delivery.Subscr
 // Start applies this config's delivery settings and starts delivering
 // (a reload only swaps the settings of the running engine).
 func (a *App) Start() error {
+	s := a.shared
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := a.takeEngine(); err != nil {
+		return err
+	}
+	if err := s.engine.Start(); err != nil {
+		return err
+	}
+	s.running = append(s.running, a)
+	currentEngine.Store(s.engine)
+	return nil
+}
+
+// takeEngine makes this config's settings and logger the engine's.
+func (a *App) takeEngine() error {
 	eng := a.shared.engine
 	eng.SetLogger(a.logger)
 	eng.SetObserver(observeAttempt)
 	if err := eng.Configure(a.delivery); err != nil {
 		return fmt.Errorf("webhooks: %w", err)
 	}
-	if err := eng.Start(); err != nil {
-		return err
-	}
-	currentEngine.Store(eng)
 	return nil
 }
 
 // Stop implements caddy.App. The engine keeps running for the config that
-// replaces this one; it stops with the last config (see sharedStore).
-func (a *App) Stop() error { return nil }
+// replaces this one; it stops with the last config (see sharedStore). If
+// this config was the engine's but another stays (a reload that failed
+// after this app started is being rolled back), the one that stays gets
+// the engine back.
+func (a *App) Stop() error {
+	s := a.shared
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := slices.Index(s.running, a)
+	if i < 0 {
+		return nil
+	}
+	wasCurrent := i == len(s.running)-1
+	s.running = slices.Delete(s.running, i, i+1)
+	if wasCurrent && len(s.running) > 0 {
+		return s.running[len(s.running)-1].takeEngine()
+	}
+	return nil
+}
 
 // Engine is the delivery engine.
 func (a *App) Engine() *delivery.Engine { return a.shared.engine }

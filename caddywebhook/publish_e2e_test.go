@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -310,5 +311,53 @@ func TestDeliveryAcrossReload(t *testing.T) {
 	}
 	if len(seen) != 25 || len(b.received()) != 5 {
 		t.Fatalf("a got %d distinct, b got %d", len(seen), len(b.received()))
+	}
+}
+
+// A reload that fails after the webhooks app of the new config started
+// (here: the HTTP app cannot listen) is rolled back, and the engine goes
+// back to the old config's subscriptions and settings.
+func TestFailedReloadRestoresEngine(t *testing.T) {
+	a, b := newSubscriber(t), newSubscriber(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	storage := t.TempDir()
+	cfg := func(sub, url, extraSite string) string {
+		global, _ := globalOptions(t, storage, fmt.Sprintf("allow_private_targets\n\t\tsubscription %s {\n\t\t\turl %s\n\t\t\tevents *\n\t\t}", sub, url))
+		return global + "\nhttp://localhost:9080 {\n\twebhook_publish\n}\n" + extraSite
+	}
+	tester := startCaddy(t, cfg("a", a.URL, ""))
+	bad := cfg("b", b.URL, fmt.Sprintf("http://%s {\n\trespond 200\n}\n", busy.Addr()))
+	// Apps start in map order: repeat so that the webhooks app of the bad
+	// config starts before the HTTP app fails in (almost) every run.
+	for i := 0; i < 8; i++ {
+		req, _ := http.NewRequest("POST", "http://localhost:2999/load", strings.NewReader(bad))
+		req.Header.Set("Content-Type", "text/caddyfile")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode == 200 {
+			t.Fatal("the bad config loaded")
+		}
+	}
+	req, _ := http.NewRequest("POST", testBase+"/", strings.NewReader(`{"event":"e","data":{}}`))
+	res, err := tester.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 202 || !strings.Contains(string(body), `"deliveries":1`) {
+		t.Fatalf("publish after the failed reloads: %d %s", res.StatusCode, body)
+	}
+	waitFor(t, "the delivery to a", func() bool { return len(a.received()) == 1 })
+	time.Sleep(200 * time.Millisecond)
+	if n := len(b.received()); n != 0 {
+		t.Fatalf("the rolled-back config's subscription got %d deliveries", n)
 	}
 }
