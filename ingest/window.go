@@ -81,6 +81,18 @@ type BadgerWindows struct {
 	db    *badger.DB
 	mu    sync.RWMutex
 	cache map[string]cachedWindow
+
+	// Group commit: a save that finds no commit running commits every save
+	// queued meanwhile in one transaction; the others wait for it.
+	commitMu   sync.Mutex
+	queued     []*windowWrite
+	committing bool
+}
+
+type windowWrite struct {
+	client string
+	value  []byte
+	done   chan error
 }
 
 type cachedWindow struct {
@@ -136,14 +148,44 @@ func (s *BadgerWindows) SaveWindow(client string, w Window) error {
 	if err != nil {
 		return err
 	}
-	err = store.Update(s.db, func(txn *badger.Txn) error {
-		return txn.Set([]byte(windowPrefix+client), v)
-	})
-	if err != nil {
+	if err := s.commit(client, v); err != nil {
 		return fmt.Errorf("saving push window: %w", err)
 	}
 	s.mu.Lock()
 	s.cache[client] = cachedWindow{w, true}
 	s.mu.Unlock()
 	return nil
+}
+
+// commit stores one window, durably, sharing transactions with concurrent
+// saves.
+func (s *BadgerWindows) commit(client string, v []byte) error {
+	op := &windowWrite{client: client, value: v, done: make(chan error, 1)}
+	s.commitMu.Lock()
+	s.queued = append(s.queued, op)
+	if s.committing {
+		s.commitMu.Unlock()
+		return <-op.done
+	}
+	s.committing = true
+	for len(s.queued) > 0 {
+		batch := s.queued
+		s.queued = nil
+		s.commitMu.Unlock()
+		err := store.Update(s.db, func(txn *badger.Txn) error {
+			for _, w := range batch {
+				if err := txn.Set([]byte(windowPrefix+w.client), w.value); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		for _, w := range batch {
+			w.done <- err
+		}
+		s.commitMu.Lock()
+	}
+	s.committing = false
+	s.commitMu.Unlock()
+	return <-op.done
 }
