@@ -183,6 +183,19 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("webhooks: encryption_key differs from the one the open database uses; it can only change with a restart")
 	}
 	a.dir, a.shared = dir, val.(*sharedStore)
+	// Apps start in any order, so the HTTP server may take requests before
+	// this app's Start. On a fresh start nothing else runs the engine:
+	// configure it now, so that a publish in that gap is matched against
+	// this config's subscriptions (Start then delivers it). On a reload the
+	// running config keeps the engine until this one starts.
+	a.shared.mu.Lock()
+	if len(a.shared.running) == 0 {
+		err = a.takeEngine()
+	}
+	a.shared.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	a.logger.Info("webhook store ready", zap.String("dir", dir), zap.Bool("reused", loaded))
 	return nil
 }

@@ -71,6 +71,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	seen := map[string]bool{}
+	names := map[string]bool{} // subscription names: configs may hold 100k
 	for d.NextBlock(0) {
 		opt := d.Val()
 		if opt != "subscription" {
@@ -109,11 +110,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "subscription":
 			var sc SubscriptionConfig
 			if sc, err = parseSubscription(d); err == nil {
-				for _, other := range a.Subscriptions {
-					if other.Name == sc.Name {
-						return d.Errf("subscription %q is defined twice", sc.Name)
-					}
+				if names[sc.Name] {
+					return d.Errf("subscription %q is defined twice", sc.Name)
 				}
+				names[sc.Name] = true
 				a.Subscriptions = append(a.Subscriptions, sc)
 			}
 		default:

@@ -559,6 +559,10 @@ func (e *Engine) subscription(id string) (*Subscription, bool) {
 // starts delivering. With a message ID that was already published for the
 // tenant, nothing new is stored and the earlier result is returned.
 func (e *Engine) Publish(msg Message) (PublishResult, error) {
+	settings := e.settings.Load()
+	if settings == nil {
+		return PublishResult{}, ErrNotConfigured
+	}
 	now := e.clock.Now().UTC()
 	if msg.ID != "" {
 		rec, found, err := e.store.published(msg.Tenant, msg.ID)
@@ -580,7 +584,7 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 			}
 		}
 	}
-	added, err := e.store.enqueue(msg, subs, now, e.settings.Load().Retention)
+	added, err := e.store.enqueue(msg, subs, now, settings.Retention)
 	e.queued.Add(int64(added))
 	if err != nil {
 		return PublishResult{}, err
@@ -590,6 +594,9 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 	}
 	return PublishResult{ID: msg.ID, Deliveries: len(subs)}, nil
 }
+
+// ErrNotConfigured is returned by Publish before the first Configure.
+var ErrNotConfigured = errors.New("the delivery engine has no configuration yet")
 
 // PublishResult is the answer to a publish.
 type PublishResult struct {

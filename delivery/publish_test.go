@@ -1,9 +1,12 @@
 package delivery
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 func TestParsePublish(t *testing.T) {
@@ -83,5 +86,22 @@ func TestValidateSubscription(t *testing.T) {
 	}
 	if err := ValidateSubscription(&ok); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Publishing before the engine has a configuration is an error, not a
+// panic and not a message stored without its deliveries.
+func TestPublishBeforeConfigure(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	e := NewEngine(NewStore(db.DB), nil, nil)
+	if _, err := e.Publish(msg("x", `{}`)); !errors.Is(err, ErrNotConfigured) {
+		t.Fatalf("err = %v", err)
+	}
+	if n, _ := e.store.countQueued(); n != 0 {
+		t.Fatalf("%d deliveries stored", n)
 	}
 }
