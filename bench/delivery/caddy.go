@@ -5,10 +5,7 @@ import (
 	"log"
 	"net/http"
 	"os"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
@@ -47,23 +44,6 @@ func startCaddy(s *sink, c int) *caddyRun {
 
 func (r *caddyRun) stop() { r.p.Stop(); os.RemoveAll(r.dir) }
 
-// publishN sends n publishes with c concurrent clients.
-func (r *caddyRun) publishN(n, c int) {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c}}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for i := 0; i < c; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				r.post(client, "")
-			}
-		}()
-	}
-	wg.Wait()
-}
-
 func (r *caddyRun) post(client *http.Client, id string) {
 	body := `{"event":"order.status","data":` + string(payload) + `}`
 	if id != "" {
@@ -86,7 +66,7 @@ func caddyDrain(s *sink, n, c int) float64 {
 	defer r.stop()
 	s.hold()
 	base := s.count.Load()
-	r.publishN(n, c)
+	caddyrun.PublishMany(r.publish, `{"event":"order.status","data":`+string(payload)+`}`, n, c)
 	start := time.Now()
 	s.release()
 	for s.count.Load()-base < int64(n) {
@@ -111,19 +91,5 @@ func caddyLatency(s *sink, c, rate int, dur time.Duration) (p50, p99, pmax time.
 		sent[id] = time.Now()
 		r.post(client, id)
 	}
-	time.Sleep(2 * time.Second)
-	var lat []time.Duration
-	s.mu.Lock()
-	for id, at := range sent {
-		if arrived, ok := s.seen[id]; ok {
-			lat = append(lat, arrived.Sub(at))
-		}
-	}
-	s.mu.Unlock()
-	if len(lat) < len(sent) {
-		log.Fatalf("only %d of %d events arrived", len(lat), len(sent))
-	}
-	slices.Sort(lat)
-	q := func(p float64) time.Duration { return lat[int(p*float64(len(lat)-1))] }
-	return q(0.5), q(0.99), lat[len(lat)-1], len(lat)
+	return s.latencies(sent)
 }

@@ -190,26 +190,30 @@ func latency(s *sink, c, rate int, dur time.Duration) (p50, p99, pmax time.Durat
 		}
 		published[res.ID] = at
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	return s.latencies(published)
+}
+
+// latencies waits (up to 10 s) for every sent event to reach the sink and
+// summarizes sent -> arrived.
+func (s *sink) latencies(sent map[string]time.Time) (p50, p99, pmax time.Duration, count int) {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		s.mu.Lock()
 		got := len(s.seen)
 		s.mu.Unlock()
-		if got >= len(published) {
+		if got >= len(sent) {
 			break
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 	var lat []time.Duration
 	s.mu.Lock()
-	for id, at := range published {
+	for id, at := range sent {
 		if arrived, ok := s.seen[id]; ok {
 			lat = append(lat, arrived.Sub(at))
 		}
 	}
 	s.mu.Unlock()
-	if len(lat) < len(published) {
-		log.Fatalf("only %d of %d events arrived", len(lat), len(published))
+	if len(lat) < len(sent) {
+		log.Fatalf("only %d of %d events arrived", len(lat), len(sent))
 	}
 	slices.Sort(lat)
 	q := func(p float64) time.Duration { return lat[int(p*float64(len(lat)-1))] }

@@ -23,7 +23,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -113,7 +112,7 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	}
 	peak := watchRSS(p)
 	t0 := time.Now()
-	publishMany(url, n, c)
+	caddyrun.PublishMany(url, `{"event":"e","data":`+payload+`}`, n, c)
 	pubRate := float64(n) / time.Since(t0).Seconds()
 	if heapProfile != "" {
 		os.WriteFile(heapProfile+".queue", []byte(get(adminURL+"/debug/pprof/heap")), 0o600)
@@ -200,27 +199,6 @@ func publish(url, body string) {
 	if res.StatusCode != http.StatusAccepted {
 		log.Fatalf("publish: %d", res.StatusCode)
 	}
-}
-
-func publishMany(url string, n, c int) {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c}}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for i := 0; i < c; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				res, err := client.Post(url, "application/json", strings.NewReader(`{"event":"e","data":`+payload+`}`))
-				if err != nil {
-					log.Fatal(err)
-				}
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 func get(url string) string {

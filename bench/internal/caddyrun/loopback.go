@@ -76,3 +76,31 @@ func BareLoop(url, body string, n, c int) float64 {
 	wg.Wait()
 	return float64(n) / time.Since(start).Seconds()
 }
+
+// PublishMany POSTs body to a webhook_publish url n times from c
+// goroutines; anything but 202 is fatal.
+func PublishMany(url, body string, n, c int) {
+	tr := &http.Transport{MaxIdleConnsPerHost: c}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < c; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				res, err := client.Post(url, "application/json", strings.NewReader(body))
+				if err != nil {
+					log.Fatal(err)
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode != http.StatusAccepted {
+					log.Fatalf("publish: %d", res.StatusCode)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
