@@ -68,6 +68,30 @@ func attemptKey(a *Attempt) []byte {
 	return fmt.Appendf([]byte(prefixAtt+a.SubscriptionID+"\x00"+hex.EncodeToString(ts[:])+"\x00"+a.DeliveryID), "\x00%08x", a.N)
 }
 
+// parseAttemptKey fills in what an attempt's key holds.
+func parseAttemptKey(k []byte, a *Attempt) bool {
+	rest, ok := bytes.CutPrefix(k, []byte(prefixAtt))
+	if !ok {
+		return false
+	}
+	parts := bytes.Split(rest, []byte{0})
+	if len(parts) != 4 || len(parts[1]) != 16 || len(parts[3]) != 8 {
+		return false
+	}
+	var ts, n [8]byte
+	if _, err := hex.Decode(ts[:], parts[1]); err != nil {
+		return false
+	}
+	if _, err := hex.Decode(n[4:], parts[3]); err != nil {
+		return false
+	}
+	a.SubscriptionID, a.DeliveryID = string(parts[0]), string(parts[2])
+	a.At = time.Unix(0, int64(binary.BigEndian.Uint64(ts[:]))).UTC()
+	a.N = int(binary.BigEndian.Uint64(n[:]))
+	a.MessageID, _, _ = strings.Cut(a.DeliveryID, "|")
+	return true
+}
+
 func failedKey(subID, did string) []byte { return []byte(prefixFailed + subID + "\x00" + did) }
 
 func msgKey(tenant, id string) []byte { return []byte(prefixMsg + tenant + "\x00" + id) }
@@ -75,33 +99,6 @@ func msgKey(tenant, id string) []byte { return []byte(prefixMsg + tenant + "\x00
 type publishRecord struct {
 	Deliveries int       `json:"deliveries"`
 	At         time.Time `json:"at"`
-}
-
-// Deliveries are stored as their JSON without the payload, a NUL byte
-// (never found in JSON text) and the payload as is, so that reading and
-// rewriting one never parses or re-encodes the payload.
-func encodeDelivery(d Delivery) ([]byte, error) {
-	data := d.Message.Data
-	d.Message.Data = nil
-	head, err := json.Marshal(d)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]byte, 0, len(head)+1+len(data))
-	out = append(append(append(out, head...), 0), data...)
-	return out, nil
-}
-
-func decodeDelivery(b []byte, d *Delivery) error {
-	i := bytes.IndexByte(b, 0)
-	if i < 0 {
-		return errors.New("malformed delivery record")
-	}
-	if err := json.Unmarshal(b[:i], d); err != nil {
-		return err
-	}
-	d.Message.Data = bytes.Clone(b[i+1:])
-	return nil
 }
 
 func getDelivery(txn *badger.Txn, did string, d *Delivery) (bool, error) {
@@ -116,11 +113,7 @@ func getDelivery(txn *badger.Txn, did string, d *Delivery) (bool, error) {
 }
 
 func setDelivery(txn *badger.Txn, d *Delivery, ttl time.Duration) error {
-	b, err := encodeDelivery(*d)
-	if err != nil {
-		return err
-	}
-	e := badger.NewEntry([]byte(prefixD+d.ID), b)
+	e := badger.NewEntry([]byte(prefixD+d.ID), encodeDelivery(d))
 	if ttl > 0 {
 		e = e.WithTTL(ttl)
 	}
@@ -324,7 +317,11 @@ func settleOne(txn *badger.Txn, st *settled, retention time.Duration) error {
 	if err := txn.Delete(queueKey(d.SubscriptionID, st.queuedAt, d.ID)); err != nil {
 		return err
 	}
-	if err := setJSON(txn, attemptKey(&st.att), st.att, retention); err != nil {
+	att := badger.NewEntry(attemptKey(&st.att), encodeAttempt(&st.att))
+	if retention > 0 {
+		att = att.WithTTL(retention)
+	}
+	if err := txn.SetEntry(att); err != nil {
 		return err
 	}
 	ttl := retention
@@ -334,11 +331,16 @@ func settleOne(txn *badger.Txn, st *settled, retention time.Duration) error {
 			return err
 		}
 	}
-	if d.State == StatePending {
+	switch d.State {
+	case StatePending:
 		ttl = 0
 		if err := txn.Set(queueKey(d.SubscriptionID, d.NextAttempt, d.ID), nil); err != nil {
 			return err
 		}
+	case StateDelivered:
+		// Nothing sends it again: keep the record (for idempotent
+		// publishes and for operators) without the payload.
+		d.Message.Data = nil
 	}
 	return setDelivery(txn, d, ttl)
 }
@@ -412,7 +414,10 @@ func (s *Store) RecentAttempts(subID string, limit int) ([]Attempt, error) {
 		// In reverse, seek past the last key of the prefix.
 		for it.Seek(append(bytes.Clone(prefix), 0xff)); it.ValidForPrefix(prefix); it.Next() {
 			var a Attempt
-			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &a) }); err != nil {
+			if !parseAttemptKey(it.Item().Key(), &a) {
+				continue
+			}
+			if err := it.Item().Value(func(b []byte) error { return decodeAttempt(b, &a) }); err != nil {
 				return err
 			}
 			out = append(out, a)
