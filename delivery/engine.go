@@ -46,9 +46,14 @@ type Engine struct {
 	healthMu sync.Mutex
 	health   map[string]*Health
 
-	mu      sync.Mutex
-	lanes   map[string]*lane
-	ctx     context.Context
+	mu    sync.Mutex
+	lanes map[string]*lane
+	// Lanes run as goroutines, at most maxLanes() at once; the others
+	// wait their turn in order. Without the bound a fan-out to 100,000
+	// subscriptions started 100,000 goroutines, each with an iterator.
+	activeLanes  int
+	waitingLanes []waitingLane
+	ctx          context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	started bool
@@ -73,9 +78,14 @@ type subIndex struct {
 	byTenant map[string][]*Subscription
 }
 
+type waitingLane struct {
+	subID string
+	l     *lane
+}
+
 // lane tracks the runner of one subscription's queue.
 type lane struct {
-	running bool
+	running bool // running or waiting for its turn
 	kicked  bool
 	// cursor: every entry due before it has been loaded, except those
 	// announced since (rewind, rewindTo). A load starts at the earlier of
@@ -210,6 +220,8 @@ func (e *Engine) Start() error {
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.started = true
+	// Lanes of an earlier run may have ended without going idle.
+	e.lanes, e.activeLanes, e.waitingLanes = map[string]*lane{}, 0, nil
 	e.mu.Unlock()
 	// Seed the pending count once; from here on it is kept up to date.
 	n, err := e.store.countQueued()
@@ -275,8 +287,31 @@ func (e *Engine) wakeFrom(subID string, due time.Time) {
 		return
 	}
 	l.running = true
+	if e.activeLanes >= e.maxLanes() {
+		e.waitingLanes = append(e.waitingLanes, waitingLane{subID, l})
+		return
+	}
+	e.activeLanes++
 	e.wg.Add(1)
 	go e.runLane(subID, l)
+}
+
+// maxLanes bounds the lanes running at once. Each running lane is loading,
+// dispatching or waiting for attempts that hold a worker, so twice the
+// workers keeps every worker busy while a lane waits.
+func (e *Engine) maxLanes() int { return max(2*e.settings.Load().Workers, 64) }
+
+// laneDone hands a finished lane's turn to the next waiting one; e.mu held.
+func (e *Engine) laneDone() {
+	if len(e.waitingLanes) == 0 || e.ctx.Err() != nil {
+		e.activeLanes--
+		return
+	}
+	next := e.waitingLanes[0]
+	e.waitingLanes[0] = waitingLane{}
+	e.waitingLanes = e.waitingLanes[1:]
+	e.wg.Add(1)
+	go e.runLane(next.subID, next.l)
 }
 
 // runLane keeps a subscription's due deliveries in flight, up to its
@@ -350,6 +385,7 @@ func (e *Engine) idle(l *lane, next time.Time, subID string) bool {
 		return false
 	}
 	l.running = false
+	e.laneDone()
 	e.mu.Unlock()
 	if !next.IsZero() && e.ctx.Err() == nil {
 		e.sched.add(subID, next)

@@ -435,3 +435,32 @@ func TestLargeFanOut(t *testing.T) {
 	}
 	eventually(t, "1500 deliveries", func() bool { return len(rcv.got()) == 1500 })
 }
+
+// A fan-out runs at most maxLanes lanes at once; the others wait their
+// turn and are all served once the receiver answers.
+func TestFanOutBoundsRunningLanes(t *testing.T) {
+	release := make(chan struct{})
+	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) { <-release; w.WriteHeader(204) })
+	var subs []Subscription
+	for i := 0; i < 300; i++ {
+		subs = append(subs, sub(fmt.Sprint("s", i), rcv.URL))
+	}
+	te := newTestEngine(t, Config{Subscriptions: subs, Workers: 4, Timeout: time.Minute})
+	if _, err := te.Publish(msg("x", `{}`)); err != nil {
+		t.Fatal(err)
+	}
+	limit := te.maxLanes()
+	lanes := func() (active, waiting int) {
+		te.mu.Lock()
+		defer te.mu.Unlock()
+		return te.activeLanes, len(te.waitingLanes)
+	}
+	eventually(t, "the workers busy", func() bool { return len(rcv.got()) == 4 })
+	if active, waiting := lanes(); active != limit || waiting != 300-limit {
+		close(release)
+		t.Fatalf("%d lanes running and %d waiting, want %d and %d", active, waiting, limit, 300-limit)
+	}
+	close(release)
+	eventually(t, "300 deliveries", func() bool { return len(rcv.got()) == 300 })
+	eventually(t, "every lane ended", func() bool { a, w := lanes(); return a == 0 && w == 0 })
+}
