@@ -23,7 +23,9 @@ func TestDeliveryRecordRoundTrip(t *testing.T) {
 	for _, mutate := range []func(*Delivery){
 		func(*Delivery) {},
 		func(d *Delivery) { d.State, d.NextAttempt, d.LastError = StateDelivered, time.Time{}, "" },
-		func(d *Delivery) { d.State, d.Message.Data, d.Message.Tenant, d.Message.Location = StateFailed, nil, "", "" },
+		func(d *Delivery) {
+			d.State, d.Message.Data, d.Message.Tenant, d.Message.Location = StateFailed, nil, "", ""
+		},
 	} {
 		want := sampleDelivery()
 		mutate(&want)

@@ -464,3 +464,27 @@ func TestFanOutBoundsRunningLanes(t *testing.T) {
 	eventually(t, "300 deliveries", func() bool { return len(rcv.got()) == 300 })
 	eventually(t, "every lane ended", func() bool { a, w := lanes(); return a == 0 && w == 0 })
 }
+
+// A subscription whose URL changes is delivered to the new URL from then
+// on (parsed URLs are cached per subscription version).
+func TestChangedURLIsUsed(t *testing.T) {
+	before, after := newReceiver(t, nil), newReceiver(t, nil)
+	te := newTestEngine(t, Config{})
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: before.URL, Events: []string{"*"}}
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	m := msg("x", `{"n":1}`)
+	m.Tenant = "t"
+	te.Publish(m)
+	eventually(t, "the first delivery", func() bool { return len(before.got()) == 1 })
+	s.URL = after.URL + "/moved"
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	te.Publish(m)
+	eventually(t, "the delivery to the new URL", func() bool { return len(after.got()) == 1 })
+	if n := len(before.got()); n != 1 {
+		t.Fatalf("the old URL got %d deliveries, want 1", n)
+	}
+}

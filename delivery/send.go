@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -90,13 +91,22 @@ func payload(sub *Subscription, msg *Message) []byte {
 	return msg.Data
 }
 
-// buildRequest makes the POST for one attempt.
-func buildRequest(ctx context.Context, sub *Subscription, msg *Message, userAgent string, now time.Time) (*http.Request, error) {
+// buildRequest makes the POST for one attempt to target, sub's URL
+// already parsed (nil: parse it here).
+func buildRequest(ctx context.Context, sub *Subscription, target *url.URL, msg *Message, userAgent string, now time.Time) (*http.Request, error) {
+	if target == nil {
+		var err error
+		if target, err = url.Parse(sub.URL); err != nil {
+			return nil, err
+		}
+	}
 	body := payload(sub, msg)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, sub.URL, strings.NewReader(string(body)))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
+	u := *target // the request may be changed by the transport
+	req.URL, req.Host = &u, strings.TrimSuffix(u.Host, ":")
 	h := req.Header
 	h.Set("Content-Type", "application/json")
 	h.Set("Accept", "application/json")
@@ -160,12 +170,13 @@ func Sign(key []byte, msgID, timestamp string, body []byte) string {
 	return base64.StdEncoding.EncodeToString(m.Sum(nil))
 }
 
-// send makes one attempt with its own timeout.
-func send(ctx context.Context, client *http.Client, sub *Subscription, msg *Message, userAgent string, timeout time.Duration, now time.Time) result {
+// send makes one attempt with its own timeout; target is sub's URL
+// parsed, or nil.
+func send(ctx context.Context, client *http.Client, sub *Subscription, target *url.URL, msg *Message, userAgent string, timeout time.Duration, now time.Time) result {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	req, err := buildRequest(ctx, sub, msg, userAgent, now)
+	req, err := buildRequest(ctx, sub, target, msg, userAgent, now)
 	if err != nil {
 		return result{err: err}
 	}
