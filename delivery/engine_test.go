@@ -488,3 +488,22 @@ func TestChangedURLIsUsed(t *testing.T) {
 		t.Fatalf("the old URL got %d deliveries, want 1", n)
 	}
 }
+
+// The largest payload a publish accepts (1 MB) is stored and delivered:
+// badger's transaction limit follows its memtable size, which is small.
+func TestLargestPayloadDelivered(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL), sub("b", rcv.URL)}})
+	for _, size := range []int{1<<20 - 200, 1 << 20} {
+		big := `{"blob":"` + strings.Repeat("x", size-11) + `"}`
+		if _, err := te.Publish(msg("x", big)); err != nil {
+			t.Fatalf("publishing %d bytes: %v", len(big), err)
+		}
+	}
+	eventually(t, "4 deliveries", func() bool { return len(rcv.got()) == 4 })
+	for _, h := range rcv.got() {
+		if len(h.Body) < 1<<20-200 {
+			t.Fatalf("a delivery of %d bytes", len(h.Body))
+		}
+	}
+}
