@@ -35,7 +35,7 @@ func main() {
 	fanouts := flag.String("fanout", "1000,10000,100000", "subscription counts for the fan-out runs (\"\" to skip)")
 	backlog := flag.Int("backlog", 1000000, "messages in the backlog run (0 to skip)")
 	c := flag.Int("c", 64, "concurrency of publishers, deliveries and the bare loop")
-	flag.StringVar(&heapProfile, "heapprofile", "", "save Caddy's heap profile one second into the drain here")
+	flag.StringVar(&heapProfile, "heapprofile", "", "save Caddy's heap profiles here (+.queue after queueing, +.fanoutN half-way through a fan-out, as is one second into the drain)")
 	flag.Parse()
 
 	dir, _ := os.MkdirTemp("", "bench-scale")
@@ -46,7 +46,7 @@ func main() {
 	}
 	s := newSink()
 	if *fanouts != "" {
-		fmt.Printf("%10s %12s %14s %14s %11s %11s\n", "fan-out", "caddy start", "publish (202)", "all delivered", "peak RSS", "(anon)")
+		fmt.Printf("%10s %12s %12s %14s %14s %11s %11s\n", "fan-out", "caddy start", "RSS started", "publish (202)", "all delivered", "peak RSS", "(anon)")
 		for _, f := range strings.Split(*fanouts, ",") {
 			n, _ := strconv.Atoi(f)
 			fanout(bin, dir, s, n, *c)
@@ -72,18 +72,24 @@ func fanout(bin, dir string, s *sink, n, c int) {
 	}
 	started := time.Since(t0)
 	defer p.Stop()
+	idle := p.RSS()
 	peak := watchRSS(p)
 	base := s.count.Load()
 	t1 := time.Now()
 	publish(fmt.Sprintf("http://127.0.0.1:%d/", port), `{"event":"fan.out","data":`+payload+`}`)
 	accepted := time.Since(t1)
+	profiled := heapProfile == ""
 	for s.count.Load()-base < int64(n) {
+		if !profiled && s.count.Load()-base >= int64(n/2) {
+			os.WriteFile(fmt.Sprintf("%s.fanout%d", heapProfile, n), []byte(get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap", admin))), 0o600)
+			profiled = true
+		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	delivered := time.Since(t1)
 	rss, anon := peak()
-	fmt.Printf("%10d %12v %14v %14v %8.0f MB %8.0f MB\n", n, started.Round(time.Millisecond), accepted.Round(time.Microsecond),
-		delivered.Round(time.Millisecond), float64(rss)/1e6, float64(anon)/1e6)
+	fmt.Printf("%10d %12v %9.0f MB %14v %14v %8.0f MB %8.0f MB\n", n, started.Round(time.Millisecond), float64(idle)/1e6,
+		accepted.Round(time.Microsecond), delivered.Round(time.Millisecond), float64(rss)/1e6, float64(anon)/1e6)
 }
 
 var heapProfile string
