@@ -507,3 +507,31 @@ func TestLargestPayloadDelivered(t *testing.T) {
 		}
 	}
 }
+
+// Credentials in a subscription's URL are sent as Basic authentication
+// (as Go's client and curl do) unless the subscription sets its own
+// Authorization.
+func TestURLCredentialsBecomeBasicAuth(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	withCreds := strings.Replace(rcv.URL, "http://", "http://hook-user:hook%20pass@", 1)
+	token := sub("token", withCreds)
+	token.Auth = Auth{Token: "T0K"}
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("url", withCreds), token}})
+	te.Publish(msg("x", `{}`))
+	eventually(t, "2 deliveries", func() bool { return len(rcv.got()) == 2 })
+	var basic, tok int
+	for _, h := range rcv.got() {
+		u, p, ok := (&http.Request{Header: h.Header}).BasicAuth()
+		switch {
+		case ok && u == "hook-user" && p == "hook pass":
+			basic++
+		case h.Header.Get("Authorization") == `Token token="T0K"`:
+			tok++
+		default:
+			t.Fatalf("Authorization %q", h.Header.Get("Authorization"))
+		}
+	}
+	if basic != 1 || tok != 1 {
+		t.Fatalf("%d basic, %d token", basic, tok)
+	}
+}

@@ -107,14 +107,23 @@ func buildRequest(ctx context.Context, sub *Subscription, target *url.URL, msg *
 	}
 	u := *target // the request may be changed by the transport
 	req.URL, req.Host = &u, strings.TrimSuffix(u.Host, ":")
-	h := req.Header
-	h.Set("Content-Type", "application/json")
-	h.Set("Accept", "application/json")
-	h.Set("User-Agent", userAgent)
-	h.Set("X-Event-Name", msg.Event)
+	// The fixed headers share one backing array: building them was a
+	// measurable share of each attempt.
+	vals := [...]string{"application/json", "application/json", userAgent, msg.Event, msg.ID}
+	h := make(http.Header, 10)
+	req.Header = h
+	h["Content-Type"], h["Accept"], h["User-Agent"] = vals[0:1:1], vals[1:2:2], vals[2:3:3]
+	h["X-Event-Name"] = vals[3:4:4]
 	// Standard Webhooks' webhook-id and our Webhook-Id are one header
 	// (names are case-insensitive): the message ID, the same on every retry.
-	h.Set("Webhook-Id", msg.ID)
+	h["Webhook-Id"] = vals[4:5:5]
+	// Credentials in the URL are sent as Basic authentication, as Go's
+	// client and curl do, unless the subscription sets Authorization.
+	if u.User != nil {
+		pw, _ := u.User.Password()
+		req.SetBasicAuth(u.User.Username(), pw)
+		req.URL.User = nil
+	}
 	if err := sub.Auth.apply(h, msg.ID, now, body); err != nil {
 		return nil, err
 	}
@@ -180,7 +189,9 @@ func send(ctx context.Context, client *http.Client, sub *Subscription, target *u
 	if err != nil {
 		return result{err: err}
 	}
-	res, err := client.Do(req)
+	// The transport directly: the client would copy the headers for
+	// redirects, which are never followed.
+	res, err := client.Transport.RoundTrip(req)
 	if err != nil {
 		return result{err: err, duration: time.Since(start)}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 type caddyRun struct {
 	p       *caddyrun.Process
 	publish string
+	admin   string
 	dir     string
 }
 
@@ -39,7 +41,7 @@ func startCaddy(s *sink, c int) *caddyRun {
 	if err != nil {
 		log.Fatal(err)
 	}
-	return &caddyRun{p: p, publish: url, dir: dir}
+	return &caddyRun{p: p, publish: url, admin: fmt.Sprintf("http://127.0.0.1:%d", admin), dir: dir}
 }
 
 func (r *caddyRun) stop() { r.p.Stop(); os.RemoveAll(r.dir) }
@@ -67,6 +69,9 @@ func caddyDrain(s *sink, n, c int) float64 {
 	s.hold()
 	base := s.count.Load()
 	caddyrun.PublishMany(r.publish, `{"event":"order.status","data":`+string(payload)+`}`, n, c)
+	if profile != "" {
+		go saveCaddyProfile(r.admin, profile)
+	}
 	start := time.Now()
 	s.release()
 	for s.count.Load()-base < int64(n) {
@@ -92,4 +97,19 @@ func caddyLatency(s *sink, c, rate int, dur time.Duration) (p50, p99, pmax time.
 		r.post(client, id)
 	}
 	return s.latencies(sent)
+}
+
+// saveCaddyProfile saves one second of Caddy's CPU profile, from its admin
+// endpoint.
+func saveCaddyProfile(admin, path string) {
+	res, err := http.Get(admin + "/debug/pprof/profile?seconds=1")
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		log.Print(err)
+	}
 }

@@ -148,6 +148,7 @@ func engineDrain(s *sink, n, c int) float64 {
 	}
 	base := s.count.Load()
 	if profile != "" {
+		runtime.GC()
 		f, err := os.Create(profile)
 		if err != nil {
 			log.Fatal(err)
@@ -163,6 +164,13 @@ func engineDrain(s *sink, n, c int) float64 {
 		time.Sleep(time.Millisecond)
 	}
 	elapsed := time.Since(start)
+	if profile != "" {
+		// What the drain allocated (the engine started after the publishes).
+		if f, err := os.Create(profile + ".allocs"); err == nil {
+			pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 	// Wait until the last settles are written so the next phase starts clean.
 	for depth, _ := e.Store().QueueDepth(delivery.StaticID("sink")); depth > 0; depth, _ = e.Store().QueueDepth(delivery.StaticID("sink")) {
 		time.Sleep(10 * time.Millisecond)
