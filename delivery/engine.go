@@ -65,6 +65,7 @@ type Engine struct {
 	settleCh chan settleReq
 
 	queued   atomic.Int64 // pending deliveries, for QueueDepth
+	loads    atomic.Int64 // reads of a lane's queue
 	observer atomic.Pointer[func(Attempt, State)]
 }
 
@@ -101,6 +102,10 @@ type lane struct {
 	// the loader skips them. progress is signalled when one leaves.
 	inflight map[string]bool
 	progress chan struct{}
+	// exhausted: the last load found every due entry; next is when the
+	// first entry after them comes due (zero: none).
+	exhausted bool
+	next      time.Time
 }
 
 // NewEngine makes an engine over store. A nil clock means the wall clock.
@@ -342,6 +347,18 @@ func (e *Engine) runLane(subID string, l *lane) {
 	slots := make(chan struct{}, s.EndpointConcurrency)
 	for {
 		e.mu.Lock()
+		if e.knownEmpty(l) {
+			busy, next := len(l.inflight) > 0, l.next
+			e.mu.Unlock()
+			if busy {
+				e.waitProgress(l)
+				continue
+			}
+			if e.idle(l, next, subID) {
+				return
+			}
+			continue
+		}
 		from := l.cursor
 		if l.rewind {
 			if l.rewindTo.Before(from) {
@@ -356,6 +373,11 @@ func (e *Engine) runLane(subID string, l *lane) {
 			e.log().Error("reading delivery queue", zap.String("subscription", subID), zap.Error(err))
 			next = e.clock.Now().Add(5 * time.Second)
 		}
+		e.mu.Lock()
+		// A short batch is everything due; until something is added or
+		// retried, or next comes due, the queue need not be read again.
+		l.exhausted, l.next = err == nil && len(batch) < cap(slots), next
+		e.mu.Unlock()
 		if len(batch) == 0 {
 			if len(skip) > 0 && e.ctx.Err() == nil {
 				e.waitProgress(l) // more may become due as these settle
@@ -380,11 +402,22 @@ func (e *Engine) runLane(subID string, l *lane) {
 	}
 }
 
+// knownEmpty reports whether the lane's last load found everything due and
+// nothing was announced or retried since; e.mu held. It saves reading the
+// queue twice more for every message of a quiet subscription.
+func (e *Engine) knownEmpty(l *lane) bool {
+	if !l.exhausted || l.rewind || e.ctx.Err() != nil {
+		return false
+	}
+	return l.next.IsZero() || e.clock.Now().Before(l.next)
+}
+
 // loadDue returns due deliveries of an enabled, known subscription.
 func (e *Engine) loadDue(subID string, from time.Time, skip map[string]bool, limit int) ([]Delivery, time.Time, error) {
 	if e.ctx.Err() != nil {
 		return nil, time.Time{}, nil
 	}
+	e.loads.Add(1)
 	if _, ok := e.subscription(subID); !ok {
 		return nil, time.Time{}, nil // kept until the subscription returns
 	}
@@ -503,6 +536,11 @@ func (e *Engine) settler() {
 			e.log().Error("recording delivery attempts", zap.Int("deliveries", len(batch)), zap.Error(err))
 		}
 		for _, r := range reqs {
+			if r.d.State == StatePending { // a retry went back in the queue
+				e.mu.Lock()
+				r.lane.exhausted = false
+				e.mu.Unlock()
+			}
 			e.leave(r.lane, r.d.ID)
 		}
 	}

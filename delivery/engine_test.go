@@ -535,3 +535,25 @@ func TestURLCredentialsBecomeBasicAuth(t *testing.T) {
 		t.Fatalf("%d basic, %d token", basic, tok)
 	}
 }
+
+// A message to a quiet subscription costs one read of its queue: the read
+// that finds it also finds that nothing else is due.
+func TestOneQueueReadPerMessage(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("s", rcv.URL)}})
+	idle := func() bool {
+		te.mu.Lock()
+		defer te.mu.Unlock()
+		return te.activeLanes == 0
+	}
+	eventually(t, "the start-up scan to end", idle)
+	for i := 1; i <= 3; i++ {
+		before := te.loads.Load()
+		te.Publish(msg("x", `{}`))
+		eventually(t, "the delivery", func() bool { return len(rcv.got()) == i })
+		eventually(t, "the lane to end", idle)
+		if n := te.loads.Load() - before; n != 1 {
+			t.Fatalf("message %d: %d reads of the queue, want 1", i, n)
+		}
+	}
+}

@@ -36,7 +36,10 @@ func main() {
 	backlog := flag.Int("backlog", 1000000, "messages in the backlog run (0 to skip)")
 	c := flag.Int("c", 64, "concurrency of publishers, deliveries and the bare loop")
 	flag.StringVar(&heapProfile, "heapprofile", "", "save Caddy's heap profiles here (+.queue after queueing, +.fanoutN half-way through a fan-out, as is one second into the drain)")
+	limit := flag.Int64("memlimit", 0, "run Caddy in a memory cgroup of this many MB, as in a container of that size (Linux, root)")
 	flag.Parse()
+	caddyrun.MemoryLimit = *limit * 1e6
+	defer caddyrun.RemoveCgroup()
 
 	dir, _ := os.MkdirTemp("", "bench-scale")
 	defer os.RemoveAll(dir)
@@ -80,6 +83,7 @@ func fanout(bin, dir string, s *sink, n, c int) {
 	accepted := time.Since(t1)
 	profiled := heapProfile == ""
 	for s.count.Load()-base < int64(n) {
+		alive(p)
 		if !profiled && s.count.Load()-base >= int64(n/2) {
 			os.WriteFile(fmt.Sprintf("%s.fanout%d", heapProfile, n), []byte(get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap", admin))), 0o600)
 			profiled = true
@@ -114,11 +118,13 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	s.gone.Store(true)
 	publish(url, `{"event":"e","data":{}}`)
 	for !strings.Contains(get(adminURL+"/webhooks/subscriptions/static:down"), `"disabled":true`) {
+		alive(p)
 		time.Sleep(10 * time.Millisecond)
 	}
 	peak := watchRSS(p)
 	t0 := time.Now()
 	caddyrun.PublishMany(url, `{"event":"e","data":`+payload+`}`, n, c)
+	alive(p)
 	pubRate := float64(n) / time.Since(t0).Seconds()
 	if heapProfile != "" {
 		os.WriteFile(heapProfile+".queue", []byte(get(adminURL+"/debug/pprof/heap")), 0o600)
@@ -151,6 +157,7 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	t2 := time.Now()
 	post(adminURL+"/webhooks/subscriptions/static:down/enable", "")
 	for s.count.Load() == base {
+		alive(p)
 		time.Sleep(time.Millisecond)
 	}
 	firstAfter := time.Since(t2)
@@ -159,12 +166,24 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 		os.WriteFile(heapProfile, []byte(get(adminURL+"/debug/pprof/heap")), 0o600)
 	}
 	for s.count.Load()-base < int64(n) {
+		alive(p)
 		time.Sleep(10 * time.Millisecond)
 	}
 	rate := float64(n) / time.Since(t2).Seconds()
 	rss, anon = peak()
 	fmt.Printf("endpoint back: first delivery after %v; %d delivered at %.0f/s (bare loop %.0f/s, ratio %.2f); peak RSS while draining %.0f MB (anon %.0f MB)\n",
 		firstAfter.Round(time.Millisecond), n, rate, bare, rate/bare, float64(rss)/1e6, float64(anon)/1e6)
+	if caddyrun.MemoryLimit > 0 {
+		fmt.Printf("memory cgroup of %d MB: peak charged %.0f MB, OOM kills %s\n", caddyrun.MemoryLimit/1e6,
+			float64(caddyrun.CgroupPeak())/1e6, caddyrun.CgroupOOMKills())
+	}
+}
+
+// alive stops the run if Caddy is gone (the OOM killer, under -memlimit).
+func alive(p *caddyrun.Process) {
+	if p.Exited() {
+		log.Fatalf("caddy exited (OOM kills in its cgroup: %q); see %s", caddyrun.CgroupOOMKills(), p.Log)
+	}
 }
 
 func config(admin int, dir, webhooks string, port int) string {

@@ -54,6 +54,18 @@ func Start(bin, dir, caddyfile, probeURL string) (*Process, error) {
 		return nil, err
 	}
 	cmd := exec.Command(bin, "run", "--config", cf, "--adapter", "caddyfile")
+	if MemoryLimit > 0 {
+		// Join the cgroup before exec, so that Caddy sizes GOMEMLIMIT
+		// from its limit as it does in a container, and run a copy of the
+		// binary made in it: the page cache of the one just built is
+		// charged to the builder, and would be resident but uncounted.
+		dir, err := cgroup()
+		if err != nil {
+			return nil, err
+		}
+		script := `echo $$ > "$0/cgroup.procs" && b="$1.cgroup" && cp "$1" "$b" && shift && exec "$b" "$@"`
+		cmd = exec.Command("/bin/sh", "-c", script, dir, bin, "run", "--config", cf, "--adapter", "caddyfile")
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Autosave and certificates go to a home of their own in dir.
 	home := filepath.Join(dir, "xdg")
@@ -62,6 +74,7 @@ func Start(bin, dir, caddyfile, probeURL string) (*Process, error) {
 		return nil, err
 	}
 	p := &Process{cmd: cmd, Log: logPath}
+
 	go func() { cmd.Wait(); logf.Close() }()
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if res, err := http.Get(probeURL); err == nil {
@@ -90,6 +103,10 @@ func (p *Process) Stop() {
 }
 
 func (p *Process) exited() bool { return p.cmd.ProcessState != nil }
+
+// Exited reports whether the process is gone (killed by the OOM killer,
+// say).
+func (p *Process) Exited() bool { return p.exited() }
 
 // RSS is the process's resident memory in bytes (Linux).
 func (p *Process) RSS() int64 { return p.status("VmRSS:") }
