@@ -166,7 +166,7 @@ func (e *Engine) Configure(cfg Config) error {
 	if err != nil {
 		return err
 	}
-	s := &settings{Config: cfg, client: newClient(cfg.AllowPrivateTargets, cfg.EndpointConcurrency)}
+	s := &settings{Config: cfg, client: newClient(cfg.AllowPrivateTargets, cfg.Workers)}
 	for i := range cfg.Subscriptions {
 		s.static = append(s.static, &cfg.Subscriptions[i])
 	}
@@ -657,7 +657,10 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 		return PublishResult{}, ErrNotConfigured
 	}
 	now := e.clock.Now().UTC()
-	if msg.ID != "" {
+	fresh := msg.ID == "" // no earlier publish can have stored deliveries
+	if fresh {
+		msg.ID = NewID("msg_", now)
+	} else {
 		rec, found, err := e.store.published(msg.Tenant, msg.ID)
 		if err != nil {
 			return PublishResult{}, err
@@ -665,8 +668,6 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 		if found {
 			return PublishResult{ID: msg.ID, Deliveries: rec.Deliveries, Duplicate: true}, nil
 		}
-	} else {
-		msg.ID = NewID("msg_", now)
 	}
 	msg.CreatedAt = now
 	var subs []*Subscription
@@ -677,7 +678,7 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 			}
 		}
 	}
-	added, err := e.store.enqueue(msg, subs, now, settings.Retention)
+	added, err := e.store.enqueue(msg, subs, fresh, now, settings.Retention)
 	e.queued.Add(int64(added))
 	if err != nil {
 		return PublishResult{}, err

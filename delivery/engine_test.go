@@ -4,7 +4,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -555,5 +558,40 @@ func TestOneQueueReadPerMessage(t *testing.T) {
 		if n := te.loads.Load() - before; n != 1 {
 			t.Fatalf("message %d: %d reads of the queue, want 1", i, n)
 		}
+	}
+}
+
+// Subscriptions on one host share its connections: the transport keeps as
+// many idle ones per host as there are workers, not one per subscription's
+// concurrency.
+func TestConnectionsReusedAcrossSubscriptionsOfOneHost(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(204)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	var subs []Subscription
+	for i := 0; i < 16; i++ {
+		subs = append(subs, sub(fmt.Sprint("s", i), fmt.Sprintf("%s/%d", srv.URL, i)))
+	}
+	te := newTestEngine(t, Config{Subscriptions: subs, Workers: 16, EndpointConcurrency: 1})
+	idle := func() bool {
+		te.mu.Lock()
+		defer te.mu.Unlock()
+		return te.activeLanes == 0
+	}
+	for i := 0; i < 10; i++ {
+		te.Publish(msg("x", `{}`))
+		eventually(t, "the lanes to end", func() bool { return idle() && te.QueueDepth() == 0 })
+	}
+	if n := conns.Load(); n > 32 {
+		t.Fatalf("%d connections for 160 deliveries by 16 workers", n)
 	}
 }

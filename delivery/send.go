@@ -63,13 +63,16 @@ func describeError(err error) string {
 
 // newClient is the HTTP client for deliveries: no redirects (a 3xx is a
 // failure), no proxy from the environment, the SSRF guard on every dial.
-func newClient(allowPrivate bool, maxConnsPerHost int) *http.Client {
+// It keeps up to idlePerHost idle connections to a host: as many as the
+// workers that may all be delivering to one (many subscriptions can share
+// a receiver).
+func newClient(allowPrivate bool, idlePerHost int) *http.Client {
 	tr := &http.Transport{
 		Proxy:                 nil,
 		DialContext:           guardedDialer(allowPrivate, 10*time.Second).DialContext,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   maxConnsPerHost,
+		MaxIdleConnsPerHost:   idlePerHost,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,

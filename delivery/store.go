@@ -163,8 +163,9 @@ func (s *Store) viewJSON(key []byte, v any) (found bool, err error) {
 // enqueue stores one delivery per subscription and then the publish record.
 // Large fan-outs span several transactions; delivery IDs are deterministic
 // and existing deliveries are left alone, so repeating an interrupted
-// enqueue completes it without duplicates.
-func (s *Store) enqueue(msg Message, subs []*Subscription, now time.Time, retention time.Duration) (added int, err error) {
+// enqueue completes it without duplicates. A fresh message (its ID just
+// made) has none to look for.
+func (s *Store) enqueue(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (added int, err error) {
 	txn := s.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
 	pending := 0 // added in the current transaction
@@ -173,14 +174,14 @@ func (s *Store) enqueue(msg Message, subs []*Subscription, now time.Time, retent
 			ID: deliveryID(msg.ID, sub.ID), SubscriptionID: sub.ID, Message: msg,
 			State: StatePending, NextAttempt: now, CreatedAt: now, UpdatedAt: now,
 		}
-		isNew, err := addDelivery(txn, &d)
+		isNew, err := addDelivery(txn, &d, fresh)
 		if errors.Is(err, badger.ErrTxnTooBig) {
 			if err = commit(txn); err != nil {
 				return added, err
 			}
 			added, pending = added+pending, 0
 			txn = s.db.NewTransaction(true)
-			isNew, err = addDelivery(txn, &d)
+			isNew, err = addDelivery(txn, &d, fresh)
 		}
 		if err != nil {
 			return added, err
@@ -199,13 +200,15 @@ func (s *Store) enqueue(msg Message, subs []*Subscription, now time.Time, retent
 	return added + pending, nil
 }
 
-// addDelivery stores d unless it exists; it reports whether it added it.
-func addDelivery(txn *badger.Txn, d *Delivery) (bool, error) {
-	key := []byte(prefixD + d.ID)
-	if _, err := txn.Get(key); err == nil {
-		return false, nil // stored by an earlier, interrupted publish
-	} else if !errors.Is(err, badger.ErrKeyNotFound) {
-		return false, err
+// addDelivery stores d unless it exists (which a fresh message's cannot);
+// it reports whether it added it.
+func addDelivery(txn *badger.Txn, d *Delivery, fresh bool) (bool, error) {
+	if !fresh {
+		if _, err := txn.Get([]byte(prefixD + d.ID)); err == nil {
+			return false, nil // stored by an earlier, interrupted publish
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return false, err
+		}
 	}
 	// Index first: if the record then does not fit in this transaction, the
 	// retry in the next one finds no record and writes both again.

@@ -36,6 +36,7 @@ func main() {
 	backlog := flag.Int("backlog", 1000000, "messages in the backlog run (0 to skip)")
 	c := flag.Int("c", 64, "concurrency of publishers, deliveries and the bare loop")
 	flag.StringVar(&heapProfile, "heapprofile", "", "save Caddy's heap profiles here (+.queue after queueing, +.fanoutN half-way through a fan-out, as is one second into the drain)")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "save 2 s of Caddy's CPU profile from the start of each fan-out here (+.fanoutN)")
 	limit := flag.Int64("memlimit", 0, "run Caddy in a memory cgroup of this many MB, as in a container of that size (Linux, root)")
 	flag.Parse()
 	caddyrun.MemoryLimit = *limit * 1e6
@@ -78,6 +79,12 @@ func fanout(bin, dir string, s *sink, n, c int) {
 	idle := p.RSS()
 	peak := watchRSS(p)
 	base := s.count.Load()
+	if cpuProfile != "" {
+		go func() {
+			b := get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=2", admin))
+			os.WriteFile(fmt.Sprintf("%s.fanout%d", cpuProfile, n), []byte(b), 0o600)
+		}()
+	}
 	t1 := time.Now()
 	publish(fmt.Sprintf("http://127.0.0.1:%d/", port), `{"event":"fan.out","data":`+payload+`}`)
 	accepted := time.Since(t1)
@@ -96,7 +103,7 @@ func fanout(bin, dir string, s *sink, n, c int) {
 		accepted.Round(time.Microsecond), delivered.Round(time.Millisecond), float64(rss)/1e6, float64(anon)/1e6)
 }
 
-var heapProfile string
+var heapProfile, cpuProfile string
 
 func backlogRun(bin, dir string, s *sink, n, c int) {
 	run, _ := os.MkdirTemp(dir, "backlog")
