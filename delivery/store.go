@@ -161,68 +161,133 @@ func (s *Store) viewJSON(key []byte, v any) (found bool, err error) {
 }
 
 // enqueue stores one delivery per subscription and then the publish record.
-// Large fan-outs span several transactions; delivery IDs are deterministic
-// and existing deliveries are left alone, so repeating an interrupted
-// enqueue completes it without duplicates. A fresh message (its ID just
-// made) has none to look for.
+// Large fan-outs span several transactions, each delivery whole in one;
+// delivery IDs are deterministic and existing deliveries are left alone,
+// so repeating an interrupted enqueue completes it without duplicates. A
+// fresh message (its ID just made) has none to look for.
 func (s *Store) enqueue(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (added int, err error) {
-	txn := s.db.NewTransaction(true)
-	defer func() { txn.Discard() }()
-	pending := 0 // added in the current transaction
+	w := newFanOutWriter(s.db)
+	defer w.discard()
 	for _, sub := range subs {
-		d := Delivery{
+		d := &Delivery{
 			ID: deliveryID(msg.ID, sub.ID), SubscriptionID: sub.ID, Message: msg,
 			State: StatePending, NextAttempt: now, CreatedAt: now, UpdatedAt: now,
 		}
-		isNew, err := addDelivery(txn, &d, fresh)
-		if errors.Is(err, badger.ErrTxnTooBig) {
-			if err = commit(txn); err != nil {
-				return added, err
+		if !fresh {
+			if exists, err := w.exists(d.ID); err != nil || exists {
+				if err != nil {
+					return added, err
+				}
+				continue // stored by an earlier, interrupted publish
 			}
-			added, pending = added+pending, 0
-			txn = s.db.NewTransaction(true)
-			isNew, err = addDelivery(txn, &d, fresh)
 		}
-		if err != nil {
+		if err := w.add(d); err != nil {
 			return added, err
 		}
-		if isNew {
-			pending++
-		}
+		added++
 	}
 	rec := publishRecord{Deliveries: len(subs), At: now}
-	if err := setJSON(txn, msgKey(msg.Tenant, msg.ID), rec, retention); err != nil {
+	if err := setJSON(w.txn, msgKey(msg.Tenant, msg.ID), rec, retention); err != nil {
 		return added, err
 	}
-	if err := commit(txn); err != nil {
-		return added, err
-	}
-	return added + pending, nil
+	return added, w.commit()
 }
 
-// addDelivery stores d unless it exists (which a fresh message's cannot);
-// it reports whether it added it.
-func addDelivery(txn *badger.Txn, d *Delivery, fresh bool) (bool, error) {
-	if !fresh {
-		if _, err := txn.Get([]byte(prefixD + d.ID)); err == nil {
-			return false, nil // stored by an earlier, interrupted publish
-		} else if !errors.Is(err, badger.ErrKeyNotFound) {
-			return false, err
+// fanOutWriter adds deliveries in as few transactions as badger allows,
+// never splitting one delivery's entries across two: a queue entry without
+// its record (or the reverse) after a crash would be delivered twice (or
+// never).
+type fanOutWriter struct {
+	db      *badger.DB
+	txn     *badger.Txn
+	inTxn   []entries
+	size    int64
+	maxSize int64
+}
+
+func newFanOutWriter(db *badger.DB) *fanOutWriter {
+	// Badger refuses a transaction of 15% of a memtable; stay at half that.
+	return &fanOutWriter{db: db, txn: db.NewTransaction(true), maxSize: db.Opts().MemTableSize * 15 / 100 / 2}
+}
+
+func (w *fanOutWriter) exists(did string) (bool, error) {
+	_, err := w.txn.Get([]byte(prefixD + did))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (w *fanOutWriter) add(d *Delivery) error {
+	e := pendingEntries(d)
+	if len(w.inTxn) > 0 && w.size+e.size() > w.maxSize {
+		if err := w.commit(); err != nil {
+			return err
 		}
 	}
-	// Index first: if the record then does not fit in this transaction, the
-	// retry in the next one finds no record and writes both again.
-	if err := txn.Set(queueKey(d.SubscriptionID, d.NextAttempt, d.ID), nil); err != nil {
-		return false, err
+	err := e.put(w.txn)
+	if errors.Is(err, badger.ErrTxnTooBig) && len(w.inTxn) > 0 {
+		// The estimate fell short: commit the others without this one.
+		if err = w.redo(); err == nil {
+			err = e.put(w.txn)
+		}
 	}
-	return true, setDelivery(txn, d, 0)
+	if err != nil {
+		return err
+	}
+	w.inTxn = append(w.inTxn, e)
+	w.size += e.size()
+	return nil
 }
 
-func commit(txn *badger.Txn) error {
-	if err := txn.Commit(); err != nil {
+// redo commits the deliveries added so far in a fresh transaction (the
+// current one holds part of a delivery that did not fit).
+func (w *fanOutWriter) redo() error {
+	w.txn.Discard()
+	w.txn = w.db.NewTransaction(true)
+	for _, e := range w.inTxn {
+		if err := e.put(w.txn); err != nil {
+			return err
+		}
+	}
+	return w.commit()
+}
+
+func (w *fanOutWriter) commit() error {
+	if err := w.txn.Commit(); err != nil {
 		return fmt.Errorf("storing deliveries: %w", err)
 	}
+	w.txn, w.inTxn, w.size = w.db.NewTransaction(true), w.inTxn[:0], 0
 	return nil
+}
+
+func (w *fanOutWriter) discard() { w.txn.Discard() }
+
+// entries are one delivery's writes: its queue entry, which carries the
+// whole delivery so that an attempt needs no other read, and its record,
+// without the payload.
+type entries struct{ queueKey, queueValue, recordKey, recordValue []byte }
+
+func pendingEntries(d *Delivery) entries {
+	head := *d
+	head.Message.Data = nil
+	return entries{
+		queueKey: queueKey(d.SubscriptionID, d.NextAttempt, d.ID), queueValue: encodeDelivery(d),
+		recordKey: []byte(prefixD + d.ID), recordValue: encodeDelivery(&head),
+	}
+}
+
+// size is what badger counts against a transaction's limit, with room
+// for its per-entry metadata.
+func (e entries) size() int64 {
+	return int64(len(e.queueKey)+len(e.queueValue)+len(e.recordKey)+len(e.recordValue)) + 2*16
+}
+
+func (e entries) put(txn *badger.Txn) error {
+	if err := txn.Set(e.queueKey, e.queueValue); err != nil {
+		return err
+	}
+	return txn.Set(e.recordKey, e.recordValue)
 }
 
 // due returns up to limit pending deliveries of a subscription whose time
@@ -254,7 +319,7 @@ func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, lim
 				return nil
 			}
 			var d Delivery
-			found, err := getDelivery(txn, did, &d)
+			found, err := queuedDelivery(txn, it.Item(), did, &d)
 			if err != nil {
 				return err
 			}
@@ -278,6 +343,23 @@ func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, lim
 		})
 	}
 	return out, next, err
+}
+
+// queuedDelivery reads the delivery a queue entry stands for: from the
+// entry itself, or, for entries written by earlier versions (empty), from
+// its record; found is false for such an entry whose record is gone.
+func queuedDelivery(txn *badger.Txn, item *badger.Item, did string, d *Delivery) (found bool, err error) {
+	err = item.Value(func(b []byte) error {
+		if len(b) > 0 {
+			found = true
+			return decodeDelivery(b, d)
+		}
+		return nil
+	})
+	if found || err != nil {
+		return found, err
+	}
+	return getDelivery(txn, did, d)
 }
 
 // settled is the outcome of one attempt, ready to be stored.
@@ -327,25 +409,21 @@ func settleOne(txn *badger.Txn, st *settled, retention time.Duration) error {
 	if err := txn.SetEntry(att); err != nil {
 		return err
 	}
-	ttl := retention
-	if d.State == StateFailed {
+	switch d.State {
+	case StatePending:
+		return pendingEntries(d).put(txn)
+	case StateFailed:
+		// Kept whole, with its payload, for a redelivery.
 		e := badger.NewEntry(failedKey(d.SubscriptionID, d.ID), nil).WithTTL(retention)
 		if err := txn.SetEntry(e); err != nil {
 			return err
 		}
+		return setDelivery(txn, d, retention)
 	}
-	switch d.State {
-	case StatePending:
-		ttl = 0
-		if err := txn.Set(queueKey(d.SubscriptionID, d.NextAttempt, d.ID), nil); err != nil {
-			return err
-		}
-	case StateDelivered:
-		// Nothing sends it again: keep the record (for idempotent
-		// publishes and for operators) without the payload.
-		d.Message.Data = nil
-	}
-	return setDelivery(txn, d, ttl)
+	// Delivered: nothing sends it again; the record stays (for idempotent
+	// publishes and for operators) without the payload.
+	d.Message.Data = nil
+	return setDelivery(txn, d, retention)
 }
 
 // Subscriptions returns every registered subscription.
@@ -464,11 +542,8 @@ func (s *Store) requeueFailed(subID string, now time.Time) (int, error) {
 				return nil // expired meanwhile
 			}
 			d.State, d.Attempts, d.NextAttempt, d.UpdatedAt = StatePending, 0, now, now
-			if err := txn.Set(queueKey(subID, now, did), nil); err != nil {
-				return err
-			}
 			n++
-			return setDelivery(txn, &d, 0)
+			return pendingEntries(&d).put(txn)
 		})
 		if err != nil {
 			return n, err

@@ -1,0 +1,139 @@
+package delivery
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Retries and redeliveries send the same payload as the first attempt:
+// queue entries carry it, and a failed delivery keeps it.
+func TestRetriesAndRedeliveriesCarryThePayload(t *testing.T) {
+	healthy := make(chan struct{})
+	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) {
+		select {
+		case <-healthy:
+			w.WriteHeader(204)
+		default:
+			w.WriteHeader(500)
+		}
+	})
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Minute}, Subscriptions: []Subscription{sub("s", rcv.URL)}})
+	payload := `{"order":"PHS84FJAG5U","note":"` + strings.Repeat("z", 300) + `"}`
+	res, err := te.Publish(msg("x", payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	did := deliveryID(res.ID, StaticID("s"))
+	eventually(t, "attempt 1", func() bool { return te.delivery(t, did).Attempts == 1 })
+	te.clock.Advance(2 * time.Minute)
+	te.Kick()
+	eventually(t, "the delivery to fail", func() bool { return te.delivery(t, did).State == StateFailed })
+	close(healthy)
+	if n, err := te.Redeliver(StaticID("s")); n != 1 || err != nil {
+		t.Fatalf("redeliver: %d %v", n, err)
+	}
+	eventually(t, "the redelivery", func() bool { return te.delivery(t, did).State == StateDelivered })
+	hits := rcv.got()
+	if len(hits) != 3 {
+		t.Fatalf("%d attempts, want 3", len(hits))
+	}
+	for i, h := range hits {
+		if h.Body != payload {
+			t.Fatalf("attempt %d sent %d bytes, want the payload (%d)", i+1, len(h.Body), len(payload))
+		}
+	}
+}
+
+// Queue entries written by earlier versions (an empty entry and a JSON
+// record with the payload) are delivered after an upgrade.
+func TestQueueOfEarlierVersionsDelivered(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	dir := t.TempDir()
+	cfg := Config{Subscriptions: []Subscription{sub("s", rcv.URL)}}
+	te := openTestEngine(t, dir, cfg, &fakeClock{now: t0})
+	for i := 0; i < 3; i++ {
+		d := Delivery{
+			ID: deliveryID(fmt.Sprint("old-", i), StaticID("s")), SubscriptionID: StaticID("s"), State: StatePending,
+			Message:     Message{ID: fmt.Sprint("old-", i), Event: "x", Data: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i)), CreatedAt: t0},
+			NextAttempt: t0, CreatedAt: t0, UpdatedAt: t0,
+		}
+		data := d.Message.Data
+		d.Message.Data = nil
+		head, _ := json.Marshal(d)
+		err := te.db.Update(func(txn *badger.Txn) error {
+			if err := txn.Set(queueKey(d.SubscriptionID, t0, d.ID), nil); err != nil {
+				return err
+			}
+			return txn.Set([]byte(prefixD+d.ID), append(append(head, 0), data...))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	te.Kick()
+	eventually(t, "3 deliveries", func() bool { return len(rcv.got()) == 3 })
+	for _, h := range rcv.got() {
+		if !strings.HasPrefix(h.Body, `{"i":`) || !strings.HasPrefix(h.Header.Get("Webhook-Id"), "old-") {
+			t.Fatalf("delivered %s with id %q", h.Body, h.Header.Get("Webhook-Id"))
+		}
+	}
+}
+
+// When badger refuses a delivery in the middle of its entries, the ones
+// before it are committed without it and it starts the next transaction:
+// no commit ever holds a delivery's queue entry without its record.
+func TestFanOutWriterNeverSplitsADelivery(t *testing.T) {
+	te := newTestEngine(t, Config{})
+	newDelivery := func(i int) *Delivery {
+		return &Delivery{
+			ID: deliveryID(fmt.Sprint("m", i), "sub"), SubscriptionID: "sub", State: StatePending,
+			Message: Message{ID: fmt.Sprint("m", i), Event: "x", Data: []byte(`{"n":1}`)}, NextAttempt: t0,
+		}
+	}
+	w := newFanOutWriter(te.db.DB)
+	w.maxSize = 1 << 40 // never split ahead: the split below is badger's refusal
+	if err := w.add(newDelivery(1)); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the transaction so that the next delivery's queue entry fits
+	// and its record does not: badger counts key + value + 12 per entry,
+	// plus its commit marker's, and refuses at 15% of a memtable.
+	entrySize := func(k, v []byte) int { return len(k) + len(v) + 12 }
+	first, second := pendingEntries(newDelivery(1)), pendingEntries(newDelivery(2))
+	limit := int(te.db.Opts().MemTableSize * 15 / 100)
+	room := limit - (len("!badger!txn") + 10) - entrySize(first.queueKey, first.queueValue) -
+		entrySize(first.recordKey, first.recordValue) - entrySize(second.queueKey, second.queueValue) - 1
+	for i := 0; room > 0; i++ {
+		key := []byte(fmt.Sprint("filler/", i))
+		n := min(room-len(key)-12, 500_000)
+		if err := w.txn.Set(key, make([]byte, n)); err != nil {
+			t.Fatal(err)
+		}
+		room -= entrySize(key, make([]byte, n))
+	}
+	if err := w.add(newDelivery(2)); err != nil {
+		t.Fatal(err)
+	}
+	visible := func(k []byte) bool {
+		err := te.db.View(func(txn *badger.Txn) error { _, err := txn.Get(k); return err })
+		return err == nil
+	}
+	if !visible(first.queueKey) || !visible(first.recordKey) {
+		t.Fatal("the delivery before the refused one was not committed whole")
+	}
+	if visible(second.queueKey) || visible(second.recordKey) {
+		t.Fatal("part of the refused delivery was committed before the rest")
+	}
+	if err := w.commit(); err != nil {
+		t.Fatal(err)
+	}
+	if !visible(second.queueKey) || !visible(second.recordKey) {
+		t.Fatal("the refused delivery was not committed in the next transaction")
+	}
+}
