@@ -149,6 +149,10 @@ func engineDrain(s *sink, n, c int) float64 {
 	base := s.count.Load()
 	if profile != "" {
 		runtime.GC()
+		if f, err := os.Create(profile + ".allocs.base"); err == nil {
+			pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
 		f, err := os.Create(profile)
 		if err != nil {
 			log.Fatal(err)
@@ -165,7 +169,7 @@ func engineDrain(s *sink, n, c int) float64 {
 	}
 	elapsed := time.Since(start)
 	if profile != "" {
-		// What the drain allocated (the engine started after the publishes).
+		// What the drain allocated: compare with -diff_base <profile>.allocs.base.
 		if f, err := os.Create(profile + ".allocs"); err == nil {
 			pprof.Lookup("allocs").WriteTo(f, 0)
 			f.Close()
