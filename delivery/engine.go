@@ -532,11 +532,14 @@ func (e *Engine) settler() {
 		for _, r := range reqs {
 			batch = append(batch, r.settled)
 		}
-		if err := e.store.settle(batch, e.settings.Load().Retention); err != nil {
+		err := e.store.settle(batch, e.settings.Load().Retention)
+		if err != nil {
 			e.log().Error("recording delivery attempts", zap.Int("deliveries", len(batch)), zap.Error(err))
 		}
 		for _, r := range reqs {
-			if r.d.State == StatePending { // a retry went back in the queue
+			// A retry went back in the queue, or, unrecorded, the
+			// delivery is still there: its lane must read the queue again.
+			if r.d.State == StatePending || err != nil {
 				e.mu.Lock()
 				r.lane.exhausted = false
 				e.mu.Unlock()
