@@ -537,13 +537,16 @@ func (e *Engine) settler() {
 			e.log().Error("recording delivery attempts", zap.Int("deliveries", len(batch)), zap.Error(err))
 		}
 		for _, r := range reqs {
-			// A retry went back in the queue, or, unrecorded, the
-			// delivery is still there: its lane must read the queue again.
-			if r.d.State == StatePending || err != nil {
-				e.mu.Lock()
+			e.mu.Lock()
+			switch {
+			case err != nil:
+				// Unrecorded, the delivery is still queued, maybe behind
+				// the lane's cursor: read the queue again from its start.
+				r.lane.rewind, r.lane.rewindTo = true, time.Time{}
+			case r.d.State == StatePending: // a retry went back in the queue
 				r.lane.exhausted = false
-				e.mu.Unlock()
 			}
+			e.mu.Unlock()
 			e.leave(r.lane, r.d.ID)
 		}
 	}
