@@ -18,8 +18,9 @@ import (
 // Key layout, all under "delivery/":
 //
 //	sub/<id>                            registered subscription
-//	d/<delivery id>                     delivery (expires after retention once settled)
-//	q/<sub id>\x00<due, 16 hex>\x00<delivery id>   queue index of pending deliveries
+//	d/<delivery id>                     delivery record: without the payload unless failed
+//	                                    (expires after retention once settled)
+//	q/<sub id>\x00<due, 16 hex>\x00<delivery id>   pending delivery, whole, in due order
 //	att/<sub id>\x00<at, 16 hex>\x00<delivery id>  attempt record (expires after retention)
 //	failed/<sub id>\x00<delivery id>    failed deliveries, for redelivery (expires after retention)
 //	health/<sub id>                     endpoint health
