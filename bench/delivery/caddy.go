@@ -6,7 +6,6 @@ import (
 	"log"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
@@ -51,14 +50,7 @@ func (r *caddyRun) post(client *http.Client, id string) {
 	if id != "" {
 		body = `{"event":"order.status","id":"` + id + `","data":` + string(payload) + `}`
 	}
-	res, err := client.Post(r.publish, "application/json", strings.NewReader(body))
-	if err != nil {
-		log.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != http.StatusAccepted {
-		log.Fatalf("publish: %d", res.StatusCode)
-	}
+	caddyrun.Publish(client, r.publish, body)
 }
 
 // caddyDrain publishes n messages while the sink holds every request, then

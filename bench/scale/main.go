@@ -86,7 +86,7 @@ func fanout(bin, dir string, s *sink, n, c int) {
 		}()
 	}
 	t1 := time.Now()
-	publish(fmt.Sprintf("http://127.0.0.1:%d/", port), `{"event":"fan.out","data":`+payload+`}`)
+	caddyrun.Publish(http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", port), `{"event":"fan.out","data":`+payload+`}`)
 	accepted := time.Since(t1)
 	profiled := heapProfile == ""
 	for s.count.Load()-base < int64(n) {
@@ -123,7 +123,7 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	}
 	// The endpoint goes away: its first delivery gets 410 and disables it.
 	s.gone.Store(true)
-	publish(url, `{"event":"e","data":{}}`)
+	caddyrun.Publish(http.DefaultClient, url, `{"event":"e","data":{}}`)
 	for !strings.Contains(get(adminURL+"/webhooks/subscriptions/static:down"), `"disabled":true`) {
 		alive(p)
 		time.Sleep(10 * time.Millisecond)
@@ -219,18 +219,6 @@ func watchRSS(p *caddyrun.Process) func() (int64, int64) {
 		}
 	}()
 	return func() (int64, int64) { close(stop); return peak.Load(), peakAnon.Load() }
-}
-
-func publish(url, body string) {
-	res, err := http.Post(url, "application/json", strings.NewReader(body))
-	if err != nil {
-		log.Fatal(err)
-	}
-	io.Copy(io.Discard, res.Body)
-	res.Body.Close()
-	if res.StatusCode != http.StatusAccepted {
-		log.Fatalf("publish: %d", res.StatusCode)
-	}
 }
 
 func get(url string) string {

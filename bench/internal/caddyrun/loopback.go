@@ -77,6 +77,20 @@ func BareLoop(url, body string, n, c int) float64 {
 	return float64(n) / time.Since(start).Seconds()
 }
 
+// Publish POSTs body to a webhook_publish url once; anything but 202 is
+// fatal.
+func Publish(client *http.Client, url, body string) {
+	res, err := client.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		log.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusAccepted {
+		log.Fatalf("publish: %d", res.StatusCode)
+	}
+}
+
 // PublishMany POSTs body to a webhook_publish url n times from c
 // goroutines; anything but 202 is fatal.
 func PublishMany(url, body string, n, c int) {
@@ -90,15 +104,7 @@ func PublishMany(url, body string, n, c int) {
 		go func() {
 			defer wg.Done()
 			for next.Add(1) <= int64(n) {
-				res, err := client.Post(url, "application/json", strings.NewReader(body))
-				if err != nil {
-					log.Fatal(err)
-				}
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				if res.StatusCode != http.StatusAccepted {
-					log.Fatalf("publish: %d", res.StatusCode)
-				}
+				Publish(client, url, body)
 			}
 		}()
 	}
