@@ -28,16 +28,19 @@ type Options struct {
 	EncryptionKey []byte
 	// GCInterval is how often value-log garbage collection runs; 0 means 5m.
 	GCInterval time.Duration
+	// CloseTimeout bounds how long Close waits for badger; 0 means 30s.
+	CloseTimeout time.Duration
 }
 
 // DB is an open badger database plus the background value-log collector.
 type DB struct {
 	*badger.DB
-	dir      string
-	stop     chan struct{}
-	done     chan struct{}
-	closeErr error
-	once     sync.Once
+	dir          string
+	closeTimeout time.Duration
+	stop         chan struct{}
+	done         chan struct{}
+	closeErr     error
+	once         sync.Once
 }
 
 // ParseEncryptionKey reads a key given as base64 of 16, 24 or 32 bytes.
@@ -91,7 +94,10 @@ func Open(dir string, opts Options) (*DB, error) {
 		}
 		return nil, fmt.Errorf("opening badger database in %s: %w", dir, err)
 	}
-	db := &DB{DB: bdb, dir: dir, stop: make(chan struct{}), done: make(chan struct{})}
+	db := &DB{DB: bdb, dir: dir, stop: make(chan struct{}), done: make(chan struct{}), closeTimeout: opts.CloseTimeout}
+	if db.closeTimeout <= 0 {
+		db.closeTimeout = 30 * time.Second
+	}
 	interval := opts.GCInterval
 	if interval <= 0 {
 		interval = 5 * time.Minute
@@ -104,12 +110,21 @@ func Open(dir string, opts Options) (*DB, error) {
 func (db *DB) Dir() string { return db.dir }
 
 // Close stops the collector and closes the database. It is safe to call
-// more than once.
+// more than once. Badger retries a failing flush forever (say the
+// directory was removed or the disk is full); Close gives up after the
+// close timeout so that Caddy can still stop or reload. What badger could
+// not flush stays in its write-ahead log, replayed at the next open.
 func (db *DB) Close() error {
 	db.once.Do(func() {
 		close(db.stop)
 		<-db.done
-		db.closeErr = db.DB.Close()
+		closed := make(chan error, 1)
+		go func() { closed <- db.DB.Close() }()
+		select {
+		case db.closeErr = <-closed:
+		case <-time.After(db.closeTimeout):
+			db.closeErr = fmt.Errorf("badger did not close within %v: is %s still there and writable? Unflushed writes stay in its write-ahead log", db.closeTimeout, db.dir)
+		}
 	})
 	return db.closeErr
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -96,5 +97,30 @@ func TestParseEncryptionKey(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), in) {
 			t.Errorf("%q: %v", in, err)
 		}
+	}
+}
+
+// A database whose directory disappeared cannot flush; badger then retries
+// forever, and Close gives up with an error naming the directory instead
+// of hanging Caddy's stop or reload.
+func TestCloseGivesUpWhenTheDirectoryIsGone(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	db, err := Open(dir, Options{CloseTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("ingest/window/a"), []byte("x")) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	err = db.Close()
+	if err == nil || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("Close: %v, want an error naming %s", err, dir)
+	}
+	if again := db.Close(); again != err {
+		t.Fatalf("second Close: %v", again)
 	}
 }

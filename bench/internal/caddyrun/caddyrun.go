@@ -94,11 +94,16 @@ func (p *Process) Kill() {
 	}
 }
 
-// Stop sends SIGTERM (a graceful stop) and waits.
+// Stop sends SIGTERM (a graceful stop) and waits; a Caddy still there
+// after 30 s is killed, so that no benchmark leaves one running.
 func (p *Process) Stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	for i := 0; i < 1000 && !p.exited(); i++ {
+	for i := 0; i < 3000 && !p.exited(); i++ {
 		time.Sleep(10 * time.Millisecond)
+	}
+	if !p.exited() {
+		fmt.Fprintf(os.Stderr, "caddy did not stop within 30 s of SIGTERM; killed (see %s)\n", p.Log)
+		p.Kill()
 	}
 }
 
