@@ -6,6 +6,7 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
@@ -64,12 +65,15 @@ func caddyDrain(s *sink, n, c int) float64 {
 	if profile != "" {
 		go saveCaddyProfile(r.admin, profile)
 	}
-	start := time.Now()
+	start, caddyCPU, selfCPU := time.Now(), r.p.CPU(), processCPU()
 	s.release()
 	for s.count.Load()-base < int64(n) {
 		time.Sleep(time.Millisecond)
 	}
-	return float64(n) / time.Since(start).Seconds()
+	elapsed := time.Since(start)
+	fmt.Printf("during the drain: Caddy used %.2f cores, this process (the sink) %.2f\n",
+		float64(r.p.CPU()-caddyCPU)/float64(elapsed), float64(processCPU()-selfCPU)/float64(elapsed))
+	return float64(n) / elapsed.Seconds()
 }
 
 // caddyLatency publishes at a steady rate over HTTP and measures from the
@@ -104,4 +108,13 @@ func saveCaddyProfile(admin, path string) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		log.Print(err)
 	}
+}
+
+// processCPU is the processor time this process has used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
