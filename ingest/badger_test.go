@@ -78,3 +78,32 @@ func TestBadgerConcurrentClients(t *testing.T) {
 		}
 	}
 }
+
+func TestWindowRecord(t *testing.T) {
+	for _, w := range []Window{
+		{LastUsed: t0, NextPushAfter: t0.Add(90 * time.Minute)},
+		{LastUsed: t0},
+		{},
+	} {
+		var got Window
+		if err := decodeWindow(encodeWindow(w), &got); err != nil || !got.LastUsed.Equal(w.LastUsed) ||
+			!got.NextPushAfter.Equal(w.NextPushAfter) || got.LastUsed.IsZero() != w.LastUsed.IsZero() {
+			t.Fatalf("round trip of %+v: %+v %v", w, got, err)
+		}
+	}
+	// Windows stored as JSON by earlier versions are still read.
+	var legacy Window
+	if err := decodeWindow([]byte(`{"last_used":"2026-11-23T10:00:00Z","next_push_after":"2026-11-23T11:00:00Z"}`), &legacy); err != nil ||
+		!legacy.LastUsed.Equal(t0) || !legacy.NextPushAfter.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("JSON window read as %+v, %v", legacy, err)
+	}
+	b := encodeWindow(Window{LastUsed: t0, NextPushAfter: t0})
+	for n := 0; n < len(b); n++ {
+		if err := decodeWindow(b[:n], &legacy); err == nil {
+			t.Fatalf("window truncated to %d of %d bytes: no error", n, len(b))
+		}
+	}
+	if err := decodeWindow(append(b, 0), &legacy); err == nil {
+		t.Fatal("window with a trailing byte: no error")
+	}
+}

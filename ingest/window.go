@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -70,6 +71,52 @@ func (l *Leases) TryAcquire(client string) (release func(), ok bool) {
 	}, true
 }
 
+// A stored window is a version byte and the two times as Unix nanoseconds
+// (varints): written on every accepted push, it is kept small. Windows
+// stored as JSON by earlier versions start with '{' and are still read.
+const windowV1 = 1
+
+func encodeWindow(w Window) []byte {
+	b := make([]byte, 1, 1+2*binary.MaxVarintLen64)
+	b[0] = windowV1
+	b = binary.AppendVarint(b, unixNano(w.LastUsed))
+	return binary.AppendVarint(b, unixNano(w.NextPushAfter))
+}
+
+// unixNano is 0 for the zero time, whose UnixNano is out of range.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func decodeWindow(v []byte, w *Window) error {
+	if len(v) > 0 && v[0] == '{' {
+		return json.Unmarshal(v, w)
+	}
+	if len(v) == 0 || v[0] != windowV1 {
+		return errors.New("stored push window of an unknown format")
+	}
+	last, n := binary.Varint(v[1:])
+	if n <= 0 {
+		return errors.New("truncated push window")
+	}
+	next, m := binary.Varint(v[1+n:])
+	if m <= 0 || 1+n+m != len(v) {
+		return errors.New("malformed push window")
+	}
+	w.LastUsed, w.NextPushAfter = fromUnixNano(last), fromUnixNano(next)
+	return nil
+}
+
 // windowPrefix namespaces this package's keys in the shared database.
 const windowPrefix = "ingest/window/"
 
@@ -131,7 +178,7 @@ func (s *BadgerWindows) read(client string) (Window, bool, error) {
 		if err != nil {
 			return err
 		}
-		return item.Value(func(v []byte) error { return json.Unmarshal(v, &w) })
+		return item.Value(func(v []byte) error { return decodeWindow(v, &w) })
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return Window{}, false, nil
@@ -144,11 +191,7 @@ func (s *BadgerWindows) read(client string) (Window, bool, error) {
 
 // SaveWindow implements WindowStore.
 func (s *BadgerWindows) SaveWindow(client string, w Window) error {
-	v, err := json.Marshal(w)
-	if err != nil {
-		return err
-	}
-	if err := s.commit(client, v); err != nil {
+	if err := s.commit(client, encodeWindow(w)); err != nil {
 		return fmt.Errorf("saving push window: %w", err)
 	}
 	s.mu.Lock()
