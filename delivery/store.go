@@ -270,11 +270,12 @@ func (w *fanOutWriter) discard() { w.txn.Discard() }
 type entries struct{ queueKey, queueValue, recordKey, recordValue []byte }
 
 func pendingEntries(d *Delivery) entries {
-	head := *d
-	head.Message.Data = nil
+	whole := encodeDelivery(d)
+	// The payload is the end of the encoding: the record is what precedes it.
+	head := whole[: len(whole)-len(d.Message.Data) : len(whole)-len(d.Message.Data)]
 	return entries{
-		queueKey: queueKey(d.SubscriptionID, d.NextAttempt, d.ID), queueValue: encodeDelivery(d),
-		recordKey: []byte(prefixD + d.ID), recordValue: encodeDelivery(&head),
+		queueKey: queueKey(d.SubscriptionID, d.NextAttempt, d.ID), queueValue: whole,
+		recordKey: []byte(prefixD + d.ID), recordValue: head,
 	}
 }
 
