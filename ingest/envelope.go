@@ -6,6 +6,7 @@ package ingest
 
 import (
 	"encoding/json"
+	"strconv"
 	"time"
 )
 
@@ -70,9 +71,41 @@ type Answer struct {
 }
 
 // JSON encodes the envelope followed by a newline.
-func (a Answer) JSON() []byte {
-	b, _ := json.Marshal(a.Envelope) // only strings and a bool: cannot fail
-	return append(b, '\n')
+func (a Answer) JSON() []byte { return a.AppendJSON(nil) }
+
+// AppendJSON appends what JSON returns to b. Every answer goes through it,
+// so it writes the four fields itself instead of through reflection; the
+// bytes are exactly encoding/json's (a test compares them).
+func (a Answer) AppendJSON(b []byte) []byte {
+	e := a.Envelope
+	b = append(b, `{"success":`...)
+	b = strconv.AppendBool(b, e.Success)
+	b = append(b, `,"error":`...)
+	b = appendJSONString(b, e.Error)
+	if e.LastUsed != "" {
+		b = append(b, `,"last_used":`...)
+		b = appendJSONString(b, e.LastUsed)
+	}
+	if e.NextPushAfter != "" {
+		b = append(b, `,"next_push_after":`...)
+		b = appendJSONString(b, e.NextPushAfter)
+	}
+	return append(b, "}\n"...)
+}
+
+// appendJSONString quotes s as encoding/json does. Protocol messages and
+// times are plain ASCII and are copied; anything else (an upstream's own
+// words) is left to encoding/json, with its escaping of <, > and &.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string cannot fail to encode
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // FormatTime renders a time the way every envelope field does: RFC 3339 in

@@ -111,12 +111,12 @@ func (g *Gate) addClient(c Client, names map[string]bool) error {
 // Push is a push that passed every check and may be forwarded. Its client
 // lease is held until Settle or Release.
 type Push struct {
-	Client  Client
-	Body    []byte
-	window  Window
-	known   bool
-	release func()
-	gate    *Gate
+	Client   Client
+	Body     []byte
+	window   Window
+	known    bool
+	released bool
+	gate     *Gate
 }
 
 // Admit runs the checks that precede forwarding, in the protocol's order.
@@ -154,11 +154,11 @@ func (g *Gate) Admit(r *http.Request) (*Push, *Answer) {
 
 // openWindow takes the client's lease and checks its window.
 func (g *Gate) openWindow(c Client) (*Push, *Answer) {
-	release, free := g.leases.TryAcquire(c.Name)
+	free := g.leases.TryAcquire(c.Name)
 	w, known, err := g.windows.LoadWindow(c.Name)
 	if err != nil {
 		if free {
-			release()
+			g.leases.Release(c.Name)
 		}
 		ans := reject(http.StatusInternalServerError, OutcomeStoreError, MsgInternal)
 		ans.Client = c.Name
@@ -175,12 +175,12 @@ func (g *Gate) openWindow(c Client) (*Push, *Answer) {
 	}
 	if ans != nil {
 		if free {
-			release()
+			g.leases.Release(c.Name)
 		}
 		ans.Client = c.Name
 		return nil, ans
 	}
-	return &Push{Client: c, window: w, known: known, release: release, gate: g}, nil
+	return &Push{Client: c, window: w, known: known, gate: g}, nil
 }
 
 // readBody reads the whole body once, bounded by maxBody, and checks that
@@ -189,7 +189,7 @@ func (g *Gate) readBody(r *http.Request) ([]byte, *Answer) {
 	if r.ContentLength > g.maxBody {
 		return nil, reject(http.StatusRequestEntityTooLarge, OutcomeBodyTooLarge, MsgBodyTooLarge)
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, g.maxBody+1))
+	body, err := readAtMost(r.Body, r.ContentLength, g.maxBody)
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge) || int64(len(body)) > g.maxBody:
@@ -198,6 +198,38 @@ func (g *Gate) readBody(r *http.Request) ([]byte, *Answer) {
 		return nil, reject(http.StatusBadRequest, OutcomeBodyNotObject, MsgBodyNotObject)
 	}
 	return body, nil
+}
+
+const preallocMax = 64 << 10
+
+// readAtMost reads r to EOF, or to one byte past max so the caller can
+// tell the body was too large. A declared length sizes the buffer once
+// (io.ReadAll would grow it from 512 bytes) up to preallocMax: a client
+// declaring megabytes it never sends gets no more than that.
+func readAtMost(r io.Reader, declared, max int64) ([]byte, error) {
+	limit := max + 1
+	if limit < 0 {
+		limit = max
+	}
+	size := int64(512)
+	if declared >= 0 {
+		size = min(declared+1, preallocMax) // +1: EOF is seen without growing
+	}
+	b := make([]byte, 0, min(size, limit))
+	for int64(len(b)) < limit {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):min(int64(cap(b)), limit)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+	return b, nil
 }
 
 func isJSONObject(b []byte) bool {
@@ -225,8 +257,14 @@ func (g *Gate) authorized(header string) bool {
 }
 
 // Release gives the client's lease back without touching the window; use
-// it when the push is abandoned (Settle releases by itself).
-func (p *Push) Release() { p.release() }
+// it when the push is abandoned (Settle releases by itself). Releasing
+// again does nothing: the lease may already be another push's.
+func (p *Push) Release() {
+	if !p.released {
+		p.released = true
+		p.gate.leases.Release(p.Client.Name)
+	}
+}
 
 // ForwardHeader rewrites the request headers for the upstream: the keys are
 // removed and the client is named instead (replacing any spoofed value).

@@ -2,11 +2,13 @@ package ingest
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -126,11 +128,10 @@ func TestAdmitRejections(t *testing.T) {
 				t.Fatalf("got %d %q %s, want %d %q %s", ans.Status, ans.Envelope.Error, ans.Outcome, tc.status, tc.msg, tc.outcome)
 			}
 			// A rejected push must leave the lease free.
-			if rel, ok := g.leases.TryAcquire("alice"); !ok {
+			if !g.leases.TryAcquire("alice") {
 				t.Fatal("lease leaked")
-			} else {
-				rel()
 			}
+			g.leases.Release("alice")
 		})
 	}
 }
@@ -382,6 +383,12 @@ func TestInProgressAnswer(t *testing.T) {
 	if ans != nil {
 		t.Fatalf("after a failed push: %+v", ans)
 	}
+	// The first push's deferred Release (as the handler has) must not free
+	// the lease the next push now holds.
+	first.Release()
+	if _, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}")); ans == nil || ans.Status != 409 {
+		t.Fatalf("a settled push released its successor's lease: %+v", ans)
+	}
 	again.Release()
 }
 
@@ -424,5 +431,46 @@ func TestForwardHeader(t *testing.T) {
 	ForwardHeader(h, "alice")
 	if h.Get("Authorization") != "" || h.Get(HeaderToken) != "" || h.Get(HeaderClient) != "alice" || h.Get("X-Other") != "kept" || len(h[HeaderClient]) != 1 {
 		t.Fatalf("headers %v", h)
+	}
+}
+
+func TestReadAtMost(t *testing.T) {
+	body := strings.Repeat("x", 1500)
+	for _, tc := range []struct {
+		name          string
+		declared, max int64
+		want          int
+	}{
+		{"declared exactly", 1500, 2000, 1500},
+		{"unknown length", -1, 2000, 1500},
+		{"declared too little", 10, 2000, 1500},
+		{"declared too much", 3000, 4000, 1500},
+		{"over the limit, unknown length", -1, 1000, 1001},
+		{"over the limit, declared", 1500, 1000, 1001},
+		{"at the limit", -1, 1500, 1500},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, r := range []io.Reader{strings.NewReader(body), iotest.OneByteReader(strings.NewReader(body))} {
+				got, err := readAtMost(r, tc.declared, tc.max)
+				if err != nil || len(got) != tc.want || string(got) != body[:tc.want] {
+					t.Fatalf("read %d bytes, err %v; want %d", len(got), err, tc.want)
+				}
+			}
+		})
+	}
+	if _, err := readAtMost(iotest.ErrReader(errors.New("reset")), -1, 10); err == nil {
+		t.Fatal("a read error was swallowed")
+	}
+}
+
+// A client declaring a large body it never sends must not make the gate
+// allocate that much up front.
+func TestReadAtMostDoesNotTrustDeclaredLength(t *testing.T) {
+	got, err := readAtMost(strings.NewReader("{}"), 8<<20, 10<<20)
+	if err != nil || string(got) != "{}" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+	if cap(got) > preallocMax {
+		t.Fatalf("allocated %d bytes for a 2-byte body", cap(got))
 	}
 }

@@ -33,7 +33,7 @@ type Settled struct {
 // Settle turns the upstream's answer into the client's, consuming the
 // window when the upstream accepted the push, and releases the lease.
 func (p *Push) Settle(up Upstream) Settled {
-	defer p.release()
+	defer p.Release()
 	switch {
 	case up.Err == nil && up.Status >= 200 && up.Status < 300:
 		return p.accepted(up.Header)
@@ -82,22 +82,22 @@ func (p *Push) settled(status int, o Outcome, w Window, msg string) Settled {
 // reported.
 func overrideWindow(w Window, h http.Header) (Window, string) {
 	var detail string
-	for _, o := range []struct {
-		name  string
-		field *time.Time
-	}{{HeaderUpstreamLastUsed, &w.LastUsed}, {HeaderUpstreamNextAfter, &w.NextPushAfter}} {
-		v := strings.TrimSpace(h.Get(o.name))
-		if v == "" {
-			continue
-		}
-		t, err := time.Parse(time.RFC3339Nano, v)
-		if err != nil {
-			detail = joinDetail(detail, fmt.Sprintf("ignoring malformed %s header %q", o.name, v))
-			continue
-		}
-		*o.field = t.UTC()
-	}
+	overrideTime(&w.LastUsed, h, HeaderUpstreamLastUsed, &detail)
+	overrideTime(&w.NextPushAfter, h, HeaderUpstreamNextAfter, &detail)
 	return w, detail
+}
+
+func overrideTime(field *time.Time, h http.Header, name string, detail *string) {
+	v := strings.TrimSpace(h.Get(name))
+	if v == "" {
+		return
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		*detail = joinDetail(*detail, fmt.Sprintf("ignoring malformed %s header %q", name, v))
+		return
+	}
+	*field = t.UTC()
 }
 
 // upstreamReason finds the upstream's own words for a rejection: the

@@ -54,21 +54,22 @@ type Leases struct {
 func NewLeases() *Leases { return &Leases{busy: make(map[string]struct{})} }
 
 // TryAcquire takes the client's lease, or reports false if it is taken.
-func (l *Leases) TryAcquire(client string) (release func(), ok bool) {
+// The holder gives it back with Release, exactly once.
+func (l *Leases) TryAcquire(client string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, taken := l.busy[client]; taken {
-		return nil, false
+		return false
 	}
 	l.busy[client] = struct{}{}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			l.mu.Lock()
-			delete(l.busy, client)
-			l.mu.Unlock()
-		})
-	}, true
+	return true
+}
+
+// Release gives back a lease taken with TryAcquire.
+func (l *Leases) Release(client string) {
+	l.mu.Lock()
+	delete(l.busy, client)
+	l.mu.Unlock()
 }
 
 // A stored window is a version byte and the two times as Unix nanoseconds
@@ -77,8 +78,11 @@ func (l *Leases) TryAcquire(client string) (release func(), ok bool) {
 const windowV1 = 1
 
 func encodeWindow(w Window) []byte {
-	b := make([]byte, 1, 1+2*binary.MaxVarintLen64)
-	b[0] = windowV1
+	return appendWindow(make([]byte, 0, 1+2*binary.MaxVarintLen64), w)
+}
+
+func appendWindow(b []byte, w Window) []byte {
+	b = append(b, windowV1)
 	b = binary.AppendVarint(b, unixNano(w.LastUsed))
 	return binary.AppendVarint(b, unixNano(w.NextPushAfter))
 }
@@ -136,11 +140,14 @@ type BadgerWindows struct {
 	committing bool
 }
 
+// A windowWrite is one save waiting for its group commit. They are
+// pooled: a push would otherwise allocate its key, value and channel.
 type windowWrite struct {
-	client string
-	value  []byte
-	done   chan error
+	key, value []byte
+	done       chan error
 }
+
+var windowWrites = sync.Pool{New: func() any { return &windowWrite{done: make(chan error, 1)} }}
 
 type cachedWindow struct {
 	w     Window
@@ -191,7 +198,12 @@ func (s *BadgerWindows) read(client string) (Window, bool, error) {
 
 // SaveWindow implements WindowStore.
 func (s *BadgerWindows) SaveWindow(client string, w Window) error {
-	if err := s.commit(client, encodeWindow(w)); err != nil {
+	op := windowWrites.Get().(*windowWrite)
+	op.key = append(append(op.key[:0], windowPrefix...), client...)
+	op.value = appendWindow(op.value[:0], w)
+	err := s.commit(op)
+	windowWrites.Put(op) // badger is done with key and value once committed
+	if err != nil {
 		return fmt.Errorf("saving push window: %w", err)
 	}
 	s.mu.Lock()
@@ -202,8 +214,7 @@ func (s *BadgerWindows) SaveWindow(client string, w Window) error {
 
 // commit stores one window, durably, sharing transactions with concurrent
 // saves.
-func (s *BadgerWindows) commit(client string, v []byte) error {
-	op := &windowWrite{client: client, value: v, done: make(chan error, 1)}
+func (s *BadgerWindows) commit(op *windowWrite) error {
 	s.commitMu.Lock()
 	s.queued = append(s.queued, op)
 	if s.committing {
@@ -217,7 +228,7 @@ func (s *BadgerWindows) commit(client string, v []byte) error {
 		s.commitMu.Unlock()
 		err := store.Update(s.db, func(txn *badger.Txn) error {
 			for _, w := range batch {
-				if err := txn.Set([]byte(windowPrefix+w.client), w.value); err != nil {
+				if err := txn.Set(w.key, w.value); err != nil {
 					return err
 				}
 			}
