@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -145,6 +146,17 @@ func doPush(t *testing.T, tester *caddytest.Tester, method, path string, headers
 		t.Fatalf("Content-Type = %q", ct)
 	}
 	return out
+}
+
+// assertEnvelopeHeaders checks the headers every ingest answer carries.
+func assertEnvelopeHeaders(t *testing.T, name string, res pushResult) {
+	t.Helper()
+	if cl := res.Header.Get("Content-Length"); cl != strconv.Itoa(len(res.Raw)) {
+		t.Errorf("%s: Content-Length %q for a %d-byte answer", name, cl, len(res.Raw))
+	}
+	if cc := res.Header.Get("Cache-Control"); cc != "no-store" {
+		t.Errorf("%s: Cache-Control = %q, want no-store", name, cc)
+	}
 }
 
 // assertNotInFile fails if any secret occurs in the file.

@@ -201,15 +201,25 @@ func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	return writeAnswer(w, settled.Answer)
 }
 
+// answerBuffers hold envelopes while they are written; the ResponseWriter
+// copies what it is given.
+var answerBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
 func writeAnswer(w http.ResponseWriter, a ingest.Answer) error {
-	body := a.JSON()
+	buf := answerBuffers.Get().(*[]byte)
+	defer answerBuffers.Put(buf)
+	body := a.AppendJSON((*buf)[:0])
+	*buf = body
 	hdr := w.Header()
 	if a.Outcome == ingest.OutcomeMethodNotAllowed {
 		hdr.Set("Allow", http.MethodPost)
 	}
-	hdr.Set("Content-Type", "application/json")
-	hdr.Set("Content-Length", strconv.Itoa(len(body)))
-	hdr.Set("Cache-Control", "no-store")
+	// One backing array for the three values, each capped so that a later
+	// Add copies instead of writing into its neighbour.
+	v := [3]string{"application/json", strconv.Itoa(len(body)), "no-store"}
+	hdr["Content-Type"] = v[0:1:1]
+	hdr["Content-Length"] = v[1:2:2]
+	hdr["Cache-Control"] = v[2:3:3]
 	w.WriteHeader(a.Status)
 	_, err := w.Write(body)
 	return err

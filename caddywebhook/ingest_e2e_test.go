@@ -98,6 +98,7 @@ func TestIngestEndToEnd(t *testing.T) {
 		if row.status == 405 && res.Header.Get("Allow") != "POST" {
 			t.Errorf("%s: Allow = %q", row.name, res.Header.Get("Allow"))
 		}
+		assertEnvelopeHeaders(t, row.name, res)
 	}
 	if n := len(up.requests()); n != 2 {
 		t.Fatalf("upstream saw %d requests, want only the 4xx and 5xx rows", n)
@@ -110,6 +111,7 @@ func TestIngestEndToEnd(t *testing.T) {
 	if res.Status != 200 || !res.Envelope.Success || res.Envelope.Error != "" {
 		t.Fatalf("accepted push: %d %s", res.Status, res.Raw)
 	}
+	assertEnvelopeHeaders(t, "accepted push", res)
 	last, err1 := time.Parse(time.RFC3339, res.Envelope.LastUsed)
 	next, err2 := time.Parse(time.RFC3339, res.Envelope.NextPushAfter)
 	if err1 != nil || err2 != nil || next.Sub(last) != time.Hour || time.Since(last) > time.Minute {
