@@ -31,7 +31,7 @@ func main() {
 	c := flag.Int("c", 32, "concurrent requests")
 	round := flag.Duration("round", 5*time.Second, "length of one measuring round")
 	rounds := flag.Int("rounds", 3, "rounds per configuration, alternating")
-	profile := flag.String("cpuprofile", "", "save Caddy's CPU profile of one webhook_ingest round here")
+	profile := flag.String("cpuprofile", "", "save Caddy's CPU profile of one webhook_ingest round here, and of a plain round in <file>.plain")
 	flag.Parse()
 	if *clients < *c {
 		log.Fatal("need at least as many clients as concurrent requests")
@@ -72,21 +72,8 @@ http://127.0.0.1:%d {
 	load(plain, *c, *clients, time.Second) // warm both paths
 	load(ingest, *c, *clients, time.Second)
 	if *profile != "" {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", adminPort, int(round.Seconds())))
-			if err != nil {
-				log.Print(err)
-				return
-			}
-			defer res.Body.Close()
-			f, _ := os.Create(*profile)
-			io.Copy(f, res.Body)
-			f.Close()
-		}()
-		load(ingest, *c, *clients, *round)
-		<-done
+		profileRound(adminPort, *profile+".plain", *round, func() { load(plain, *c, *clients, *round) })
+		profileRound(adminPort, *profile, *round, func() { load(ingest, *c, *clients, *round) })
 	}
 	var a, b result
 	for i := 0; i < *rounds; i++ {
@@ -97,6 +84,29 @@ http://127.0.0.1:%d {
 	a.print("reverse_proxy")
 	b.print("webhook_ingest + reverse_proxy")
 	fmt.Printf("ratio: throughput %.2f×, p99 %.2f×\n", b.rate()/a.rate(), float64(b.p(0.99))/float64(a.p(0.99)))
+}
+
+// profileRound saves Caddy's CPU profile of one round of run in file.
+func profileRound(adminPort int, file string, round time.Duration, run func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", adminPort, int(round.Seconds())))
+		if err != nil {
+			log.Print(err)
+			return
+		}
+		defer res.Body.Close()
+		f, err := os.Create(file)
+		if err != nil {
+			log.Print(err)
+			return
+		}
+		defer f.Close()
+		io.Copy(f, res.Body)
+	}()
+	run()
+	<-done
 }
 
 type result struct {
