@@ -63,10 +63,14 @@ func (h *Publish) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// publishPanicBody is built once: deferring recoverPanic with a literal
+// would allocate it on every publish.
+var publishPanicBody any = map[string]string{"error": "internal error"}
+
 // ServeHTTP implements caddyhttp.MiddlewareHandler. It always answers;
 // next is not called.
 func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) (err error) {
-	defer recoverPanic(w, r, h.logger, map[string]string{"error": "internal error"}, &err)
+	defer recoverPanic(w, r, h.logger, publishPanicBody, &err)
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		return writeJSONError(w, http.StatusMethodNotAllowed, "method not allowed")
