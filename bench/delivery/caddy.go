@@ -95,10 +95,10 @@ func caddyLatency(s *sink, c, rate int, dur time.Duration) (p50, p99, pmax time.
 	return s.latencies(sent)
 }
 
-// saveCaddyProfile saves one second of Caddy's CPU profile, from its admin
+// saveCaddyProfile saves three seconds of Caddy's CPU profile, from its admin
 // endpoint.
 func saveCaddyProfile(admin, path string) {
-	res, err := http.Get(admin + "/debug/pprof/profile?seconds=1")
+	res, err := http.Get(admin + "/debug/pprof/profile?seconds=3")
 	if err != nil {
 		log.Print(err)
 		return
