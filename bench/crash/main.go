@@ -29,6 +29,7 @@ func main() {
 	kills := flag.Int("kills", 3, "how many times to kill -9 Caddy")
 	publishers := flag.Int("publishers", 8, "concurrent publishers")
 	clients := flag.Int("clients", 2000, "ingest clients (each pushes once, window 1h)")
+	pushers := flag.Int("pushers", 4, "concurrent pushing clients")
 	flag.Parse()
 
 	dir, _ := os.MkdirTemp("", "bench-crash")
@@ -102,24 +103,28 @@ http://127.0.0.1:%d {
 			}
 		}(g)
 	}
-	wg.Add(1)
-	go func() { // one push per client, spread over the run
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
+	// One push per client, spread over the run by several pushers at once,
+	// so that window saves share group commits when Caddy is killed.
+	for range *pushers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Duration(*pushers) * 2 * time.Millisecond):
+				}
+				i := nextClient.Add(1) - 1
+				if i >= int64(*clients) {
+					return
+				}
+				if status, _ := push(client, base, int(i)); status == 200 {
+					pushed.Store(i, true)
+				}
 			}
-			i := nextClient.Add(1) - 1
-			if i >= int64(*clients) {
-				return
-			}
-			if status, _ := push(client, base, int(i)); status == 200 {
-				pushed.Store(i, true)
-			}
-		}
-	}()
+		}()
+	}
 
 	var restarts []time.Duration
 	for k := 0; k < *kills; k++ {
