@@ -43,8 +43,9 @@ type API struct {
 	// Largest accepted request body in bytes. Default: 64 KiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
-	handler *api.Handler
-	logger  *zap.Logger
+	handler    *api.Handler
+	logger     *zap.Logger
+	panicError any // built once, not on every request
 }
 
 // CaddyModule returns the Caddy module information.
@@ -58,6 +59,7 @@ func (API) CaddyModule() caddy.ModuleInfo {
 // Provision joins the webhooks app's delivery engine.
 func (h *API) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.panicError = h.errorBody("internal error")
 	if h.Dialect != api.Tiki && h.Dialect != api.Doshii {
 		return fmt.Errorf("webhook_api: unknown dialect %q (want tiki or doshii)", h.Dialect)
 	}
@@ -84,7 +86,7 @@ func (h *API) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
-	defer recoverPanic(w, r, h.logger, h.errorBody("internal error"), &err)
+	defer recoverPanic(w, r, h.logger, h.panicError, &err)
 	tenant := ""
 	if h.Tenant != "" {
 		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)

@@ -64,7 +64,7 @@ func TestRecoverPanicShapes(t *testing.T) {
 		body any
 		want string
 	}{
-		{map[string]string{"error": "internal error"}, `{"error":"internal error"}`},
+		{publishPanicBody, `{"error":"internal error"}`},
 		{(&API{Dialect: "tiki"}).errorBody("internal error"), `{"error":{"message":"internal error"}}`},
 		{(&API{Dialect: "doshii"}).errorBody("internal error"), `{"message":"internal error"}`},
 	} {
