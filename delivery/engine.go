@@ -310,6 +310,13 @@ func (e *Engine) wakeFrom(subID string, due time.Time) {
 	l.rewind = true
 	if l.running {
 		l.kicked = true
+		// A lane waiting for its attempts in flight must look at the new
+		// entry now: free slots would otherwise stay idle until one of
+		// those attempts ends, which a slow receiver can make seconds.
+		select {
+		case l.progress <- struct{}{}:
+		default:
+		}
 		return
 	}
 	l.running = true

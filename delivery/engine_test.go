@@ -379,6 +379,28 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 	}
 }
 
+// Messages published while a slow receiver holds an attempt use the
+// subscription's free slots at once, not after that attempt ends.
+func TestNewMessagesUseFreeSlotsWhileAnAttemptIsHeld(t *testing.T) {
+	release := make(chan struct{})
+	slow := newReceiver(t, func(int, http.ResponseWriter) { <-release })
+	defer close(release)
+	te := newTestEngine(t, Config{
+		EndpointConcurrency: 4, Timeout: time.Minute,
+		Subscriptions: []Subscription{sub("slow", slow.URL)},
+	})
+	te.Publish(msg("x", `{"i":0}`))
+	eventually(t, "the first attempt held", func() bool { return len(slow.got()) == 1 })
+	for i := 1; i < 6; i++ {
+		te.Publish(msg("x", fmt.Sprintf(`{"i":%d}`, i)))
+	}
+	eventually(t, "four attempts in flight", func() bool { return len(slow.got()) == 4 })
+	time.Sleep(50 * time.Millisecond) // room for a fifth, which must not come
+	if n := len(slow.got()); n != 4 {
+		t.Fatalf("%d attempts in flight, limit 4", n)
+	}
+}
+
 // A message acknowledged before a crash is delivered after the restart.
 func TestDeliveredAfterCrash(t *testing.T) {
 	dir := t.TempDir()
