@@ -593,6 +593,8 @@ func (e *Engine) settler() {
 				r.lane.rewind, r.lane.rewindTo = true, time.Time{}
 			case r.d.State == StatePending: // a retry went back in the queue
 				r.lane.exhausted = false
+			default: // out of the queue only now that it is stored so
+				e.queued.Add(-1)
 			}
 			e.mu.Unlock()
 			e.leave(r.lane, r.d.ID)
@@ -629,9 +631,6 @@ func (e *Engine) attempt(d *Delivery, out *settled) bool {
 		N: d.Attempts, At: now, Status: res.status, Error: d.LastError, Duration: res.duration, Success: res.success(),
 	}
 	*out = settled{d: *d, queuedAt: queuedAt, att: att}
-	if d.State != StatePending {
-		e.queued.Add(-1)
-	}
 	if f := e.observer.Load(); f != nil {
 		(*f)(att, d.State)
 	}

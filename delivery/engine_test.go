@@ -3,6 +3,7 @@ package delivery
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -616,4 +617,55 @@ func TestConnectionsReusedAcrossSubscriptionsOfOneHost(t *testing.T) {
 	if n := conns.Load(); n > 32 {
 		t.Fatalf("%d connections for 160 deliveries by 16 workers", n)
 	}
+}
+
+// A settle that fails to be stored (say the disk refused the write) loses
+// nothing: the lane reads its queue again from the start, behind its
+// cursor, and makes those attempts again; the queue depth counts them
+// until they are stored as delivered.
+func TestFailedSettleIsAttemptedAgain(t *testing.T) {
+	gate := make(chan struct{})
+	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) {
+		<-gate
+		w.WriteHeader(http.StatusNoContent)
+	})
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("s", rcv.URL)}})
+	var failures atomic.Int64
+	te.store.settleFault = func() error {
+		if failures.Add(1) == 1 {
+			return errors.New("no space left on device")
+		}
+		return nil
+	}
+	const n = 20
+	var ids []string
+	for i := range n {
+		// Distinct due times, so that the lane's cursor moves past the
+		// first attempts while they are held at the receiver.
+		te.clock.Advance(time.Millisecond)
+		res, err := te.Publish(msg("x", fmt.Sprintf(`{"i":%d}`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, res.ID)
+	}
+	eventually(t, "attempts held at the receiver", func() bool { return len(rcv.got()) == 8 })
+	close(gate)
+	for _, id := range ids {
+		did := deliveryID(id, StaticID("s"))
+		eventually(t, "every message delivered", func() bool { return te.delivery(t, did).State == StateDelivered })
+	}
+	if failures.Load() < 2 {
+		t.Fatalf("settle ran %d times; the fault was never followed by a good settle", failures.Load())
+	}
+	if hits := len(rcv.got()); hits <= n {
+		t.Fatalf("receiver got %d requests for %d messages: the unrecorded attempts were not made again", hits, n)
+	}
+	eventually(t, "the queue empty in the store", func() bool {
+		stored, err := te.store.countQueued()
+		return err == nil && stored == 0
+	})
+	// Counted out once, when stored as delivered: not also at the attempt
+	// whose outcome was lost.
+	eventually(t, "QueueDepth back to 0", func() bool { return te.QueueDepth() == 0 })
 }

@@ -38,7 +38,13 @@ const (
 )
 
 // Store keeps the delivery queue in a badger database.
-type Store struct{ db *badger.DB }
+type Store struct {
+	db *badger.DB
+	// settleFault, when set, is asked before every settle and fails it
+	// with the error it returns: tests use it to stand for a disk that
+	// refuses a write, which a working badger cannot be made to do.
+	settleFault func() error
+}
 
 // NewStore uses db under the "delivery/" prefix.
 func NewStore(db *badger.DB) *Store { return &Store{db: db} }
@@ -375,6 +381,11 @@ type settled struct {
 // record, the delivery and its place in the queue (gone once the delivery
 // is final, when the delivery itself starts to expire).
 func (s *Store) settle(batch []settled, retention time.Duration) error {
+	if s.settleFault != nil {
+		if err := s.settleFault(); err != nil {
+			return err
+		}
+	}
 	for len(batch) > 0 {
 		n := 0
 		err := store.Update(s.db, func(txn *badger.Txn) error {
