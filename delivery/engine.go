@@ -360,7 +360,7 @@ func (e *Engine) runLane(subID string, l *lane) {
 			busy, next := len(l.inflight) > 0, l.next
 			e.mu.Unlock()
 			if busy {
-				e.waitProgress(l)
+				e.waitProgress(l, subID, next)
 				continue
 			}
 			if e.idle(l, next, subID) {
@@ -389,7 +389,7 @@ func (e *Engine) runLane(subID string, l *lane) {
 		e.mu.Unlock()
 		if len(batch) == 0 {
 			if len(skip) > 0 && e.ctx.Err() == nil {
-				e.waitProgress(l) // more may become due as these settle
+				e.waitProgress(l, subID, next) // more may become due as these settle
 				continue
 			}
 			if e.idle(l, next, subID) {
@@ -454,7 +454,13 @@ func (e *Engine) idle(l *lane, next time.Time, subID string) bool {
 	return true
 }
 
-func (e *Engine) waitProgress(l *lane) {
+// waitProgress waits for an attempt in flight to end or, through the
+// scheduler, for next (a retry) to come due, whichever is first: a slow
+// receiver holding one attempt must not delay the others' retries.
+func (e *Engine) waitProgress(l *lane, subID string, next time.Time) {
+	if !next.IsZero() {
+		e.sched.add(subID, next)
+	}
 	select {
 	case <-l.progress:
 	case <-e.ctx.Done():

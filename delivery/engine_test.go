@@ -16,6 +16,8 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 const kinguinPayload = `{"kinguinId":1949,"productId":"5c9b5f6b2539a4e8f172916a","qty":845,"textQty":845,"cheapestOfferId":["611222acff9ca40001f0b020"],"updatedAt":"2020-10-16T11:24:08.015+00:00"}`
@@ -400,6 +402,48 @@ func TestNewMessagesUseFreeSlotsWhileAnAttemptIsHeld(t *testing.T) {
 	if n := len(slow.got()); n != 4 {
 		t.Fatalf("%d attempts in flight, limit 4", n)
 	}
+}
+
+// A retry comes due on time while another attempt of the same
+// subscription is held by a slow receiver. It runs on the wall clock: the
+// retry is 100ms away, the held attempt's timeout a minute.
+func TestRetryDueWhileAnAttemptIsHeld(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		switch n {
+		case 1: // the slow one
+			<-release
+		case 2: // the message that fails once
+			w.WriteHeader(http.StatusInternalServerError)
+		default:
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine(NewStore(db.DB), nil, nil)
+	err = e.Configure(Config{
+		Retry: []time.Duration{100 * time.Millisecond}, Timeout: time.Minute, AllowPrivateTargets: true,
+		Subscriptions: []Subscription{sub("s", rcv.URL)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Stop(); db.Close() })
+	e.Publish(msg("x", `{"slow":true}`))
+	eventually(t, "the slow attempt held", func() bool { return len(rcv.got()) == 1 })
+	failing, _ := e.Publish(msg("x", `{"fails":"once"}`))
+	eventually(t, "the first attempt of the other", func() bool { return len(rcv.got()) == 2 })
+	eventually(t, "the retry, with the slow attempt still held", func() bool {
+		d, _, _ := e.store.Delivery(deliveryID(failing.ID, StaticID("s")))
+		return d.State == StateDelivered
+	})
 }
 
 // A message acknowledged before a crash is delivered after the restart.
