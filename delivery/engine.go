@@ -875,12 +875,16 @@ func (e *Engine) PutSubscription(sub Subscription) error {
 		return err
 	}
 	e.subsMu.Lock()
-	defer e.subsMu.Unlock()
 	if err := e.store.putSubscription(&sub); err != nil {
+		e.subsMu.Unlock()
 		return err
 	}
 	e.registered[sub.ID] = &sub
 	e.rebuildIndex()
+	e.subsMu.Unlock()
+	// Deliveries kept while it was deleted (or queued before a change)
+	// resume now, not at the next event for it.
+	e.wake(sub.ID)
 	return nil
 }
 

@@ -559,6 +559,40 @@ func TestChangedURLIsUsed(t *testing.T) {
 	}
 }
 
+// Deliveries kept while a registered subscription was deleted go out as
+// soon as it is registered again (IDs are per tenant and event, so an
+// API client re-registering gets the same one), not at its next event.
+func TestKeptDeliveriesResumeWhenRegisteredAgain(t *testing.T) {
+	var up atomic.Bool
+	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) {
+		if !up.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Minute}})
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	m := msg("x", `{"n":1}`)
+	m.Tenant = "t"
+	res, _ := te.Publish(m)
+	did := deliveryID(res.ID, s.ID)
+	eventually(t, "the failed first attempt", func() bool { return te.delivery(t, did).Attempts == 1 })
+	if err := te.DeleteSubscription(s.ID); err != nil {
+		t.Fatal(err)
+	}
+	te.clock.Advance(2 * time.Minute) // the retry is due, but nobody to send it to
+	te.Kick()
+	up.Store(true)
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the kept delivery", func() bool { return te.delivery(t, did).State == StateDelivered })
+}
+
 // The largest payload a publish accepts (1 MB) is stored and delivered:
 // badger's transaction limit follows its memtable size, which is small.
 func TestLargestPayloadDelivered(t *testing.T) {
