@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/base64"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 )
 
 // needle is a secret that must not be readable from the data directory.
@@ -122,5 +124,60 @@ func TestCloseGivesUpWhenTheDirectoryIsGone(t *testing.T) {
 	}
 	if again := db.Close(); again != err {
 		t.Fatalf("second Close: %v", again)
+	}
+}
+
+// A database whose tables earlier versions wrote Snappy-compressed is read
+// as it is: badger records each table's compression in the table.
+func TestReadsTablesWrittenCompressed(t *testing.T) {
+	dir := t.TempDir()
+	old, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil).WithCompression(options.Snappy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := bytes.Repeat([]byte(`{"orderId":"PHS84FJAG5U"}`), 40)
+	err = old.Update(func(txn *badger.Txn) error {
+		for i := range 100 {
+			if err := txn.Set([]byte(fmt.Sprintf("delivery/d/%03d", i)), value); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil { // flushes the memtable to a table
+		t.Fatal(err)
+	}
+	if tables, _ := filepath.Glob(filepath.Join(dir, "*.sst")); len(tables) == 0 {
+		t.Fatal("no table written: the test would read the write-ahead log instead")
+	}
+	if dirContains(t, dir, value) {
+		t.Fatal("the table is not compressed: the test would prove nothing")
+	}
+	db, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.View(func(txn *badger.Txn) error {
+		for i := range 100 {
+			item, err := txn.Get([]byte(fmt.Sprintf("delivery/d/%03d", i)))
+			if err != nil {
+				return err
+			}
+			got, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(got, value) {
+				return fmt.Errorf("key %d: value changed", i)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
