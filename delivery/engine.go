@@ -599,7 +599,7 @@ func (e *Engine) settler() {
 				r.lane.rewind, r.lane.rewindTo = true, time.Time{}
 			case r.d.State == StatePending: // a retry went back in the queue
 				r.lane.exhausted = false
-			default: // out of the queue only now that it is stored so
+			default: // delivered or failed: out of the queue count once stored
 				e.queued.Add(-1)
 			}
 			e.mu.Unlock()
