@@ -16,8 +16,6 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
-
-	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 const kinguinPayload = `{"kinguinId":1949,"productId":"5c9b5f6b2539a4e8f172916a","qty":845,"textQty":845,"cheapestOfferId":["611222acff9ca40001f0b020"],"updatedAt":"2020-10-16T11:24:08.015+00:00"}`
@@ -420,22 +418,10 @@ func TestRetryDueWhileAnAttemptIsHeld(t *testing.T) {
 			w.WriteHeader(http.StatusNoContent)
 		}
 	})
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := NewEngine(NewStore(db.DB), nil, nil)
-	err = e.Configure(Config{
-		Retry: []time.Duration{100 * time.Millisecond}, Timeout: time.Minute, AllowPrivateTargets: true,
+	e := newWallClockEngine(t, Config{
+		Retry: []time.Duration{100 * time.Millisecond}, Timeout: time.Minute,
 		Subscriptions: []Subscription{sub("s", rcv.URL)},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Stop(); db.Close() })
 	e.Publish(msg("x", `{"slow":true}`))
 	eventually(t, "the slow attempt held", func() bool { return len(rcv.got()) == 1 })
 	failing, _ := e.Publish(msg("x", `{"fails":"once"}`))

@@ -101,6 +101,26 @@ func openTestEngine(t *testing.T, dir string, cfg Config, clock *fakeClock) *tes
 	return te
 }
 
+// newWallClockEngine runs an engine on the wall clock, for tests where
+// timers and real waiting are the point; AllowPrivateTargets is set.
+func newWallClockEngine(t *testing.T, cfg Config) *Engine {
+	t.Helper()
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine(NewStore(db.DB), nil, nil)
+	cfg.AllowPrivateTargets = true // receivers are on 127.0.0.1
+	if err := e.Configure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Stop(); db.Close() })
+	return e
+}
+
 func (te *testEngine) close() {
 	te.Stop()
 	te.db.Close()

@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 // Many publishers racing one subscription's lane, on the wall clock: every
@@ -17,19 +15,7 @@ import (
 // a lane was loading could end up behind the lane's cursor.)
 func TestConcurrentPublishersAllDelivered(t *testing.T) {
 	rcv := newReceiver(t, func(int, http.ResponseWriter) {})
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	e := NewEngine(NewStore(db.DB), nil, nil) // wall clock
-	if err := e.Configure(Config{AllowPrivateTargets: true, Subscriptions: []Subscription{sub("s", rcv.URL)}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer e.Stop()
+	e := newWallClockEngine(t, Config{Subscriptions: []Subscription{sub("s", rcv.URL)}})
 	const publishers, each = 8, 400
 	var wg sync.WaitGroup
 	for p := 0; p < publishers; p++ {
@@ -95,24 +81,11 @@ func TestMixedReceiversExactAttempts(t *testing.T) {
 		t.Cleanup(rcv.Close)
 		cfgSubs = append(cfgSubs, sub(name, rcv.URL))
 	}
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	e := NewEngine(NewStore(db.DB), nil, nil) // wall clock
-	err = e.Configure(Config{
-		AllowPrivateTargets: true, EndpointConcurrency: 4, Workers: 8,
+	e := newWallClockEngine(t, Config{
+		EndpointConcurrency: 4, Workers: 8,
 		Retry:         []time.Duration{20 * time.Millisecond, 20 * time.Millisecond, 20 * time.Millisecond},
 		Subscriptions: cfgSubs,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer e.Stop()
 	var wg sync.WaitGroup
 	var ids sync.Map
 	for p := range publishers {
