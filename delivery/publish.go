@@ -96,3 +96,55 @@ func NewID(prefix string, now time.Time) string {
 	_, _ = rand.Read(b[6:])
 	return prefix + idEncoding.EncodeToString(b[:])
 }
+
+// Publish stores msg with one delivery per matching subscription and
+// starts delivering. With a message ID that was already published for the
+// tenant, nothing new is stored and the earlier result is returned.
+func (e *Engine) Publish(msg Message) (PublishResult, error) {
+	settings := e.settings.Load()
+	if settings == nil {
+		return PublishResult{}, ErrNotConfigured
+	}
+	now := e.clock.Now().UTC()
+	fresh := msg.ID == "" // no earlier publish can have stored deliveries
+	if fresh {
+		msg.ID = NewID("msg_", now)
+	} else {
+		rec, found, err := e.store.published(msg.Tenant, msg.ID)
+		if err != nil {
+			return PublishResult{}, err
+		}
+		if found {
+			return PublishResult{ID: msg.ID, Deliveries: rec.Deliveries, Duplicate: true}, nil
+		}
+	}
+	msg.CreatedAt = now
+	var subs []*Subscription
+	if idx := e.index.Load(); idx != nil {
+		for _, s := range idx.byTenant[msg.Tenant] {
+			if s.Matches(&msg) {
+				subs = append(subs, s)
+			}
+		}
+	}
+	added, err := e.store.enqueue(msg, subs, fresh, now, settings.Retention)
+	e.queued.Add(int64(added))
+	if err != nil {
+		return PublishResult{}, err
+	}
+	for _, s := range subs {
+		e.wakeFrom(s.ID, now)
+	}
+	return PublishResult{ID: msg.ID, Deliveries: len(subs)}, nil
+}
+
+// ErrNotConfigured is returned by Publish before the first Configure.
+var ErrNotConfigured = errors.New("the delivery engine has no configuration yet")
+
+// PublishResult is the answer to a publish.
+type PublishResult struct {
+	ID         string `json:"id"`
+	Deliveries int    `json:"deliveries"`
+	// Duplicate is set when the ID had been published before.
+	Duplicate bool `json:"-"`
+}

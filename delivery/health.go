@@ -1,0 +1,133 @@
+package delivery
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// EventEndpointDisabled is published when an endpoint gets disabled.
+const EventEndpointDisabled = "endpoint.disabled"
+
+// DisabledEndpoints counts the known subscriptions that are disabled.
+func (e *Engine) DisabledEndpoints() int {
+	n := 0
+	for _, s := range e.Subscriptions() {
+		if h, err := e.Health(s.ID); err == nil && h.Disabled {
+			n++
+		}
+	}
+	return n
+}
+
+// Health returns an endpoint's health record.
+func (e *Engine) Health(subID string) (Health, error) {
+	e.healthMu.Lock()
+	defer e.healthMu.Unlock()
+	h, err := e.healthOf(subID)
+	if err != nil {
+		return Health{}, err
+	}
+	return *h, nil
+}
+
+// healthOf returns the cached record, loading it once; healthMu held.
+func (e *Engine) healthOf(subID string) (*Health, error) {
+	if h, ok := e.health[subID]; ok {
+		return h, nil
+	}
+	h, err := e.store.health(subID)
+	if err != nil {
+		return nil, err
+	}
+	e.health[subID] = &h
+	return &h, nil
+}
+
+// recordHealth tracks failures and disables an endpoint that answered 410
+// Gone or failed without a success for DisableAfter. Only transitions are
+// written to the store.
+func (e *Engine) recordHealth(sub *Subscription, res result, now time.Time) {
+	e.healthMu.Lock()
+	defer e.healthMu.Unlock()
+	h, err := e.healthOf(sub.ID)
+	if err != nil {
+		e.log().Error("reading endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
+		return
+	}
+	changed, disabled := false, false
+	if res.success() {
+		h.LastSuccess = now
+		changed = !h.FailingSince.IsZero()
+		h.FailingSince = time.Time{}
+	} else {
+		if h.FailingSince.IsZero() {
+			h.FailingSince, changed = now, true
+		}
+		reason := ""
+		switch {
+		case res.status == http.StatusGone:
+			reason = "receiver answered 410 Gone"
+		case now.Sub(h.FailingSince) >= e.settings.Load().DisableAfter:
+			reason = "failing without a success since " + h.FailingSince.UTC().Format(time.RFC3339)
+		}
+		if reason != "" && !h.Disabled {
+			h.Disabled, h.DisabledAt, h.Reason = true, now, reason
+			changed, disabled = true, true
+		}
+	}
+	if changed {
+		if err := e.store.saveHealth(sub.ID, *h); err != nil {
+			e.log().Error("saving endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
+		}
+	}
+	if disabled {
+		snapshot := *h
+		// Publishing takes other locks; do it after this one is released.
+		// The attempt holding this goroutine is counted in wg, so Stop
+		// cannot have started waiting yet.
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.announceDisabled(sub, snapshot)
+		}()
+	}
+}
+
+// announceDisabled logs the disabling and publishes endpoint.disabled to
+// the subscription's tenant.
+func (e *Engine) announceDisabled(sub *Subscription, h Health) {
+	e.log().Warn("webhook endpoint disabled",
+		zap.String("subscription", sub.ID), zap.String("url", RedactURL(sub.URL)),
+		zap.String("reason", h.Reason), zap.Time("failing_since", h.FailingSince))
+	data, _ := json.Marshal(map[string]any{
+		"subscription_id": sub.ID,
+		"name":            sub.Name,
+		"url":             RedactURL(sub.URL),
+		"reason":          h.Reason,
+		"failing_since":   h.FailingSince.UTC(),
+		"disabled_at":     h.DisabledAt.UTC(),
+	})
+	msg := Message{Event: EventEndpointDisabled, Tenant: sub.Tenant, Data: data}
+	if _, err := e.Publish(msg); err != nil {
+		e.log().Error("publishing endpoint.disabled", zap.String("subscription", sub.ID), zap.Error(err))
+	}
+}
+
+// Enable re-enables a disabled endpoint; its kept deliveries resume.
+func (e *Engine) Enable(subID string) error {
+	e.healthMu.Lock()
+	h, err := e.healthOf(subID)
+	if err == nil {
+		*h = Health{LastSuccess: h.LastSuccess}
+		err = e.store.saveHealth(subID, *h)
+	}
+	e.healthMu.Unlock()
+	if err != nil {
+		return err
+	}
+	e.wake(subID)
+	return nil
+}

@@ -1,0 +1,255 @@
+package delivery
+
+import (
+	"maps"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+type waitingLane struct {
+	subID string
+	l     *lane
+}
+
+// lane tracks the runner of one subscription's queue.
+type lane struct {
+	running bool // running or waiting for its turn
+	kicked  bool
+	// cursor: every entry due before it has been loaded, except those
+	// announced since (rewind, rewindTo). A load starts at the earlier of
+	// the two, so an entry committed while a load was running, and hence
+	// possibly missing from its snapshot, is still found by the next one.
+	cursor   time.Time
+	rewind   bool
+	rewindTo time.Time
+	// inflight holds deliveries being attempted or waiting to be settled;
+	// the loader skips them. progress is signalled when one leaves.
+	inflight map[string]bool
+	progress chan struct{}
+	// exhausted: the last load found every due entry; next is when the
+	// first entry after them comes due (zero: none).
+	exhausted bool
+	next      time.Time
+}
+
+// Kick makes every subscription look at its queue now. Useful after a
+// clock jump in tests and after configuration changes.
+func (e *Engine) Kick() {
+	idx := e.index.Load()
+	if idx == nil {
+		return
+	}
+	for id := range idx.byID {
+		e.wake(id)
+	}
+}
+
+// wake makes sure the subscription's queue is being worked on.
+func (e *Engine) wake(subID string) { e.wakeFrom(subID, time.Time{}) }
+
+// wakeFrom is wake for a queue that just got an entry due at `due`
+// (zero: unknown, rescan from the start).
+func (e *Engine) wakeFrom(subID string, due time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.started {
+		return // Start kicks every queue
+	}
+	l := e.lanes[subID]
+	if l == nil {
+		l = &lane{inflight: map[string]bool{}, progress: make(chan struct{}, 1)}
+		e.lanes[subID] = l
+	}
+	if !l.rewind || due.Before(l.rewindTo) {
+		l.rewindTo = due // zero: from the start
+	}
+	l.rewind = true
+	if l.running {
+		l.kicked = true
+		// A lane waiting for its attempts in flight must look at the new
+		// entry now: free slots would otherwise stay idle until one of
+		// those attempts ends, which a slow receiver can make seconds.
+		select {
+		case l.progress <- struct{}{}:
+		default:
+		}
+		return
+	}
+	l.running = true
+	if e.activeLanes >= e.maxLanes() {
+		e.waitingLanes = append(e.waitingLanes, waitingLane{subID, l})
+		return
+	}
+	e.activeLanes++
+	e.wg.Add(1)
+	go e.runLane(subID, l)
+}
+
+// maxLanes bounds the lanes running at once. Each running lane is loading,
+// dispatching or waiting for attempts that hold a worker, so twice the
+// workers keeps every worker busy while a lane waits.
+func (e *Engine) maxLanes() int { return max(2*e.settings.Load().Workers, 64) }
+
+// laneDone hands a finished lane's turn to the next waiting one; e.mu held.
+func (e *Engine) laneDone() {
+	if len(e.waitingLanes) == 0 || e.ctx.Err() != nil {
+		e.activeLanes--
+		return
+	}
+	next := e.waitingLanes[0]
+	e.waitingLanes[0] = waitingLane{}
+	e.waitingLanes = e.waitingLanes[1:]
+	e.wg.Add(1)
+	go e.runLane(next.subID, next.l)
+}
+
+// runLane keeps a subscription's due deliveries in flight, up to its
+// concurrency, loading more as slots free up, and schedules a wake-up for
+// the next one when nothing is due and nothing is in flight.
+func (e *Engine) runLane(subID string, l *lane) {
+	defer e.wg.Done()
+	s := e.settings.Load()
+	slots := make(chan struct{}, s.EndpointConcurrency)
+	for {
+		e.mu.Lock()
+		if e.knownEmpty(l) {
+			busy, next := len(l.inflight) > 0, l.next
+			e.mu.Unlock()
+			if busy {
+				e.waitProgress(l, subID, next)
+				continue
+			}
+			if e.idle(l, next, subID) {
+				return
+			}
+			continue
+		}
+		from := l.cursor
+		if l.rewind {
+			if l.rewindTo.Before(from) {
+				from = l.rewindTo
+			}
+			l.rewind = false
+		}
+		skip := maps.Clone(l.inflight)
+		e.mu.Unlock()
+		batch, next, err := e.loadDue(subID, from, skip, cap(slots))
+		if err != nil && e.ctx.Err() == nil {
+			e.log().Error("reading delivery queue", zap.String("subscription", subID), zap.Error(err))
+			next = e.clock.Now().Add(5 * time.Second)
+		}
+		e.mu.Lock()
+		// A short batch is everything due; until something is added or
+		// retried, or next comes due, the queue need not be read again.
+		l.exhausted, l.next = err == nil && len(batch) < cap(slots), next
+		e.mu.Unlock()
+		if len(batch) == 0 {
+			if len(skip) > 0 && e.ctx.Err() == nil {
+				e.waitProgress(l, subID, next) // more may become due as these settle
+				continue
+			}
+			if e.idle(l, next, subID) {
+				return
+			}
+			continue
+		}
+		e.mu.Lock()
+		l.cursor = batch[len(batch)-1].NextAttempt
+		for i := range batch {
+			l.inflight[batch[i].ID] = true
+		}
+		e.mu.Unlock()
+		for i := range batch {
+			if !e.dispatch(l, slots, batch[i]) {
+				return
+			}
+		}
+	}
+}
+
+// knownEmpty reports whether the lane's last load found everything due and
+// nothing was announced or retried since; e.mu held. It saves reading the
+// queue twice more for every message of a quiet subscription.
+func (e *Engine) knownEmpty(l *lane) bool {
+	if !l.exhausted || l.rewind || e.ctx.Err() != nil {
+		return false
+	}
+	return l.next.IsZero() || e.clock.Now().Before(l.next)
+}
+
+// loadDue returns due deliveries of an enabled, known subscription.
+func (e *Engine) loadDue(subID string, from time.Time, skip map[string]bool, limit int) ([]Delivery, time.Time, error) {
+	if e.ctx.Err() != nil {
+		return nil, time.Time{}, nil
+	}
+	e.loads.Add(1)
+	if _, ok := e.subscription(subID); !ok {
+		return nil, time.Time{}, nil // kept until the subscription returns
+	}
+	if h, err := e.Health(subID); err != nil || h.Disabled {
+		return nil, time.Time{}, err // kept until re-enabled
+	}
+	return e.store.due(subID, from, e.clock.Now(), skip, limit)
+}
+
+// idle ends the lane unless work arrived meanwhile; it reports whether
+// the lane ended.
+func (e *Engine) idle(l *lane, next time.Time, subID string) bool {
+	e.mu.Lock()
+	if l.kicked && e.ctx.Err() == nil {
+		l.kicked = false
+		e.mu.Unlock()
+		return false
+	}
+	l.running = false
+	e.laneDone()
+	e.mu.Unlock()
+	if !next.IsZero() && e.ctx.Err() == nil {
+		e.sched.add(subID, next)
+	}
+	return true
+}
+
+// waitProgress waits for an attempt in flight to end or, through the
+// scheduler, for next (a retry) to come due, whichever is first: a slow
+// receiver holding one attempt must not delay the others' retries.
+func (e *Engine) waitProgress(l *lane, subID string, next time.Time) {
+	if !next.IsZero() {
+		e.sched.add(subID, next)
+	}
+	select {
+	case <-l.progress:
+	case <-e.ctx.Done():
+	}
+}
+
+// dispatch starts one attempt once the endpoint and the engine have a free
+// slot; false when the engine is stopping.
+func (e *Engine) dispatch(l *lane, slots chan struct{}, d Delivery) bool {
+	workers := *e.workers.Load()
+	for _, sem := range []chan struct{}{slots, workers} {
+		select {
+		case sem <- struct{}{}:
+		case <-e.ctx.Done():
+			if sem == workers {
+				<-slots
+			}
+			e.leave(l, d.ID)
+			return false
+		}
+	}
+	e.startAttempt(attemptJob{lane: l, d: d, slots: slots, workers: workers})
+	return true
+}
+
+// leave takes a delivery out of its lane's in-flight set.
+func (e *Engine) leave(l *lane, id string) {
+	e.mu.Lock()
+	delete(l.inflight, id)
+	e.mu.Unlock()
+	select {
+	case l.progress <- struct{}{}:
+	default:
+	}
+}

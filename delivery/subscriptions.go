@@ -1,0 +1,151 @@
+package delivery
+
+import (
+	"context"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/hookgate/caddy-webhook/internal/store"
+)
+
+// subscription finds a static or registered subscription.
+func (e *Engine) subscription(id string) (*Subscription, bool) {
+	idx := e.index.Load()
+	if idx == nil {
+		return nil, false
+	}
+	s, ok := idx.byID[id]
+	return s, ok
+}
+
+// PutSubscription stores a registered subscription (new or changed).
+func (e *Engine) PutSubscription(sub Subscription) error {
+	if err := ValidateSubscription(&sub); err != nil {
+		return err
+	}
+	e.subsMu.Lock()
+	if err := e.store.putSubscription(&sub); err != nil {
+		e.subsMu.Unlock()
+		return err
+	}
+	e.registered[sub.ID] = &sub
+	e.rebuildIndex()
+	e.subsMu.Unlock()
+	// Deliveries kept while it was deleted (or queued before a change)
+	// resume now, not at the next event for it.
+	e.wake(sub.ID)
+	return nil
+}
+
+// DeleteSubscription removes a registered subscription. Its pending
+// deliveries stay in the queue but are no longer attempted.
+func (e *Engine) DeleteSubscription(id string) error {
+	e.subsMu.Lock()
+	defer e.subsMu.Unlock()
+	if err := e.store.deleteSubscription(id); err != nil {
+		return err
+	}
+	delete(e.registered, id)
+	e.rebuildIndex()
+	return nil
+}
+
+// Subscriptions lists static and registered subscriptions.
+func (e *Engine) Subscriptions() []Subscription {
+	idx := e.index.Load()
+	if idx == nil {
+		return nil
+	}
+	out := make([]Subscription, 0, len(idx.byID))
+	for _, s := range idx.byID {
+		out = append(out, *s)
+	}
+	return out
+}
+
+// Subscription returns a static or registered subscription by ID.
+func (e *Engine) Subscription(id string) (Subscription, bool) {
+	s, ok := e.subscription(id)
+	if !ok {
+		return Subscription{}, false
+	}
+	return *s, true
+}
+
+// Probe sends one request for event with data to sub's URL, with its
+// authentication and under the same rules as a delivery (timeout, no
+// redirects, SSRF guard), without queueing or recording anything. It is
+// how registrations are verified and test events sent.
+func (e *Engine) Probe(sub *Subscription, event string, data []byte) ProbeResult {
+	s := e.settings.Load()
+	now := e.clock.Now()
+	msg := Message{ID: NewID("msg_", now), Event: event, Tenant: sub.Tenant, Data: data, CreatedAt: now}
+	ctx := context.Background()
+	res := send(ctx, s.client, sub, nil, &msg, s.UserAgent, s.Timeout, now)
+	return ProbeResult{Status: res.status, Latency: res.duration, Success: res.success(), Error: res.errorText()}
+}
+
+// ProbeResult is the outcome of a Probe.
+type ProbeResult struct {
+	Status  int
+	Latency time.Duration
+	Success bool
+	Error   string
+}
+
+// Redeliver queues a subscription's failed deliveries again, each with a
+// fresh retry schedule, and returns how many.
+func (e *Engine) Redeliver(subID string) (int, error) {
+	n, err := e.store.requeueFailed(subID, e.clock.Now())
+	e.queued.Add(int64(n))
+	if n > 0 {
+		e.wakeFrom(subID, time.Time{})
+	}
+	return n, err
+}
+
+// Credentials returns what a tenant granted to subscriptions of source.
+func (e *Engine) Credentials(source, tenant string) (Credentials, bool, error) {
+	return e.store.credentials(source, tenant)
+}
+
+// SetCredentials stores a tenant's credentials and applies them as Basic
+// authentication to every subscription of that tenant and source, in the
+// same transaction.
+func (e *Engine) SetCredentials(source, tenant string, c Credentials) error {
+	e.subsMu.Lock()
+	defer e.subsMu.Unlock()
+	var changed []*Subscription
+	for _, sub := range e.registered {
+		if sub.Source == source && sub.Tenant == tenant {
+			cp := *sub
+			cp.Auth.BasicUser, cp.Auth.BasicPassword = c.ID, c.Secret
+			changed = append(changed, &cp)
+		}
+	}
+	err := store.Update(e.store.db, func(txn *badger.Txn) error {
+		if err := setJSON(txn, credKey(source, tenant), c, 0); err != nil {
+			return err
+		}
+		for _, sub := range changed {
+			if err := setJSON(txn, []byte(prefixSub+sub.ID), sub, 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, sub := range changed {
+		e.registered[sub.ID] = sub
+	}
+	e.rebuildIndex()
+	return nil
+}
+
+// RecentAttempts returns a subscription's latest attempts, newest first.
+func (e *Engine) RecentAttempts(subID string, limit int) ([]Attempt, error) {
+	return e.store.RecentAttempts(subID, limit)
+}
