@@ -17,13 +17,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
@@ -137,8 +140,8 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 		os.WriteFile(heapProfile+".queue", []byte(get(adminURL+"/debug/pprof/heap")), 0o600)
 	}
 	rss, anon := peak()
-	fmt.Printf("\nbacklog: %d messages published at %.0f/s for a disabled endpoint; peak RSS while queueing %.0f MB (anon %.0f MB)\n",
-		n, pubRate, float64(rss)/1e6, float64(anon)/1e6)
+	fmt.Printf("\nbacklog: %d messages published at %.0f/s for a disabled endpoint; peak RSS while queueing %.0f MB (anon %.0f MB); data directory %.0f MB\n",
+		n, pubRate, float64(rss)/1e6, float64(anon)/1e6, float64(diskUse(run+"/data"))/1e6)
 
 	p.Kill()
 	t1 := time.Now()
@@ -178,12 +181,30 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	}
 	rate := float64(n) / time.Since(t2).Seconds()
 	rss, anon = peak()
-	fmt.Printf("endpoint back: first delivery after %v; %d delivered at %.0f/s (bare loop %.0f/s, ratio %.2f); peak RSS while draining %.0f MB (anon %.0f MB)\n",
-		firstAfter.Round(time.Millisecond), n, rate, bare, rate/bare, float64(rss)/1e6, float64(anon)/1e6)
+	fmt.Printf("endpoint back: first delivery after %v; %d delivered at %.0f/s (bare loop %.0f/s, ratio %.2f); peak RSS while draining %.0f MB (anon %.0f MB); data directory %.0f MB\n",
+		firstAfter.Round(time.Millisecond), n, rate, bare, rate/bare, float64(rss)/1e6, float64(anon)/1e6, float64(diskUse(run+"/data"))/1e6)
 	if caddyrun.MemoryLimit > 0 {
 		fmt.Printf("memory cgroup of %d MB: peak charged %.0f MB, OOM kills %s\n", caddyrun.MemoryLimit/1e6,
 			float64(caddyrun.CgroupPeak())/1e6, caddyrun.CgroupOOMKills())
 	}
+}
+
+// diskUse is the space the files under dir take on disk: allocated
+// blocks, not apparent sizes, since badger preallocates its logs sparsely.
+func diskUse(dir string) int64 {
+	var total int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				total += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return total
 }
 
 // alive stops the run if Caddy is gone (the OOM killer, under -memlimit).
