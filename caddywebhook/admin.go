@@ -28,6 +28,8 @@ func init() {
 //	GET  /webhooks/failed[?subscription=id&limit=n]   failed deliveries
 //	POST /webhooks/subscriptions/{id}/enable      re-enable a disabled subscription
 //	POST /webhooks/subscriptions/{id}/redeliver   queue its failed deliveries again
+//	GET  /webhooks/queues                         pending deliveries per subscription, removed ones included
+//	POST /webhooks/subscriptions/{id}/discard     fail the backlog of a removed or disabled subscription
 //
 // Admin modules are provisioned before apps and are not rolled back with a
 // failed reload, so the running engine is looked up on every request.
@@ -64,6 +66,8 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return onlyGet(r, func() error { return a.listSubscriptions(w, eng) })
 	case len(parts) == 1 && parts[0] == "failed":
 		return onlyGet(r, func() error { return a.listFailed(w, r, eng) })
+	case len(parts) == 1 && parts[0] == "queues":
+		return onlyGet(r, func() error { return a.listQueues(w, eng) })
 	case len(parts) == 2 && parts[0] == "subscriptions":
 		return onlyGet(r, func() error {
 			sub, ok := eng.Subscription(parts[1])
@@ -79,11 +83,14 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engine, id, action string) error {
-	if action != "enable" && action != "redeliver" {
+	if action != "enable" && action != "redeliver" && action != "discard" {
 		return apiErr(http.StatusNotFound, "no such route")
 	}
 	if r.Method != http.MethodPost {
 		return apiErr(http.StatusMethodNotAllowed, "method not allowed; use POST")
+	}
+	if action == "discard" {
+		return a.discard(w, eng, id)
 	}
 	if _, ok := eng.Subscription(id); !ok {
 		return apiErr(http.StatusNotFound, "no subscription "+id)
@@ -99,6 +106,46 @@ func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engi
 		return apiErr(http.StatusInternalServerError, err.Error())
 	}
 	return writeAdmin(w, map[string]any{"subscription": id, "redelivered": n})
+}
+
+// discard fails the backlog of a subscription that is disabled or no
+// longer configured or registered (its ID comes from GET /webhooks/queues).
+func (a adminAPI) discard(w http.ResponseWriter, eng *delivery.Engine, id string) error {
+	if _, ok := eng.Subscription(id); !ok {
+		if n, err := eng.Store().QueueDepth(id); err == nil && n == 0 {
+			return apiErr(http.StatusNotFound, "no subscription "+id+" and no deliveries queued for it")
+		}
+	}
+	n, err := eng.Discard(id)
+	switch {
+	case errors.Is(err, delivery.ErrSubscriptionActive), errors.Is(err, delivery.ErrAttemptsInFlight),
+		errors.Is(err, delivery.ErrDiscardRunning):
+		return apiErr(http.StatusConflict, err.Error())
+	case err != nil:
+		return apiErr(http.StatusInternalServerError, fmt.Sprintf("discarded %d, then: %v", n, err))
+	}
+	return writeAdmin(w, map[string]any{"subscription": id, "discarded": n})
+}
+
+// listQueues shows every subscription with pending deliveries, including
+// those no longer configured or registered, which no other listing shows.
+func (a adminAPI) listQueues(w http.ResponseWriter, eng *delivery.Engine) error {
+	depths, err := eng.Store().QueueDepths()
+	if err != nil {
+		return apiErr(http.StatusInternalServerError, err.Error())
+	}
+	type queueJSON struct {
+		Subscription string `json:"subscription"`
+		Queued       int    `json:"queued"`
+		Registered   bool   `json:"registered"`
+	}
+	out := make([]queueJSON, 0, len(depths))
+	for id, n := range depths {
+		_, ok := eng.Subscription(id)
+		out = append(out, queueJSON{id, n, ok})
+	}
+	slices.SortFunc(out, func(a, b queueJSON) int { return strings.Compare(a.Subscription, b.Subscription) })
+	return writeAdmin(w, out)
 }
 
 // subscription is what operators see of one; secrets are only named.

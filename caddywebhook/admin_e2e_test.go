@@ -139,3 +139,73 @@ func TestAdminFailedAndRedeliver(t *testing.T) {
 		return body == "[]" && hits.Load() == 3
 	})
 }
+
+// The backlog of a subscription taken out of the Caddyfile shows in
+// GET /webhooks/queues and can be discarded; an active one's cannot.
+func TestAdminQueuesAndDiscard(t *testing.T) {
+	gone := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusGone) }))
+	defer gone.Close()
+	live := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) }))
+	defer live.Close()
+	storage := t.TempDir()
+	cfg := func(withShop bool) string {
+		shop := ""
+		if withShop {
+			shop = fmt.Sprintf("subscription shop {\n\t\t\turl %s\n\t\t\tevents order.status\n\t\t}", gone.URL)
+		}
+		global, _ := globalOptions(t, storage, fmt.Sprintf(`allow_private_targets
+		subscription live {
+			url %s
+			events other
+		}
+		%s`, live.URL, shop))
+		return global + "\nhttp://localhost:9080 {\n\twebhook_publish\n}\n"
+	}
+	tester := startCaddy(t, cfg(true))
+	for i := 0; i < 2; i++ {
+		res, err := tester.Client.Post(testBase+"/", "application/json", strings.NewReader(`{"event":"order.status","data":{}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+	}
+	waitFor(t, "the 410 to disable shop", func() bool {
+		_, body := admin(t, "GET", "/webhooks/subscriptions/static:shop")
+		return strings.Contains(body, `"disabled":true`)
+	})
+	if st, body := admin(t, "GET", "/webhooks/queues"); st != 200 || body != `[{"subscription":"static:shop","queued":2,"registered":true}]` {
+		t.Fatalf("queues: %d %s", st, body)
+	}
+
+	tester.InitServer(cfg(false), "caddyfile") // shop taken out of the Caddyfile
+	if st, body := admin(t, "GET", "/webhooks/queues"); st != 200 || body != `[{"subscription":"static:shop","queued":2,"registered":false}]` {
+		t.Fatalf("queues after the reload: %d %s", st, body)
+	}
+	if st, body := admin(t, "POST", "/webhooks/subscriptions/static:live/discard"); st != 409 {
+		t.Fatalf("discarding an active subscription: %d %s", st, body)
+	}
+	if st, body := admin(t, "POST", "/webhooks/subscriptions/static:shop/discard"); st != 200 || body != `{"discarded":2,"subscription":"static:shop"}` {
+		t.Fatalf("discard: %d %s", st, body)
+	}
+	if _, body := admin(t, "GET", "/webhooks/queues"); body != "[]" {
+		t.Fatalf("queues after the discard: %s", body)
+	}
+	if _, body := admin(t, "GET", "/webhooks/failed?subscription=static:shop"); strings.Count(body, `"last_error":"discarded by an operator"`) != 2 {
+		t.Fatalf("failed after the discard: %s", body)
+	}
+	if v := metricValue(t, "caddy_webhooks_queue_depth"); v != 0 {
+		t.Fatalf("queue depth gauge %v after the discard", v)
+	}
+	for _, c := range []struct {
+		method, path string
+		status       int
+	}{
+		{"POST", "/webhooks/subscriptions/static:shop/discard", 404}, // nothing left
+		{"GET", "/webhooks/subscriptions/static:shop/discard", 405},
+		{"POST", "/webhooks/queues", 405},
+	} {
+		if st, body := admin(t, c.method, c.path); st != c.status {
+			t.Errorf("%s %s: %d %s, want %d", c.method, c.path, st, body, c.status)
+		}
+	}
+}

@@ -122,7 +122,7 @@ func (e *Engine) settler() {
 // attempt makes one delivery attempt and fills in its outcome; false if
 // there is nothing to record.
 func (e *Engine) attempt(d *Delivery, out *settled) bool {
-	sub, ok := e.subscription(d.SubscriptionID)
+	sub, ok := e.workable(d.SubscriptionID)
 	if !ok {
 		return false
 	}

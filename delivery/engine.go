@@ -42,6 +42,10 @@ type Engine struct {
 
 	mu    sync.Mutex
 	lanes map[string]*lane
+	// discarding holds the subscriptions whose queues Discard is emptying;
+	// discards counts them so that workable need not lock when it is 0.
+	discarding map[string]bool
+	discards   atomic.Int32
 	// Lanes run as goroutines, at most maxLanes() at once; the others
 	// wait their turn in order. Without the bound a fan-out to 100,000
 	// subscriptions started 100,000 goroutines, each with an iterator.
@@ -84,6 +88,7 @@ func NewEngine(store *Store, logger *zap.Logger, clock Clock) *Engine {
 		registered: map[string]*Subscription{},
 		health:     map[string]*Health{},
 		lanes:      map[string]*lane{},
+		discarding: map[string]bool{},
 	}
 	e.sched = newScheduler(e)
 	e.settleCh = make(chan settleReq, 1024)

@@ -184,7 +184,7 @@ func (e *Engine) loadDue(subID string, from time.Time, skip map[string]bool, lim
 		return nil, time.Time{}, nil
 	}
 	e.loads.Add(1)
-	if _, ok := e.subscription(subID); !ok {
+	if _, ok := e.workable(subID); !ok {
 		return nil, time.Time{}, nil // kept until the subscription returns
 	}
 	if h, err := e.Health(subID); err != nil || h.Disabled {

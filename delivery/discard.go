@@ -1,0 +1,192 @@
+package delivery
+
+import (
+	"bytes"
+	"errors"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"go.uber.org/zap"
+
+	"github.com/hookgate/caddy-webhook/internal/store"
+)
+
+// Discard refuses a subscription that is enabled and registered, whose
+// lane would race it, while attempts of the subscription are in flight
+// (their outcomes would put deliveries back), and while another discard of
+// it runs.
+var (
+	ErrSubscriptionActive = errors.New("the subscription is registered and enabled: its deliveries can be discarded once it is disabled or removed")
+	ErrAttemptsInFlight   = errors.New("attempts of this subscription are in flight; try again when they have ended")
+	ErrDiscardRunning     = errors.New("the deliveries of this subscription are already being discarded")
+)
+
+// ReasonDiscarded is the last error of a discarded delivery.
+const ReasonDiscarded = "discarded by an operator"
+
+// Discard fails every pending delivery of a subscription that was removed
+// or is disabled, so that a backlog nobody is going to take is not kept
+// (and counted in the queue depth) forever. The deliveries are kept as
+// failed, with their payloads, for the retention period: Redeliver queues
+// them again while that lasts. It returns how many were discarded, also
+// when it stops on an error.
+func (e *Engine) Discard(subID string) (int, error) {
+	if err := e.beginDiscard(subID); err != nil {
+		return 0, err
+	}
+	defer e.endDiscard(subID)
+	n, err := e.store.discardPending(subID, e.clock.Now(), e.settings.Load().Retention)
+	e.queued.Add(-int64(n))
+	log := e.log().Info
+	if err != nil {
+		log = e.log().Error
+	}
+	log("discarded pending deliveries", zap.String("subscription", subID), zap.Int("count", n), zap.Error(err))
+	return n, err
+}
+
+// beginDiscard checks that nothing else works on the subscription's queue
+// and keeps it that way until endDiscard: workable reports the
+// subscription absent meanwhile, so its lane neither loads nor attempts
+// anything even if it is enabled or registered again.
+func (e *Engine) beginDiscard(subID string) error {
+	if _, ok := e.subscription(subID); ok {
+		h, err := e.Health(subID)
+		if err != nil {
+			return err
+		}
+		if !h.Disabled {
+			return ErrSubscriptionActive
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	// An attempt is in its lane's inflight set from before it looks the
+	// subscription up until it is settled, so none can slip past this.
+	if l := e.lanes[subID]; l != nil && len(l.inflight) > 0 {
+		return ErrAttemptsInFlight
+	}
+	if e.discarding[subID] {
+		return ErrDiscardRunning
+	}
+	e.discarding[subID] = true
+	e.discards.Add(1)
+	return nil
+}
+
+func (e *Engine) endDiscard(subID string) {
+	e.mu.Lock()
+	delete(e.discarding, subID)
+	e.discards.Add(-1)
+	e.mu.Unlock()
+	e.wake(subID) // registered again meanwhile: what is left goes out
+}
+
+// workable returns the subscription whose queue a lane may work on: a
+// registered one not being discarded.
+func (e *Engine) workable(id string) (*Subscription, bool) {
+	sub, ok := e.subscription(id)
+	if ok && e.discards.Load() > 0 {
+		e.mu.Lock()
+		ok = !e.discarding[id]
+		e.mu.Unlock()
+	}
+	return sub, ok
+}
+
+// discardBatchBytes bounds the queue entries (payloads included) failed in
+// one transaction, well below badger's limit for one.
+const discardBatchBytes = 256 << 10
+
+// discardPending marks every pending delivery of a subscription failed
+// with ReasonDiscarded, a batch of them per transaction, and returns how
+// many it marked.
+func (s *Store) discardPending(subID string, now time.Time, retention time.Duration) (int, error) {
+	n := 0
+	after := queuePrefix(subID)
+	for {
+		keys, batch, next, err := s.queuedBatch(subID, after, discardBatchBytes)
+		if err != nil || next == nil {
+			return n, err
+		}
+		err = store.Update(s.db, func(txn *badger.Txn) error {
+			for i := range batch {
+				if err := discardOne(txn, keys[i], batch[i], now, retention); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return n, err
+		}
+		n += len(batch)
+		after = next
+	}
+}
+
+// queuedBatch reads a subscription's queue entries from the key start on,
+// until their values add up to maxBytes; next is where the following batch
+// starts, nil when the queue has been read to its end.
+func (s *Store) queuedBatch(subID string, start []byte, maxBytes int) (keys [][]byte, out []Delivery, next []byte, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		prefix := queuePrefix(subID)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		size := 0
+		for it.Seek(start); it.ValidForPrefix(prefix) && size < maxBytes; it.Next() {
+			item := it.Item()
+			next = append(item.KeyCopy(next[:0]), 0) // the least key after this one
+			at, did, ok := parseQueueKey(item.Key(), subID)
+			if !ok {
+				continue
+			}
+			var d Delivery
+			found, err := queuedDelivery(txn, item, did, &d)
+			if err != nil {
+				return err
+			}
+			key := item.KeyCopy(nil)
+			if !found { // its record expired: nothing to keep
+				d = Delivery{ID: did, SubscriptionID: subID, State: StateDelivered}
+			}
+			d.NextAttempt = at
+			keys, out = append(keys, key), append(out, d)
+			size += int(item.ValueSize()) + len(key)
+		}
+		return nil
+	})
+	return keys, out, next, err
+}
+
+func discardOne(txn *badger.Txn, key []byte, d Delivery, now time.Time, retention time.Duration) error {
+	if err := txn.Delete(key); err != nil {
+		return err
+	}
+	if d.State != StatePending {
+		return nil
+	}
+	d.State, d.NextAttempt, d.LastError, d.UpdatedAt = StateFailed, time.Time{}, ReasonDiscarded, now
+	if err := txn.SetEntry(badger.NewEntry(failedKey(d.SubscriptionID, d.ID), nil).WithTTL(retention)); err != nil {
+		return err
+	}
+	return setDelivery(txn, &d, retention)
+}
+
+// QueueDepths counts the pending deliveries of every subscription that has
+// any, registered or not (a key-only scan).
+func (s *Store) QueueDepths() (map[string]int, error) {
+	out := map[string]int{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixQ)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := it.Item().Key()[len(prefixQ):]
+			if i := bytes.IndexByte(k, 0); i > 0 {
+				out[string(k[:i])]++
+			}
+		}
+		return nil
+	})
+	return out, err
+}

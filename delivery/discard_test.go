@@ -1,0 +1,163 @@
+package delivery
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// A removed subscription's backlog is failed by Discard, in several
+// batches, without losing the payloads: Redeliver brings it back.
+func TestDiscardRemovedSubscription(t *testing.T) {
+	var up atomic.Bool
+	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) {
+		if up.Load() {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200 // 3 KB each: several discard batches
+	for i := range n {
+		m := msg("x", fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("p", 3000)))
+		m.Tenant = "t"
+		if _, err := te.Publish(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "every first attempt", func() bool { return len(rcv.got()) == n })
+	if _, err := te.Discard(s.ID); !errors.Is(err, ErrSubscriptionActive) {
+		t.Fatalf("discarding an active subscription: %v", err)
+	}
+	if err := te.DeleteSubscription(s.ID); err != nil {
+		t.Fatal(err)
+	}
+	var got int
+	var err error
+	eventually(t, "the last attempts to settle", func() bool {
+		got, err = te.Discard(s.ID)
+		return !errors.Is(err, ErrAttemptsInFlight)
+	})
+	if err != nil || got != n {
+		t.Fatalf("discarded %d, %v; want %d", got, err, n)
+	}
+	if d := te.QueueDepth(); d != 0 {
+		t.Fatalf("queue depth %d after the discard", d)
+	}
+	if d, _ := te.store.QueueDepth(s.ID); d != 0 {
+		t.Fatalf("%d entries left in the queue", d)
+	}
+	failed, err := te.store.FailedDeliveries(s.ID, 1000)
+	if err != nil || len(failed) != n {
+		t.Fatalf("%d failed deliveries, %v; want %d", len(failed), err, n)
+	}
+	for _, d := range failed {
+		if d.LastError != ReasonDiscarded || d.Attempts != 1 {
+			t.Fatalf("discarded delivery: %+v", d)
+		}
+	}
+	if again, err := te.Discard(s.ID); again != 0 || err != nil {
+		t.Fatalf("second discard: %d, %v", again, err)
+	}
+
+	up.Store(true)
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := te.Redeliver(s.ID); r != n || err != nil {
+		t.Fatalf("redelivered %d, %v", r, err)
+	}
+	eventually(t, "the redelivered backlog", func() bool { return len(rcv.got()) == 2*n })
+	for _, h := range rcv.got()[n:] {
+		if !strings.Contains(h.Body, strings.Repeat("p", 3000)) {
+			t.Fatalf("redelivered without its payload: %.60s", h.Body)
+		}
+	}
+	eventually(t, "an empty queue", func() bool { return te.QueueDepth() == 0 })
+}
+
+// A disabled subscription's backlog, new deliveries included, can be
+// discarded while it stays registered.
+func TestDiscardDisabledSubscription(t *testing.T) {
+	rcv := newReceiver(t, status(http.StatusGone))
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("gone", rcv.URL)}})
+	id := StaticID("gone")
+	te.Publish(msg("x", `{"n":1}`))
+	eventually(t, "the 410 disabling it", func() bool {
+		h, _ := te.Health(id)
+		return h.Disabled
+	})
+	for i := range 3 {
+		te.Publish(msg("x", fmt.Sprintf(`{"n":%d}`, i+2)))
+	}
+	// 4 messages and the endpoint.disabled event ("*" takes it too).
+	eventually(t, "5 queued", func() bool { return te.QueueDepth() == 5 })
+	if got, err := te.Discard(id); got != 5 || err != nil {
+		t.Fatalf("discarded %d, %v; want 5", got, err)
+	}
+	if d, _ := te.store.QueueDepth(id); d != 0 || te.QueueDepth() != 0 {
+		t.Fatalf("queue after the discard: %d stored, %d counted", d, te.QueueDepth())
+	}
+}
+
+// While an attempt is in flight its outcome would put the delivery back
+// after a discard: Discard refuses until it has been settled.
+func TestDiscardWaitsForAttemptsInFlight(t *testing.T) {
+	release := make(chan struct{})
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		if n == 1 {
+			<-release
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}, Timeout: time.Minute})
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	m := msg("x", `{}`)
+	m.Tenant = "t"
+	te.Publish(m)
+	eventually(t, "the attempt held by the receiver", func() bool { return len(rcv.got()) == 1 })
+	if err := te.DeleteSubscription(s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := te.Discard(s.ID); !errors.Is(err, ErrAttemptsInFlight) {
+		close(release)
+		t.Fatalf("discard with an attempt in flight: %v", err)
+	}
+	close(release)
+	eventually(t, "the discard once the attempt settled", func() bool {
+		n, err := te.Discard(s.ID)
+		return n == 1 && err == nil
+	})
+	if te.QueueDepth() != 0 {
+		t.Fatalf("queue depth %d", te.QueueDepth())
+	}
+}
+
+// QueueDepths finds the backlog of subscriptions nobody lists any more.
+func TestQueueDepthsIncludeRemovedSubscriptions(t *testing.T) {
+	rcv := newReceiver(t, status(http.StatusGone))
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL)}})
+	for i := range 3 {
+		te.Publish(msg("x", fmt.Sprintf(`{"n":%d}`, i)))
+	}
+	eventually(t, "3 queued", func() bool { return te.QueueDepth() == 3 })
+	if err := te.Configure(Config{AllowPrivateTargets: true}); err != nil { // "a" removed
+		t.Fatal(err)
+	}
+	depths, err := te.store.QueueDepths()
+	if err != nil || len(depths) != 1 || depths[StaticID("a")] != 3 {
+		t.Fatalf("depths %v, %v", depths, err)
+	}
+}
