@@ -126,7 +126,7 @@ func (s *Store) discardPending(subID string, now time.Time, retention time.Durat
 }
 
 // queuedBatch reads a subscription's queue entries from the key start on,
-// until their values add up to maxBytes; next is where the following batch
+// as many as fit in maxBytes but at least one; next is where the following batch
 // starts, nil when the queue has been read to its end.
 func (s *Store) queuedBatch(subID string, start []byte, maxBytes int) (keys [][]byte, out []Delivery, next []byte, err error) {
 	err = s.db.View(func(txn *badger.Txn) error {
@@ -134,8 +134,13 @@ func (s *Store) queuedBatch(subID string, start []byte, maxBytes int) (keys [][]
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
 		size := 0
-		for it.Seek(start); it.ValidForPrefix(prefix) && size < maxBytes; it.Next() {
+		for it.Seek(start); it.ValidForPrefix(prefix); it.Next() {
 			item := it.Item()
+			// One entry may be larger than maxBytes (a 1 MB payload) and
+			// still fits a transaction alone, not with others.
+			if size += int(item.ValueSize()) + len(item.Key()); size > maxBytes && len(out) > 0 {
+				break
+			}
 			next = append(item.KeyCopy(next[:0]), 0) // the least key after this one
 			at, did, ok := parseQueueKey(item.Key(), subID)
 			if !ok {
@@ -152,7 +157,6 @@ func (s *Store) queuedBatch(subID string, start []byte, maxBytes int) (keys [][]
 			}
 			d.NextAttempt = at
 			keys, out = append(keys, key), append(out, d)
-			size += int(item.ValueSize()) + len(key)
 		}
 		return nil
 	})

@@ -161,3 +161,34 @@ func TestQueueDepthsIncludeRemovedSubscriptions(t *testing.T) {
 		t.Fatalf("depths %v, %v", depths, err)
 	}
 }
+
+// Large payloads are discarded too: a batch never holds more than a
+// transaction can. (Values of 1 MB and more go to badger's value log and
+// weigh little in a transaction; 900 KB ones count in full.)
+func TestDiscardLargePayloads(t *testing.T) {
+	rcv := newReceiver(t, status(http.StatusGone))
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("gone", rcv.URL, "x", "big")}})
+	id := StaticID("gone")
+	te.Publish(msg("x", `{}`))
+	eventually(t, "the 410 disabling it", func() bool {
+		h, _ := te.Health(id)
+		return h.Disabled
+	})
+	for i := range 80 {
+		te.Publish(msg("x", fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("p", 3100))))
+	}
+	big := `{"blob":"` + strings.Repeat("x", 900<<10) + `"}`
+	for range 2 {
+		if _, err := te.Publish(msg("big", big)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "83 queued", func() bool { return te.QueueDepth() == 83 })
+	if got, err := te.Discard(id); got != 83 || err != nil {
+		t.Fatalf("discarded %d, %v; want 83", got, err)
+	}
+	failed, _ := te.store.FailedDeliveries(id, 100)
+	if len(failed) != 83 {
+		t.Fatalf("%d failed deliveries, want 83", len(failed))
+	}
+}
