@@ -40,9 +40,10 @@ const (
 // Store keeps the delivery queue in a badger database.
 type Store struct {
 	db *badger.DB
-	// settleFault, when set, is asked before every settle and fails it
-	// with the error it returns: tests use it to stand for a disk that
-	// refuses a write, which a working badger cannot be made to do.
+	// settleFault, when set, is asked before every settle transaction
+	// and fails the settle with the error it returns: tests use it to
+	// stand for a disk that refuses a write, which a working badger
+	// cannot be made to do.
 	settleFault func() error
 }
 
@@ -379,35 +380,51 @@ type settled struct {
 
 // settle stores attempt outcomes, several per transaction: the attempt
 // record, the delivery and its place in the queue (gone once the delivery
-// is final, when the delivery itself starts to expire).
+// is final, when the delivery itself starts to expire). Each outcome is
+// whole in one transaction: when one does not fit, the transaction is
+// dropped and made again without it, since committing it would store half
+// of that outcome (its old queue entry deleted, the new one missing).
 func (s *Store) settle(batch []settled, retention time.Duration) error {
-	if s.settleFault != nil {
-		if err := s.settleFault(); err != nil {
-			return err
-		}
-	}
 	for len(batch) > 0 {
-		n := 0
-		err := store.Update(s.db, func(txn *badger.Txn) error {
-			n = 0
-			for i := range batch {
-				err := settleOne(txn, &batch[i], retention)
-				if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
-					return nil // commit what fits; the rest goes in the next one
-				}
-				if err != nil {
-					return err
-				}
-				n++
+		if s.settleFault != nil {
+			if err := s.settleFault(); err != nil {
+				return err
 			}
-			return nil
-		})
+		}
+		n, err := s.settleFitting(batch, retention)
 		if err != nil {
 			return err
 		}
 		batch = batch[n:]
 	}
 	return nil
+}
+
+// errTxnFull drops a settle transaction that ran out of room.
+var errTxnFull = errors.New("settle transaction full")
+
+// settleFitting commits as many outcomes from the front of batch as fit in
+// one transaction, at least one, and returns how many.
+func (s *Store) settleFitting(batch []settled, retention time.Duration) (int, error) {
+	for limit := len(batch); ; {
+		n := 0
+		err := store.Update(s.db, func(txn *badger.Txn) error {
+			for n = 0; n < limit; n++ {
+				err := settleOne(txn, &batch[n], retention)
+				if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
+					return errTxnFull
+				}
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if !errors.Is(err, errTxnFull) {
+			return n, err
+		}
+		limit = n
+	}
 }
 
 func settleOne(txn *badger.Txn, st *settled, retention time.Duration) error {

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 // Retries and redeliveries send the same payload as the first attempt:
@@ -135,5 +138,62 @@ func TestFanOutWriterNeverSplitsADelivery(t *testing.T) {
 	}
 	if !visible(second.queueKey) || !visible(second.recordKey) {
 		t.Fatal("the refused delivery was not committed in the next transaction")
+	}
+}
+
+// Outcomes too large to share a transaction are settled in several, each
+// whole: a settle cut short between two of them (here by a refused write)
+// leaves every delivery with exactly one queue entry, its old one or its
+// new one, never neither.
+func TestSettleSplitsOnlyBetweenOutcomes(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s := NewStore(db.DB)
+	big := json.RawMessage(`{"blob":"` + strings.Repeat("x", 900<<10) + `"}`) // counts in full in a transaction
+	subs := []*Subscription{{ID: "s", Events: []string{"*"}}}
+	for i := range 2 {
+		m := Message{ID: fmt.Sprint("m", i), Event: "x", Data: big, CreatedAt: t0}
+		if _, err := s.enqueue(m, subs, true, t0, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queued, _, err := s.due("s", time.Time{}, t0, nil, 10)
+	if err != nil || len(queued) != 2 {
+		t.Fatalf("%d queued, %v", len(queued), err)
+	}
+	var batch []settled
+	for _, d := range queued { // both failed once and retry in a minute
+		at := d.NextAttempt
+		d.Attempts, d.NextAttempt, d.LastStatus = 1, t0.Add(time.Minute), 500
+		batch = append(batch, settled{d: d, queuedAt: at, att: Attempt{DeliveryID: d.ID, SubscriptionID: "s", N: 1, At: t0, Status: 500}})
+	}
+	txns := 0
+	s.settleFault = func() error {
+		if txns++; txns == 2 {
+			return errors.New("no space left on device")
+		}
+		return nil
+	}
+	if err := s.settle(batch, time.Hour); err == nil {
+		t.Fatal("the refused second transaction went unreported")
+	}
+	for _, d := range queued {
+		entries := 0
+		err := db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: queuePrefix("s")})
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				if strings.HasSuffix(string(it.Item().Key()), "\x00"+d.ID) {
+					entries++
+				}
+			}
+			return nil
+		})
+		if err != nil || entries != 1 {
+			t.Fatalf("delivery %s has %d queue entries (%v), want 1", d.ID, entries, err)
+		}
 	}
 }
