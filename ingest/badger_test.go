@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -105,5 +106,39 @@ func TestWindowRecord(t *testing.T) {
 	}
 	if err := decodeWindow(append(b, 0), &legacy); err == nil {
 		t.Fatal("window with a trailing byte: no error")
+	}
+}
+
+// A group of saves larger than one badger transaction holds is committed
+// in several: every save succeeds and is stored.
+func TestGroupCommitLargerThanATransaction(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ws := NewBadgerWindows(db.DB)
+	w := Window{LastUsed: t0, NextPushAfter: t0.Add(time.Minute)}
+	// Queued as if their pushes had come while another commit ran.
+	const n = 30000
+	ops := make([]*windowWrite, n)
+	for i := range ops {
+		ops[i] = &windowWrite{key: fmt.Appendf(nil, "%sclient-%06d-%s", windowPrefix, i, strings.Repeat("n", 40)),
+			value: encodeWindow(w), done: make(chan error, 1)}
+	}
+	ws.queued = ops[:n-1]
+	if err := ws.commit(ops[n-1]); err != nil {
+		t.Fatalf("the leader's save: %v", err)
+	}
+	for i, op := range ops[:n-1] {
+		if err := <-op.done; err != nil {
+			t.Fatalf("save %d: %v", i, err)
+		}
+	}
+	for _, i := range []int{0, n / 2, n - 1} {
+		name := strings.TrimPrefix(string(ops[i].key), windowPrefix)
+		if got, ok, err := ws.read(name); !ok || err != nil || !got.NextPushAfter.Equal(w.NextPushAfter) {
+			t.Fatalf("window %d: %+v ok=%v err=%v", i, got, ok, err)
+		}
 	}
 }

@@ -138,6 +138,7 @@ type BadgerWindows struct {
 	commitMu   sync.Mutex
 	queued     []*windowWrite
 	committing bool
+	maxTxnSize int64 // what one group commit may write
 }
 
 // A windowWrite is one save waiting for its group commit. They are
@@ -156,7 +157,8 @@ type cachedWindow struct {
 
 // NewBadgerWindows stores windows in db under the "ingest/window/" prefix.
 func NewBadgerWindows(db *badger.DB) *BadgerWindows {
-	return &BadgerWindows{db: db, cache: map[string]cachedWindow{}}
+	// Badger refuses a transaction of 15% of a memtable; stay at half that.
+	return &BadgerWindows{db: db, cache: map[string]cachedWindow{}, maxTxnSize: db.Opts().MemTableSize * 15 / 100 / 2}
 }
 
 // LoadWindow implements WindowStore.
@@ -212,6 +214,21 @@ func (s *BadgerWindows) SaveWindow(client string, w Window) error {
 	return nil
 }
 
+// fitting is how many of the queued saves, from the front, one
+// transaction takes: a burst of pushes larger than badger allows in one
+// (15% of a memtable, some 20,000 short client names) would otherwise fail
+// every save in it.
+func (s *BadgerWindows) fitting(queued []*windowWrite) int {
+	var size int64
+	for i, w := range queued {
+		size += int64(len(w.key)+len(w.value)) + 32 // badger's per-entry overhead, generously
+		if size > s.maxTxnSize && i > 0 {
+			return i
+		}
+	}
+	return len(queued)
+}
+
 // commit stores one window, durably, sharing transactions with concurrent
 // saves.
 func (s *BadgerWindows) commit(op *windowWrite) error {
@@ -223,8 +240,8 @@ func (s *BadgerWindows) commit(op *windowWrite) error {
 	}
 	s.committing = true
 	for len(s.queued) > 0 {
-		batch := s.queued
-		s.queued = nil
+		batch := s.queued[:s.fitting(s.queued)]
+		s.queued = s.queued[len(batch):]
 		s.commitMu.Unlock()
 		err := store.Update(s.db, func(txn *badger.Txn) error {
 			for _, w := range batch {
