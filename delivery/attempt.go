@@ -127,7 +127,8 @@ func (e *Engine) attempt(d *Delivery, out *settled) bool {
 		return false
 	}
 	s := e.settings.Load()
-	res := send(e.ctx, s.client, sub, e.targetURL(sub), &d.Message, s.UserAgent, s.Timeout, e.clock.Now())
+	started := e.clock.Now()
+	res := send(e.ctx, s.client, sub, e.targetURL(sub), &d.Message, s.UserAgent, s.Timeout, started)
 	if e.ctx.Err() != nil {
 		return false // shutting down: the queue still has it, it will be retried
 	}
@@ -152,7 +153,7 @@ func (e *Engine) attempt(d *Delivery, out *settled) bool {
 		(*f)(att, d.State)
 	}
 	e.logAttempt(sub, d, res)
-	e.recordHealth(sub, res, now)
+	e.recordHealth(sub, res, started, now)
 	return true
 }
 

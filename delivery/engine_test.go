@@ -283,6 +283,49 @@ func TestRetentionOfDeliveredMessages(t *testing.T) {
 	assertExpires(t, te, string(msgKey("", res.ID)))
 }
 
+// An attempt that started before the endpoint was re-enabled cannot
+// disable it again when its 410 comes back after the re-enable: the
+// operator acted on newer knowledge.
+func TestEnableOutlivesAnswersFromBefore(t *testing.T) {
+	held := make(chan struct{})
+	var fixed atomic.Bool
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		if n == 2 {
+			<-held
+		}
+		if n <= 2 || !fixed.Load() {
+			w.WriteHeader(http.StatusGone)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Minute}, Subscriptions: []Subscription{sub("shop", rcv.URL, "x")}})
+	id := StaticID("shop")
+	first, _ := te.Publish(msg("x", `{"n":1}`))
+	second, _ := te.Publish(msg("x", `{"n":2}`))
+	eventually(t, "the first 410 disabling it, the second attempt held", func() bool {
+		h, _ := te.Health(id)
+		return h.Disabled && len(rcv.got()) == 2
+	})
+	te.clock.Advance(time.Second)
+	fixed.Store(true)
+	if err := te.Enable(id); err != nil {
+		t.Fatal(err)
+	}
+	close(held) // the held attempt now gets its 410
+	for _, m := range []PublishResult{first, second} {
+		did := deliveryID(m.ID, id)
+		eventually(t, "the retries after the enable", func() bool {
+			te.clock.Advance(time.Minute)
+			te.Kick()
+			return te.delivery(t, did).State == StateDelivered
+		})
+	}
+	if h, _ := te.Health(id); h.Disabled {
+		t.Fatalf("disabled again by an answer from before the enable: %+v", h)
+	}
+}
+
 // 410 disables at once; the disabled endpoint's deliveries are kept and go
 // out after it is re-enabled; endpoint.disabled reaches its listeners.
 func TestGoneDisablesAndEnableResumes(t *testing.T) {

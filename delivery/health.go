@@ -49,13 +49,16 @@ func (e *Engine) healthOf(subID string) (*Health, error) {
 // recordHealth tracks failures and disables an endpoint that answered 410
 // Gone or failed without a success for DisableAfter. Only transitions are
 // written to the store.
-func (e *Engine) recordHealth(sub *Subscription, res result, now time.Time) {
+func (e *Engine) recordHealth(sub *Subscription, res result, started, now time.Time) {
 	e.healthMu.Lock()
 	defer e.healthMu.Unlock()
 	h, err := e.healthOf(sub.ID)
 	if err != nil {
 		e.log().Error("reading endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
 		return
+	}
+	if !res.success() && started.Before(h.EnabledAt) {
+		return // the operator re-enabled it since: a later answer decides
 	}
 	changed, disabled := false, false
 	if res.success() {
@@ -117,11 +120,12 @@ func (e *Engine) announceDisabled(sub *Subscription, h Health) {
 }
 
 // Enable re-enables a disabled endpoint; its kept deliveries resume.
+// Attempts already under way cannot disable it again by failing.
 func (e *Engine) Enable(subID string) error {
 	e.healthMu.Lock()
 	h, err := e.healthOf(subID)
 	if err == nil {
-		*h = Health{LastSuccess: h.LastSuccess}
+		*h = Health{LastSuccess: h.LastSuccess, EnabledAt: e.clock.Now()}
 		err = e.store.saveHealth(subID, *h)
 	}
 	e.healthMu.Unlock()

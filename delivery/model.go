@@ -122,6 +122,9 @@ type Health struct {
 	Disabled     bool      `json:"disabled,omitempty"`
 	DisabledAt   time.Time `json:"disabled_at,omitzero"`
 	Reason       string    `json:"reason,omitempty"`
+	// EnabledAt is when an operator last re-enabled the endpoint; failures
+	// of attempts started before it do not count against it.
+	EnabledAt time.Time `json:"enabled_at,omitzero"`
 }
 
 // deliveryID is deterministic so that publishing the same message again
