@@ -289,8 +289,10 @@ func TestRetentionOfDeliveredMessages(t *testing.T) {
 func TestEnableOutlivesAnswersFromBefore(t *testing.T) {
 	held := make(chan struct{})
 	var fixed atomic.Bool
+	// The first attempt is held, so the second is made beside it (a free
+	// slot) and its 410 disables the endpoint.
 	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
-		if n == 2 {
+		if n == 1 {
 			<-held
 		}
 		if n <= 2 || !fixed.Load() {
@@ -303,7 +305,7 @@ func TestEnableOutlivesAnswersFromBefore(t *testing.T) {
 	id := StaticID("shop")
 	first, _ := te.Publish(msg("x", `{"n":1}`))
 	second, _ := te.Publish(msg("x", `{"n":2}`))
-	eventually(t, "the first 410 disabling it, the second attempt held", func() bool {
+	eventually(t, "the second attempt's 410 disabling it, the first held", func() bool {
 		h, _ := te.Health(id)
 		return h.Disabled && len(rcv.got()) == 2
 	})
