@@ -97,14 +97,14 @@ func (e *Engine) settler() {
 		for _, r := range reqs {
 			batch = append(batch, r.settled)
 		}
-		err := e.store.settle(batch, e.settings.Load().Retention)
+		stored, err := e.store.settle(batch, e.settings.Load().Retention)
 		if err != nil {
-			e.log().Error("recording delivery attempts", zap.Int("deliveries", len(batch)), zap.Error(err))
+			e.log().Error("recording delivery attempts", zap.Int("deliveries", len(batch)-stored), zap.Error(err))
 		}
-		for _, r := range reqs {
+		for i, r := range reqs {
 			e.mu.Lock()
 			switch {
-			case err != nil:
+			case i >= stored:
 				// Unrecorded, the delivery is still queued, maybe behind
 				// the lane's cursor: read the queue again from its start.
 				r.lane.rewind, r.lane.rewindTo = true, time.Time{}

@@ -384,20 +384,22 @@ type settled struct {
 // whole in one transaction: when one does not fit, the transaction is
 // dropped and made again without it, since committing it would store half
 // of that outcome (its old queue entry deleted, the new one missing).
-func (s *Store) settle(batch []settled, retention time.Duration) error {
-	for len(batch) > 0 {
+// stored counts the outcomes from the front of batch that were stored,
+// also when a later transaction failed.
+func (s *Store) settle(batch []settled, retention time.Duration) (stored int, err error) {
+	for stored < len(batch) {
 		if s.settleFault != nil {
 			if err := s.settleFault(); err != nil {
-				return err
+				return stored, err
 			}
 		}
-		n, err := s.settleFitting(batch, retention)
+		n, err := s.settleFitting(batch[stored:], retention)
 		if err != nil {
-			return err
+			return stored, err
 		}
-		batch = batch[n:]
+		stored += n
 	}
-	return nil
+	return stored, nil
 }
 
 // errTxnFull drops a settle transaction that ran out of room.

@@ -177,8 +177,8 @@ func TestSettleSplitsOnlyBetweenOutcomes(t *testing.T) {
 		}
 		return nil
 	}
-	if err := s.settle(batch, time.Hour); err == nil {
-		t.Fatal("the refused second transaction went unreported")
+	if stored, err := s.settle(batch, time.Hour); err == nil || stored != 1 {
+		t.Fatalf("settle with its second transaction refused: %d stored, %v", stored, err)
 	}
 	for _, d := range queued {
 		entries := 0
