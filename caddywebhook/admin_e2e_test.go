@@ -23,6 +23,15 @@ func admin(t *testing.T, method, path string) (int, string) {
 	return res.StatusCode, strings.TrimSpace(string(b))
 }
 
+// waitDisabled waits for the admin API to show the subscription disabled.
+func waitDisabled(t *testing.T, id string) {
+	t.Helper()
+	waitFor(t, id+" to be disabled", func() bool {
+		_, body := admin(t, "GET", "/webhooks/subscriptions/"+id)
+		return strings.Contains(body, `"disabled":true`)
+	})
+}
+
 func TestAdminAPI(t *testing.T) {
 	var healthy atomic.Bool
 	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -43,17 +52,9 @@ func TestAdminAPI(t *testing.T) {
 		}`, rcv.URL))
 	tester := startCaddy(t, global+"\nhttp://localhost:9080 {\n\twebhook_publish\n}\n")
 	for i := 0; i < 2; i++ {
-		req, _ := http.NewRequest("POST", testBase+"/", strings.NewReader(`{"event":"order.status","data":{"n":1}}`))
-		res, err := tester.Client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res.Body.Close()
+		publish(t, tester.Client, "POST", `{"event":"order.status","data":{"n":1}}`)
 	}
-	waitFor(t, "the 410 to disable shop", func() bool {
-		_, body := admin(t, "GET", "/webhooks/subscriptions/static:shop")
-		return strings.Contains(body, `"disabled":true`)
-	})
+	waitDisabled(t, "static:shop")
 
 	st, body := admin(t, "GET", "/webhooks/subscriptions")
 	var subs []map[string]any
@@ -116,12 +117,7 @@ func TestAdminFailedAndRedeliver(t *testing.T) {
 			events *
 		}`, rcv.URL))
 	tester := startCaddy(t, global+"\nhttp://localhost:9080 {\n\twebhook_publish\n}\n")
-	req, _ := http.NewRequest("POST", testBase+"/", strings.NewReader(`{"event":"e","id":"m-1","data":{}}`))
-	res, err := tester.Client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
+	publish(t, tester.Client, "POST", `{"event":"e","id":"m-1","data":{}}`)
 	waitFor(t, "the delivery to fail for good", func() bool {
 		_, body := admin(t, "GET", "/webhooks/failed")
 		return strings.Contains(body, `"message_id":"m-1"`)
@@ -163,16 +159,9 @@ func TestAdminQueuesAndDiscard(t *testing.T) {
 	}
 	tester := startCaddy(t, cfg(true))
 	for i := 0; i < 2; i++ {
-		res, err := tester.Client.Post(testBase+"/", "application/json", strings.NewReader(`{"event":"order.status","data":{}}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		res.Body.Close()
+		publish(t, tester.Client, "POST", `{"event":"order.status","data":{}}`)
 	}
-	waitFor(t, "the 410 to disable shop", func() bool {
-		_, body := admin(t, "GET", "/webhooks/subscriptions/static:shop")
-		return strings.Contains(body, `"disabled":true`)
-	})
+	waitDisabled(t, "static:shop")
 	if st, body := admin(t, "GET", "/webhooks/queues"); st != 200 || body != `[{"subscription":"static:shop","queued":2,"registered":true}]` {
 		t.Fatalf("queues: %d %s", st, body)
 	}

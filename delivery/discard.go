@@ -171,10 +171,7 @@ func discardOne(txn *badger.Txn, key []byte, d Delivery, now time.Time, retentio
 		return nil
 	}
 	d.State, d.NextAttempt, d.LastError, d.UpdatedAt = StateFailed, time.Time{}, ReasonDiscarded, now
-	if err := txn.SetEntry(badger.NewEntry(failedKey(d.SubscriptionID, d.ID), nil).WithTTL(retention)); err != nil {
-		return err
-	}
-	return setDelivery(txn, &d, retention)
+	return putFailed(txn, &d, retention)
 }
 
 // QueueDepths counts the pending deliveries of every subscription that has

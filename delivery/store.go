@@ -445,16 +445,21 @@ func settleOne(txn *badger.Txn, st *settled, retention time.Duration) error {
 	case StatePending:
 		return pendingEntries(d).put(txn)
 	case StateFailed:
-		// Kept whole, with its payload, for a redelivery.
-		e := badger.NewEntry(failedKey(d.SubscriptionID, d.ID), nil).WithTTL(retention)
-		if err := txn.SetEntry(e); err != nil {
-			return err
-		}
-		return setDelivery(txn, d, retention)
+		return putFailed(txn, d, retention)
 	}
 	// Delivered: nothing sends it again; the record stays (for idempotent
 	// publishes and for operators) without the payload.
 	d.Message.Data = nil
+	return setDelivery(txn, d, retention)
+}
+
+// putFailed stores a failed delivery whole, with its payload, for a
+// redelivery, and lists it among the failed ones.
+func putFailed(txn *badger.Txn, d *Delivery, retention time.Duration) error {
+	e := badger.NewEntry(failedKey(d.SubscriptionID, d.ID), nil).WithTTL(retention)
+	if err := txn.SetEntry(e); err != nil {
+		return err
+	}
 	return setDelivery(txn, d, retention)
 }
 
