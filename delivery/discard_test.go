@@ -14,13 +14,7 @@ import (
 // batches, without losing the payloads: Redeliver brings it back.
 func TestDiscardRemovedSubscription(t *testing.T) {
 	var up atomic.Bool
-	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) {
-		if up.Load() {
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
-		w.WriteHeader(http.StatusServiceUnavailable)
-	})
+	rcv := newReceiver(t, failUntil(&up, http.StatusServiceUnavailable))
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
 	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
 	if err := te.PutSubscription(s); err != nil {

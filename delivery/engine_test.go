@@ -595,13 +595,7 @@ func TestChangedURLIsUsed(t *testing.T) {
 // API client re-registering gets the same one), not at its next event.
 func TestKeptDeliveriesResumeWhenRegisteredAgain(t *testing.T) {
 	var up atomic.Bool
-	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) {
-		if !up.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
+	rcv := newReceiver(t, failUntil(&up, http.StatusServiceUnavailable))
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Minute}})
 	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
 	if err := te.PutSubscription(s); err != nil {

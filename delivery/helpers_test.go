@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,6 +65,17 @@ func (r *receiver) got() []hit {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]hit(nil), r.hits...)
+}
+
+// failUntil answers code until up is set, then 204.
+func failUntil(up *atomic.Bool, code int) func(int, http.ResponseWriter) {
+	return func(_ int, w http.ResponseWriter) {
+		if up.Load() {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.WriteHeader(code)
+	}
 }
 
 func status(code int) func(int, http.ResponseWriter) {
