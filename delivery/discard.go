@@ -24,8 +24,8 @@ var (
 // ReasonDiscarded is the last error of a discarded delivery.
 const ReasonDiscarded = "discarded by an operator"
 
-// Discard fails every pending delivery of a subscription that was removed
-// or is disabled, so that a backlog nobody is going to take is not kept
+// Discard fails every delivery pending, when it is called, for a
+// subscription that was removed or is disabled, so that a backlog nobody is going to take is not kept
 // (and counted in the queue depth) forever. The deliveries are kept as
 // failed, with their payloads, for the retention period: Redeliver queues
 // them again while that lasts. It returns how many were discarded, also
@@ -98,14 +98,18 @@ func (e *Engine) workable(id string) (*Subscription, bool) {
 // one transaction, well below badger's limit for one.
 const discardBatchBytes = 256 << 10
 
-// discardPending marks every pending delivery of a subscription failed
-// with ReasonDiscarded, a batch of them per transaction, and returns how
-// many it marked.
+// discardPending marks every delivery pending in a subscription's queue
+// when it is called failed with ReasonDiscarded, a batch of them per
+// transaction, and returns how many it marked. The queue is read from one
+// snapshot: what is queued meanwhile (the subscription registered again,
+// a redelivery) is not discarded.
 func (s *Store) discardPending(subID string, now time.Time, retention time.Duration) (int, error) {
+	snap := s.db.NewTransaction(false)
+	defer snap.Discard()
 	n := 0
 	after := queuePrefix(subID)
 	for {
-		keys, batch, next, err := s.queuedBatch(subID, after, discardBatchBytes)
+		keys, batch, next, err := queuedBatch(snap, subID, after, discardBatchBytes)
 		if err != nil || next == nil {
 			return n, err
 		}
@@ -122,45 +126,45 @@ func (s *Store) discardPending(subID string, now time.Time, retention time.Durat
 		}
 		n += len(batch)
 		after = next
+		if s.discarded != nil {
+			s.discarded()
+		}
 	}
 }
 
 // queuedBatch reads a subscription's queue entries from the key start on,
-// as many as fit in maxBytes but at least one; next is where the following batch
-// starts, nil when the queue has been read to its end.
-func (s *Store) queuedBatch(subID string, start []byte, maxBytes int) (keys [][]byte, out []Delivery, next []byte, err error) {
-	err = s.db.View(func(txn *badger.Txn) error {
-		prefix := queuePrefix(subID)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		defer it.Close()
-		size := 0
-		for it.Seek(start); it.ValidForPrefix(prefix); it.Next() {
-			item := it.Item()
-			// One entry may be larger than maxBytes (a 1 MB payload) and
-			// still fits a transaction alone, not with others.
-			if size += int(item.ValueSize()) + len(item.Key()); size > maxBytes && len(out) > 0 {
-				break
-			}
-			next = append(item.KeyCopy(next[:0]), 0) // the least key after this one
-			at, did, ok := parseQueueKey(item.Key(), subID)
-			if !ok {
-				continue
-			}
-			var d Delivery
-			found, err := queuedDelivery(txn, item, did, &d)
-			if err != nil {
-				return err
-			}
-			key := item.KeyCopy(nil)
-			if !found { // its record expired: nothing to keep
-				d = Delivery{ID: did, SubscriptionID: subID, State: StateDelivered}
-			}
-			d.NextAttempt = at
-			keys, out = append(keys, key), append(out, d)
+// as many as fit in maxBytes but at least one; next is where the following
+// batch starts, nil when the queue has been read to its end.
+func queuedBatch(txn *badger.Txn, subID string, start []byte, maxBytes int) (keys [][]byte, out []Delivery, next []byte, err error) {
+	prefix := queuePrefix(subID)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	size := 0
+	for it.Seek(start); it.ValidForPrefix(prefix); it.Next() {
+		item := it.Item()
+		// One entry may be larger than maxBytes (a 1 MB payload) and
+		// still fits a transaction alone, not with others.
+		if size += int(item.ValueSize()) + len(item.Key()); size > maxBytes && len(out) > 0 {
+			break
 		}
-		return nil
-	})
-	return keys, out, next, err
+		next = append(item.KeyCopy(next[:0]), 0) // the least key after this one
+		at, did, ok := parseQueueKey(item.Key(), subID)
+		if !ok {
+			continue
+		}
+		var d Delivery
+		found, err := queuedDelivery(txn, item, did, &d)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		key := item.KeyCopy(nil)
+		if !found { // its record expired: nothing to keep
+			d = Delivery{ID: did, SubscriptionID: subID, State: StateDelivered}
+		}
+		d.NextAttempt = at
+		keys, out = append(keys, key), append(out, d)
+	}
+	return keys, out, next, nil
 }
 
 func discardOne(txn *badger.Txn, key []byte, d Delivery, now time.Time, retention time.Duration) error {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -184,5 +185,82 @@ func TestDiscardLargePayloads(t *testing.T) {
 	failed, _ := te.store.FailedDeliveries(id, 100)
 	if len(failed) != 83 {
 		t.Fatalf("%d failed deliveries, want 83", len(failed))
+	}
+}
+
+// A discard takes the backlog as it was when it was asked for. If the
+// subscription is registered again meanwhile (a reload), its lane waits
+// for the discard to end, and what was published to it since goes out.
+func TestDiscardLeavesWhatCameAfterIt(t *testing.T) {
+	var up atomic.Bool
+	rcv := newReceiver(t, failUntil(&up, http.StatusServiceUnavailable))
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200 // 3 KB each: several discard batches
+	for i := range n {
+		m := msg("x", fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("p", 3000)))
+		m.Tenant = "t"
+		if _, err := te.Publish(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "every first attempt", func() bool { return len(rcv.got()) == n })
+	if err := te.DeleteSubscription(s.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	midway, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	te.store.discarded = func() { once.Do(func() { close(midway); <-resume }) }
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		for {
+			got, err := te.Discard(s.ID)
+			if !errors.Is(err, ErrAttemptsInFlight) {
+				done <- result{got, err}
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	<-midway
+	// Registered again, its retries due and the endpoint up: only the
+	// discard holds the lane back. A new message sorts after the backlog.
+	up.Store(true)
+	te.clock.Advance(2 * time.Hour)
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	late := msg("x", `{"late":true}`)
+	late.Tenant = "t"
+	res, err := te.Publish(late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	te.Kick()
+	time.Sleep(50 * time.Millisecond)
+	if got := len(rcv.got()); got != n {
+		t.Fatalf("%d attempts while the discard was midway", got-n)
+	}
+	close(resume)
+
+	r := <-done
+	if r.err != nil || r.n != n {
+		t.Fatalf("discarded %d, %v; want the %d queued before the discard", r.n, r.err, n)
+	}
+	did := deliveryID(res.ID, s.ID)
+	eventually(t, "the late message delivered", func() bool { return te.delivery(t, did).State == StateDelivered })
+	if hits := rcv.got(); len(hits) != n+1 || hits[n].Body != `{"late":true}` {
+		t.Fatalf("%d requests, the last %.40q; want the backlog's first attempts and the late message", len(hits), hits[len(hits)-1].Body)
+	}
+	if d := te.QueueDepth(); d != 0 {
+		t.Fatalf("queue depth %d", d)
 	}
 }

@@ -45,6 +45,9 @@ type Store struct {
 	// stand for a disk that refuses a write, which a working badger
 	// cannot be made to do.
 	settleFault func() error
+	// discarded, when set, is called after each committed batch of a
+	// discard: tests use it to act while a discard is midway.
+	discarded func()
 }
 
 // NewStore uses db under the "delivery/" prefix.
