@@ -264,3 +264,54 @@ func TestDiscardLeavesWhatCameAfterIt(t *testing.T) {
 		t.Fatalf("queue depth %d", d)
 	}
 }
+
+// Redeliveries racing each other (an operator's double click) requeue each
+// failed delivery once and count it once between them.
+func TestConcurrentRedeliveriesCountEachDeliveryOnce(t *testing.T) {
+	rcv := newReceiver(t, status(http.StatusServiceUnavailable))
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	for i := range n {
+		m := msg("x", fmt.Sprintf(`{"n":%d}`, i))
+		m.Tenant = "t"
+		if _, err := te.Publish(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "every first attempt", func() bool { return len(rcv.got()) == n })
+	if err := te.DeleteSubscription(s.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the backlog discarded", func() bool {
+		got, err := te.Discard(s.ID)
+		return got == n && err == nil
+	})
+
+	// The subscription stays removed: nothing attempts the requeued ones.
+	const clicks = 4
+	counts := make(chan int, clicks)
+	var wg sync.WaitGroup
+	for range clicks {
+		wg.Go(func() {
+			got, err := te.Redeliver(s.ID)
+			if err != nil {
+				t.Error(err)
+			}
+			counts <- got
+		})
+	}
+	wg.Wait()
+	close(counts)
+	total := 0
+	for c := range counts {
+		total += c
+	}
+	stored, _ := te.store.QueueDepth(s.ID)
+	if total != n || stored != n || te.QueueDepth() != n {
+		t.Fatalf("redelivered %d in all, %d queued, %d counted; want %d each", total, stored, te.QueueDepth(), n)
+	}
+}

@@ -569,7 +569,11 @@ func (s *Store) requeueFailed(subID string, now time.Time) (int, error) {
 	}
 	n := 0
 	for _, did := range dids {
+		// Set by the transaction that commits: store.Update runs the
+		// function again after a conflict (a redelivery racing this one).
+		requeued := false
 		err := store.Update(s.db, func(txn *badger.Txn) error {
+			requeued = false
 			var d Delivery
 			found, err := getDelivery(txn, did, &d)
 			if err != nil {
@@ -582,11 +586,14 @@ func (s *Store) requeueFailed(subID string, now time.Time) (int, error) {
 				return nil // expired meanwhile
 			}
 			d.State, d.Attempts, d.NextAttempt, d.UpdatedAt = StatePending, 0, now, now
-			n++
+			requeued = true
 			return pendingEntries(&d).put(txn)
 		})
 		if err != nil {
 			return n, err
+		}
+		if requeued {
+			n++
 		}
 	}
 	return n, nil
