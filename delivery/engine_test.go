@@ -537,6 +537,51 @@ func TestLargeFanOut(t *testing.T) {
 	eventually(t, "1500 deliveries", func() bool { return len(rcv.got()) == 1500 })
 }
 
+// A large fan-out whose later transaction fails answers the publisher with
+// an error; what its earlier transactions stored is counted and delivered.
+func TestFanOutFailingMidwayDeliversWhatItStored(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	var subs []Subscription
+	for i := 0; i < 40; i++ {
+		subs = append(subs, sub(fmt.Sprint("s", i), rcv.URL))
+	}
+	te := newTestEngine(t, Config{Subscriptions: subs})
+	// Every lane done with a first message: none is left running to find
+	// the stored deliveries by chance.
+	te.Publish(msg("x", `{}`))
+	eventually(t, "the first message delivered", func() bool { return len(rcv.got()) == len(subs) })
+	eventually(t, "every lane idle", func() bool {
+		te.mu.Lock()
+		defer te.mu.Unlock()
+		return te.activeLanes == 0
+	})
+	commits := 0
+	te.store.writeFault = func(op string) error {
+		if commits++; op == "publish" && commits == 2 {
+			return errors.New("no space left on device")
+		}
+		return nil
+	}
+	// 100 KB each: a few deliveries per transaction.
+	big := `{"blob":"` + strings.Repeat("x", 100<<10) + `"}`
+	if _, err := te.Publish(msg("x", big)); err == nil {
+		t.Fatal("publish succeeded with a transaction refused")
+	}
+	depths, err := te.store.QueueDepths()
+	stored := 0
+	for _, n := range depths {
+		stored += n
+	}
+	if err != nil || stored == 0 || stored >= len(subs) {
+		t.Fatalf("%d deliveries stored (%v): the test wants some, not all", stored, err)
+	}
+	if got := te.QueueDepth(); got != int64(stored) {
+		t.Fatalf("queue depth %d, %d stored", got, stored)
+	}
+	eventually(t, "the stored deliveries", func() bool { return len(rcv.got()) == len(subs)+stored })
+	eventually(t, "an empty queue", func() bool { return te.QueueDepth() == 0 })
+}
+
 // A fan-out runs at most maxLanes lanes at once; the others wait their
 // turn and are all served once the receiver answers.
 func TestFanOutBoundsRunningLanes(t *testing.T) {
@@ -734,8 +779,8 @@ func TestFailedSettleIsAttemptedAgain(t *testing.T) {
 	})
 	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("s", rcv.URL)}})
 	var failures atomic.Int64
-	te.store.settleFault = func() error {
-		if failures.Add(1) == 1 {
+	te.store.writeFault = func(op string) error {
+		if op == "settle" && failures.Add(1) == 1 {
 			return errors.New("no space left on device")
 		}
 		return nil

@@ -129,11 +129,15 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 	}
 	added, err := e.store.enqueue(msg, subs, fresh, now, settings.Retention)
 	e.queued.Add(int64(added))
+	if added > 0 || err == nil {
+		// Also after a failure: what a large fan-out stored before it
+		// is delivered, as a retry of the publish would.
+		for _, s := range subs {
+			e.wakeFrom(s.ID, now)
+		}
+	}
 	if err != nil {
 		return PublishResult{}, err
-	}
-	for _, s := range subs {
-		e.wakeFrom(s.ID, now)
 	}
 	return PublishResult{ID: msg.ID, Deliveries: len(subs)}, nil
 }

@@ -40,11 +40,11 @@ const (
 // Store keeps the delivery queue in a badger database.
 type Store struct {
 	db *badger.DB
-	// settleFault, when set, is asked before every settle transaction
-	// and fails the settle with the error it returns: tests use it to
-	// stand for a disk that refuses a write, which a working badger
-	// cannot be made to do.
-	settleFault func() error
+	// writeFault, when set, is asked before every settle transaction
+	// ("settle") and every commit of a publish ("publish"), and fails it
+	// with the error it returns: tests use it to stand for a disk that
+	// refuses a write, which a working badger cannot be made to do.
+	writeFault func(op string) error
 	// discarded, when set, is called after each committed batch of a
 	// discard: tests use it to act while a discard is midway.
 	discarded func()
@@ -171,13 +171,15 @@ func (s *Store) viewJSON(key []byte, v any) (found bool, err error) {
 	return found, err
 }
 
-// enqueue stores one delivery per subscription and then the publish record.
+// enqueue stores one delivery per subscription and then the publish record,
+// and returns how many deliveries it stored, also when it fails.
 // Large fan-outs span several transactions, each delivery whole in one;
 // delivery IDs are deterministic and existing deliveries are left alone,
 // so repeating an interrupted enqueue completes it without duplicates. A
 // fresh message (its ID just made) has none to look for.
-func (s *Store) enqueue(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (added int, err error) {
+func (s *Store) enqueue(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (stored int, err error) {
 	w := newFanOutWriter(s.db)
+	w.fault = s.writeFault
 	defer w.discard()
 	for _, sub := range subs {
 		d := &Delivery{
@@ -187,21 +189,21 @@ func (s *Store) enqueue(msg Message, subs []*Subscription, fresh bool, now time.
 		if !fresh {
 			if exists, err := w.exists(d.ID); err != nil || exists {
 				if err != nil {
-					return added, err
+					return w.stored, err
 				}
 				continue // stored by an earlier, interrupted publish
 			}
 		}
 		if err := w.add(d); err != nil {
-			return added, err
+			return w.stored, err
 		}
-		added++
 	}
 	rec := publishRecord{Deliveries: len(subs), At: now}
 	if err := setJSON(w.txn, msgKey(msg.Tenant, msg.ID), rec, retention); err != nil {
-		return added, err
+		return w.stored, err
 	}
-	return added, w.commit()
+	err = w.commit()
+	return w.stored, err
 }
 
 // fanOutWriter adds deliveries in as few transactions as badger allows,
@@ -214,6 +216,8 @@ type fanOutWriter struct {
 	inTxn   []entries
 	size    int64
 	maxSize int64
+	stored  int                // deliveries committed
+	fault   func(string) error // Store.writeFault
 }
 
 func newFanOutWriter(db *badger.DB) *fanOutWriter {
@@ -265,9 +269,15 @@ func (w *fanOutWriter) redo() error {
 }
 
 func (w *fanOutWriter) commit() error {
+	if w.fault != nil {
+		if err := w.fault("publish"); err != nil {
+			return fmt.Errorf("storing deliveries: %w", err)
+		}
+	}
 	if err := w.txn.Commit(); err != nil {
 		return fmt.Errorf("storing deliveries: %w", err)
 	}
+	w.stored += len(w.inTxn)
 	w.txn, w.inTxn, w.size = w.db.NewTransaction(true), w.inTxn[:0], 0
 	return nil
 }
@@ -391,8 +401,8 @@ type settled struct {
 // also when a later transaction failed.
 func (s *Store) settle(batch []settled, retention time.Duration) (stored int, err error) {
 	for stored < len(batch) {
-		if s.settleFault != nil {
-			if err := s.settleFault(); err != nil {
+		if s.writeFault != nil {
+			if err := s.writeFault("settle"); err != nil {
 				return stored, err
 			}
 		}

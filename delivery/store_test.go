@@ -171,8 +171,8 @@ func TestSettleSplitsOnlyBetweenOutcomes(t *testing.T) {
 		batch = append(batch, settled{d: d, queuedAt: at, att: Attempt{DeliveryID: d.ID, SubscriptionID: "s", N: 1, At: t0, Status: 500}})
 	}
 	txns := 0
-	s.settleFault = func() error {
-		if txns++; txns == 2 {
+	s.writeFault = func(op string) error {
+		if txns++; op == "settle" && txns == 2 {
 			return errors.New("no space left on device")
 		}
 		return nil
