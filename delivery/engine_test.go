@@ -370,6 +370,21 @@ func TestGoneDisablesAndEnableResumes(t *testing.T) {
 		t.Fatalf("queue depth %d, want both deliveries kept", n)
 	}
 
+	// An enable that cannot be stored changes nothing, in memory either.
+	te.store.writeFault = func(op string) error {
+		if op == "health" {
+			return errors.New("no space left on device")
+		}
+		return nil
+	}
+	if err := te.Enable(StaticID("shop")); err == nil {
+		t.Fatal("enable succeeded without being stored")
+	}
+	if h, _ := te.Health(StaticID("shop")); !h.Disabled {
+		t.Fatalf("health after a failed enable %+v", h)
+	}
+	te.store.writeFault = nil
+
 	gone.Store(false)
 	if err := te.Enable(StaticID("shop")); err != nil {
 		t.Fatal(err)

@@ -125,8 +125,12 @@ func (e *Engine) Enable(subID string) error {
 	e.healthMu.Lock()
 	h, err := e.healthOf(subID)
 	if err == nil {
-		*h = Health{LastSuccess: h.LastSuccess, EnabledAt: e.clock.Now()}
-		err = e.store.saveHealth(subID, *h)
+		// Changed in memory only once stored: a failed Enable leaves the
+		// endpoint disabled, as it stays after a restart.
+		enabled := Health{LastSuccess: h.LastSuccess, EnabledAt: e.clock.Now()}
+		if err = e.store.saveHealth(subID, enabled); err == nil {
+			*h = enabled
+		}
 	}
 	e.healthMu.Unlock()
 	if err != nil {

@@ -41,7 +41,8 @@ const (
 type Store struct {
 	db *badger.DB
 	// writeFault, when set, is asked before every settle transaction
-	// ("settle") and every commit of a publish ("publish"), and fails it
+	// ("settle"), every commit of a publish ("publish") and every write
+	// of an endpoint's health ("health"), and fails it
 	// with the error it returns: tests use it to stand for a disk that
 	// refuses a write, which a working badger cannot be made to do.
 	writeFault func(op string) error
@@ -513,6 +514,11 @@ func (s *Store) health(subID string) (Health, error) {
 }
 
 func (s *Store) saveHealth(subID string, h Health) error {
+	if s.writeFault != nil {
+		if err := s.writeFault("health"); err != nil {
+			return err
+		}
+	}
 	return store.Update(s.db, func(txn *badger.Txn) error {
 		return setJSON(txn, []byte(prefixHealth+subID), h, 0)
 	})
