@@ -143,7 +143,9 @@ func TestDiscardWaitsForAttemptsInFlight(t *testing.T) {
 // QueueDepths finds the backlog of subscriptions nobody lists any more.
 func TestQueueDepthsIncludeRemovedSubscriptions(t *testing.T) {
 	rcv := newReceiver(t, status(http.StatusGone))
-	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL)}})
+	// Not "*": the endpoint.disabled event the 410 brings would be a
+	// fourth delivery, queued at a moment the test cannot know.
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL, "x")}})
 	for i := range 3 {
 		te.Publish(msg("x", fmt.Sprintf(`{"n":%d}`, i)))
 	}
