@@ -6,6 +6,9 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -108,6 +111,24 @@ func saveCaddyProfile(admin, path string) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		log.Print(err)
 	}
+}
+
+// bareLoopProcess runs the bare loop in a child process, as Caddy runs,
+// against the sink in this one.
+func bareLoopProcess(url string, n, c int) float64 {
+	self, err := os.Executable()
+	if err != nil {
+		log.Fatal(err)
+	}
+	out, err := exec.Command(self, "-bare-child", url, "-n", strconv.Itoa(n), "-c", strconv.Itoa(c)).Output()
+	if err != nil {
+		log.Fatalf("bare loop process: %v", err)
+	}
+	rate, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+	if err != nil {
+		log.Fatalf("bare loop process said %q", out)
+	}
+	return rate
 }
 
 // processCPU is the processor time this process has used so far.

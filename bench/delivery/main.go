@@ -10,6 +10,9 @@
 //     time from Publish to the sink seeing the request, p50/p99/max.
 //
 //     go run ./bench/delivery -n 50000 -c 64 -rate 1000 -duration 10s
+//
+// With -caddy the bare loop also runs in a process of its own, as Caddy
+// does, so that the ratio can be read without the cost of two processes.
 package main
 
 import (
@@ -41,8 +44,13 @@ func main() {
 	dur := flag.Duration("duration", 10*time.Second, "length of the latency phase")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the engine drain here")
 	viaCaddy := flag.Bool("caddy", false, "run the engine inside a real Caddy built from ./cmd/caddy, publishing over HTTP")
+	bareChild := flag.String("bare-child", "", "internal: run only the bare loop against this URL and print its rate")
 	flag.Parse()
 	profile = *cpuProfile
+	if *bareChild != "" {
+		fmt.Println(caddyrun.BareLoop(*bareChild, string(payload), *n, *c))
+		return
+	}
 
 	sink := newSink()
 	defer sink.Close()
@@ -57,6 +65,14 @@ func main() {
 	engine := drain(sink, *n, *c)
 	fmt.Printf("drain (%s): %8.0f deliveries/s\n", where, engine)
 	fmt.Printf("ratio drain/bare:   %8.2f\n", engine/bare)
+	if *viaCaddy {
+		// Caddy is a process of its own, so each delivery also costs the
+		// wake-ups of two schedulers; the same loop run the same way
+		// shows what of the gap is that.
+		sep := bareLoopProcess(sink.url, *n, *c)
+		fmt.Printf("bare loop in a process of its own: %8.0f requests/s (%.2fx the in-process loop)\n", sep, sep/bare)
+		fmt.Printf("ratio drain/bare in its own process: %8.2f\n", engine/sep)
+	}
 
 	p50, p99, pmax, count := lat(sink, *c, *rate, *dur)
 	fmt.Printf("publish -> first attempt at %d events/s over %v (%d events): p50 %v  p99 %v  max %v\n",
