@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -555,9 +556,21 @@ func TestLargeFanOut(t *testing.T) {
 // A large fan-out whose later transaction fails answers the publisher with
 // an error; what its earlier transactions stored is counted and delivered.
 func TestFanOutFailingMidwayDeliversWhatItStored(t *testing.T) {
-	rcv := newReceiver(t, nil)
+	const fanOut = 40
+	// Held from the second message on, so that what is queued can be
+	// counted before any of it is delivered.
+	release := make(chan struct{})
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		if n > fanOut {
+			<-release
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // before the receiver's Close, which waits for held requests
 	var subs []Subscription
-	for i := 0; i < 40; i++ {
+	for i := 0; i < fanOut; i++ {
 		subs = append(subs, sub(fmt.Sprint("s", i), rcv.URL))
 	}
 	te := newTestEngine(t, Config{Subscriptions: subs})
@@ -593,6 +606,7 @@ func TestFanOutFailingMidwayDeliversWhatItStored(t *testing.T) {
 	if got := te.QueueDepth(); got != int64(stored) {
 		t.Fatalf("queue depth %d, %d stored", got, stored)
 	}
+	letGo()
 	eventually(t, "the stored deliveries", func() bool { return len(rcv.got()) == len(subs)+stored })
 	eventually(t, "an empty queue", func() bool { return te.QueueDepth() == 0 })
 }
