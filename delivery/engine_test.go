@@ -583,10 +583,12 @@ func TestFanOutFailingMidwayDeliversWhatItStored(t *testing.T) {
 		defer te.mu.Unlock()
 		return te.activeLanes == 0
 	})
-	commits := 0
+	publishCommits := 0 // publishes run on this goroutine
 	te.store.writeFault = func(op string) error {
-		if commits++; op == "publish" && commits == 2 {
-			return errors.New("no space left on device")
+		if op == "publish" {
+			if publishCommits++; publishCommits == 2 {
+				return errors.New("no space left on device")
+			}
 		}
 		return nil
 	}
@@ -609,6 +611,84 @@ func TestFanOutFailingMidwayDeliversWhatItStored(t *testing.T) {
 	letGo()
 	eventually(t, "the stored deliveries", func() bool { return len(rcv.got()) == len(subs)+stored })
 	eventually(t, "an empty queue", func() bool { return te.QueueDepth() == 0 })
+}
+
+// Publishing again with the same ID after a fan-out failed midway stores
+// what is missing and nothing twice: every subscriber gets the message once.
+func TestRepublishCompletesAnInterruptedFanOut(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	var subs []Subscription
+	for i := 0; i < 40; i++ {
+		subs = append(subs, sub(fmt.Sprint("s", i), rcv.URL))
+	}
+	te := newTestEngine(t, Config{Subscriptions: subs})
+	publishCommits := 0 // publishes run on this goroutine
+	te.store.writeFault = func(op string) error {
+		if op == "publish" {
+			if publishCommits++; publishCommits == 2 {
+				return errors.New("no space left on device")
+			}
+		}
+		return nil
+	}
+	m := msg("x", `{"blob":"`+strings.Repeat("x", 100<<10)+`"}`) // a few per transaction
+	m.ID = "order-42"
+	if _, err := te.Publish(m); err == nil {
+		t.Fatal("publish succeeded with a transaction refused")
+	}
+	res, err := te.Publish(m)
+	if err != nil || res.Duplicate || res.Deliveries != len(subs) {
+		t.Fatalf("publishing again: %+v, %v", res, err)
+	}
+	eventually(t, "every subscriber", func() bool { return len(rcv.got()) >= len(subs) })
+	eventually(t, "an empty queue", func() bool { return te.QueueDepth() == 0 })
+	if n := len(rcv.got()); n != len(subs) {
+		t.Fatalf("%d deliveries for %d subscribers", n, len(subs))
+	}
+	for _, s := range subs {
+		if d := te.delivery(t, deliveryID(m.ID, s.ID)); d.State != StateDelivered || d.Attempts != 1 {
+			t.Fatalf("delivery to %s: %+v", s.ID, d)
+		}
+	}
+}
+
+// A publish with an ID whose transaction conflicts with a concurrent write
+// of one of its deliveries (the same message published twice at once) is
+// repeated: it finds that delivery and stores the others, once each.
+func TestPublishRepeatsAConflictingTransaction(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	subs := []Subscription{sub("a", rcv.URL), sub("b", rcv.URL), sub("c", rcv.URL)}
+	te := newTestEngine(t, Config{Subscriptions: subs})
+	m := msg("x", `{"n":1}`)
+	m.ID = "order-7"
+	concurrent := false // publishes run on this goroutine
+	te.store.writeFault = func(op string) error {
+		if op != "publish" || concurrent {
+			return nil
+		}
+		concurrent = true
+		// What the other publish of order-7 stored for "a", committed
+		// after this one looked and before it commits.
+		other := m
+		other.CreatedAt = te.clock.Now()
+		d := Delivery{ID: deliveryID(m.ID, subs[0].ID), SubscriptionID: subs[0].ID, Message: other,
+			State: StatePending, NextAttempt: other.CreatedAt, CreatedAt: other.CreatedAt, UpdatedAt: other.CreatedAt}
+		return te.db.Update(func(txn *badger.Txn) error { return pendingEntries(&d).put(txn) })
+	}
+	res, err := te.Publish(m)
+	if err != nil || res.Deliveries != len(subs) {
+		t.Fatalf("publish: %+v, %v", res, err)
+	}
+	for _, s := range subs {
+		did := deliveryID(m.ID, s.ID)
+		eventually(t, "delivered to "+s.Name, func() bool { return te.delivery(t, did).State == StateDelivered })
+		if d := te.delivery(t, did); d.Attempts != 1 {
+			t.Fatalf("delivery to %s: %+v", s.Name, d)
+		}
+	}
+	if n := len(rcv.got()); n != len(subs) {
+		t.Fatalf("%d requests for %d subscribers", n, len(subs))
+	}
 }
 
 // A fan-out runs at most maxLanes lanes at once; the others wait their

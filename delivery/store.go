@@ -179,6 +179,19 @@ func (s *Store) viewJSON(key []byte, v any) (found bool, err error) {
 // so repeating an interrupted enqueue completes it without duplicates. A
 // fresh message (its ID just made) has none to look for.
 func (s *Store) enqueue(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (stored int, err error) {
+	// A transaction that looked for existing deliveries conflicts with a
+	// concurrent write of one (the same message published twice at once,
+	// or one stored by an interrupted publish being settled): repeating
+	// the enqueue finds it and completes the rest.
+	err = store.RetryConflicts(func() error {
+		n, err := s.enqueueOnce(msg, subs, fresh, now, retention)
+		stored, fresh = stored+n, false
+		return err
+	})
+	return stored, err
+}
+
+func (s *Store) enqueueOnce(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (stored int, err error) {
 	w := newFanOutWriter(s.db)
 	w.fault = s.writeFault
 	defer w.discard()

@@ -168,9 +168,16 @@ func (db *DB) Update(fn func(txn *badger.Txn) error) error {
 
 // Update is DB.Update for a bare *badger.DB.
 func Update(db *badger.DB, fn func(txn *badger.Txn) error) error {
+	return RetryConflicts(func() error { return db.Update(fn) })
+}
+
+// RetryConflicts runs fn again while it fails with badger.ErrConflict, for
+// writes that span transactions of their own making. fn must be
+// idempotent.
+func RetryConflicts(fn func() error) error {
 	var err error
 	for attempt := 0; attempt < 50; attempt++ {
-		err = db.Update(fn)
+		err = fn()
 		if !errors.Is(err, badger.ErrConflict) {
 			return err
 		}
