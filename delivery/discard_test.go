@@ -17,19 +17,8 @@ func TestDiscardRemovedSubscription(t *testing.T) {
 	var up atomic.Bool
 	rcv := newReceiver(t, failUntil(&up, http.StatusServiceUnavailable))
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
-	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
-	if err := te.PutSubscription(s); err != nil {
-		t.Fatal(err)
-	}
 	const n = 200 // 3 KB each: several discard batches
-	for i := range n {
-		m := msg("x", fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("p", 3000)))
-		m.Tenant = "t"
-		if _, err := te.Publish(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eventually(t, "every first attempt", func() bool { return len(rcv.got()) == n })
+	s := refusedBacklog(t, te, rcv, n, 3000)
 	if _, err := te.Discard(s.ID); !errors.Is(err, ErrSubscriptionActive) {
 		t.Fatalf("discarding an active subscription: %v", err)
 	}
@@ -197,19 +186,8 @@ func TestDiscardLeavesWhatCameAfterIt(t *testing.T) {
 	var up atomic.Bool
 	rcv := newReceiver(t, failUntil(&up, http.StatusServiceUnavailable))
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
-	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
-	if err := te.PutSubscription(s); err != nil {
-		t.Fatal(err)
-	}
 	const n = 200 // 3 KB each: several discard batches
-	for i := range n {
-		m := msg("x", fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("p", 3000)))
-		m.Tenant = "t"
-		if _, err := te.Publish(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eventually(t, "every first attempt", func() bool { return len(rcv.got()) == n })
+	s := refusedBacklog(t, te, rcv, n, 3000)
 	if err := te.DeleteSubscription(s.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -272,19 +250,8 @@ func TestDiscardLeavesWhatCameAfterIt(t *testing.T) {
 func TestConcurrentRedeliveriesCountEachDeliveryOnce(t *testing.T) {
 	rcv := newReceiver(t, status(http.StatusServiceUnavailable))
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
-	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
-	if err := te.PutSubscription(s); err != nil {
-		t.Fatal(err)
-	}
 	const n = 300
-	for i := range n {
-		m := msg("x", fmt.Sprintf(`{"n":%d}`, i))
-		m.Tenant = "t"
-		if _, err := te.Publish(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eventually(t, "every first attempt", func() bool { return len(rcv.got()) == n })
+	s := refusedBacklog(t, te, rcv, n, 0)
 	if err := te.DeleteSubscription(s.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -316,4 +283,25 @@ func TestConcurrentRedeliveriesCountEachDeliveryOnce(t *testing.T) {
 	if total != n || stored != n || te.QueueDepth() != n {
 		t.Fatalf("redelivered %d in all, %d queued, %d counted; want %d each", total, stored, te.QueueDepth(), n)
 	}
+}
+
+// refusedBacklog registers a subscription of tenant "t" with rcv, publishes
+// n messages padded with pad bytes to it and waits for their first
+// attempts: with rcv refusing them and te retrying after an hour, they
+// stay queued.
+func refusedBacklog(t *testing.T, te *testEngine, rcv *receiver, n, pad int) Subscription {
+	t.Helper()
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		m := msg("x", fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("p", pad)))
+		m.Tenant = "t"
+		if _, err := te.Publish(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "every first attempt", func() bool { return len(rcv.got()) == n })
+	return s
 }

@@ -583,15 +583,7 @@ func TestFanOutFailingMidwayDeliversWhatItStored(t *testing.T) {
 		defer te.mu.Unlock()
 		return te.activeLanes == 0
 	})
-	publishCommits := 0 // publishes run on this goroutine
-	te.store.writeFault = func(op string) error {
-		if op == "publish" {
-			if publishCommits++; publishCommits == 2 {
-				return errors.New("no space left on device")
-			}
-		}
-		return nil
-	}
+	refusePublishCommit(te, 2)
 	// 100 KB each: a few deliveries per transaction.
 	big := `{"blob":"` + strings.Repeat("x", 100<<10) + `"}`
 	if _, err := te.Publish(msg("x", big)); err == nil {
@@ -622,15 +614,7 @@ func TestRepublishCompletesAnInterruptedFanOut(t *testing.T) {
 		subs = append(subs, sub(fmt.Sprint("s", i), rcv.URL))
 	}
 	te := newTestEngine(t, Config{Subscriptions: subs})
-	publishCommits := 0 // publishes run on this goroutine
-	te.store.writeFault = func(op string) error {
-		if op == "publish" {
-			if publishCommits++; publishCommits == 2 {
-				return errors.New("no space left on device")
-			}
-		}
-		return nil
-	}
+	refusePublishCommit(te, 2)
 	m := msg("x", `{"blob":"`+strings.Repeat("x", 100<<10)+`"}`) // a few per transaction
 	m.ID = "order-42"
 	if _, err := te.Publish(m); err == nil {

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -168,4 +169,19 @@ func (te *testEngine) delivery(t *testing.T, id string) Delivery {
 		t.Fatalf("delivery %s: ok=%v err=%v", id, ok, err)
 	}
 	return d
+}
+
+// refusePublishCommit makes the store refuse the k-th commit of the
+// publishes made from now on, as a full disk would. Publishes run on the
+// test's goroutine, which alone counts them.
+func refusePublishCommit(te *testEngine, k int) {
+	commits := 0
+	te.store.writeFault = func(op string) error {
+		if op == "publish" {
+			if commits++; commits == k {
+				return errors.New("no space left on device")
+			}
+		}
+		return nil
+	}
 }
