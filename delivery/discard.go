@@ -25,8 +25,8 @@ var (
 const ReasonDiscarded = "discarded by an operator"
 
 // Discard fails every delivery pending, when it is called, for a
-// subscription that was removed or is disabled, so that a backlog nobody is going to take is not kept
-// (and counted in the queue depth) forever. The deliveries are kept as
+// subscription that was removed or is disabled, so that a backlog nobody
+// is going to take is not kept (and counted in the queue depth) forever. The deliveries are kept as
 // failed, with their payloads, for the retention period: Redeliver queues
 // them again while that lasts. It returns how many were discarded, also
 // when it stops on an error.

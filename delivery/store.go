@@ -41,10 +41,10 @@ const (
 type Store struct {
 	db *badger.DB
 	// writeFault, when set, is asked before every settle transaction
-	// ("settle"), every commit of a publish ("publish") and every write
-	// of an endpoint's health ("health"), and fails it
-	// with the error it returns: tests use it to stand for a disk that
-	// refuses a write, which a working badger cannot be made to do.
+	// ("settle"), every commit of a publish ("publish") and every write of
+	// an endpoint's health ("health"), and fails it with the error it
+	// returns: tests use it to stand for a disk that refuses a write,
+	// which a working badger cannot be made to do.
 	writeFault func(op string) error
 	// discarded, when set, is called after each committed batch of a
 	// discard: tests use it to act while a discard is midway.
