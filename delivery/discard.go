@@ -26,10 +26,10 @@ const ReasonDiscarded = "discarded by an operator"
 
 // Discard fails every delivery pending, when it is called, for a
 // subscription that was removed or is disabled, so that a backlog nobody
-// is going to take is not kept (and counted in the queue depth) forever. The deliveries are kept as
-// failed, with their payloads, for the retention period: Redeliver queues
-// them again while that lasts. It returns how many were discarded, also
-// when it stops on an error.
+// is going to take is not kept (and counted in the queue depth) forever.
+// The deliveries are kept as failed, with their payloads, for the
+// retention period: Redeliver queues them again while that lasts. It
+// returns how many were discarded, also when it stops on an error.
 func (e *Engine) Discard(subID string) (int, error) {
 	if err := e.beginDiscard(subID); err != nil {
 		return 0, err
