@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -19,22 +20,75 @@ func (e *Engine) subscription(id string) (*Subscription, bool) {
 	return s, ok
 }
 
-// PutSubscription stores a registered subscription (new or changed).
-func (e *Engine) PutSubscription(sub Subscription) error {
+// CreateSubscription and UpdateSubscription refuse with these when the
+// subscription was stored or deleted since the caller looked (a
+// registration API call racing another of the same tenant).
+var (
+	ErrSubscriptionExists = errors.New("the subscription exists")
+	ErrNoSubscription     = errors.New("no such subscription")
+)
+
+// PutSubscription stores a registered subscription, new or changed.
+func (e *Engine) PutSubscription(sub Subscription) error { return e.putSubscription(sub, putAny) }
+
+// CreateSubscription stores a new registered subscription;
+// ErrSubscriptionExists if one has its ID.
+func (e *Engine) CreateSubscription(sub Subscription) error { return e.putSubscription(sub, putNew) }
+
+// UpdateSubscription stores a changed registered subscription;
+// ErrNoSubscription if none has its ID (any more).
+func (e *Engine) UpdateSubscription(sub Subscription) error {
+	return e.putSubscription(sub, putExisting)
+}
+
+type putMode int
+
+const (
+	putAny putMode = iota
+	putNew
+	putExisting
+)
+
+// putSubscription checks the mode's condition and stores sub with the
+// credentials its tenant granted, all under subsMu, so that neither a
+// concurrent registration nor SetCredentials can slip in between.
+func (e *Engine) putSubscription(sub Subscription, mode putMode) error {
 	if err := ValidateSubscription(&sub); err != nil {
 		return err
 	}
 	e.subsMu.Lock()
-	if err := e.store.putSubscription(&sub); err != nil {
-		e.subsMu.Unlock()
+	err := e.storeSubscription(&sub, mode)
+	e.subsMu.Unlock()
+	if err != nil {
 		return err
 	}
-	e.registered[sub.ID] = &sub
-	e.rebuildIndex()
-	e.subsMu.Unlock()
 	// Deliveries kept while it was deleted (or queued before a change)
 	// resume now, not at the next event for it.
 	e.wake(sub.ID)
+	return nil
+}
+
+// storeSubscription is putSubscription's part under subsMu.
+func (e *Engine) storeSubscription(sub *Subscription, mode putMode) error {
+	_, exists := e.subscription(sub.ID)
+	switch {
+	case mode == putNew && exists:
+		return ErrSubscriptionExists
+	case mode == putExisting && !exists:
+		return ErrNoSubscription
+	}
+	cred, granted, err := e.store.credentials(sub.Source, sub.Tenant)
+	if err != nil {
+		return err
+	}
+	if granted {
+		sub.Auth.BasicUser, sub.Auth.BasicPassword = cred.ID, cred.Secret
+	}
+	if err := e.store.putSubscription(sub); err != nil {
+		return err
+	}
+	e.registered[sub.ID] = sub
+	e.rebuildIndex()
 	return nil
 }
 

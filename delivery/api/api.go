@@ -36,7 +36,8 @@ const DefaultMaxBody = 64 << 10
 type Engine interface {
 	Subscription(id string) (delivery.Subscription, bool)
 	Subscriptions() []delivery.Subscription
-	PutSubscription(delivery.Subscription) error
+	CreateSubscription(delivery.Subscription) error
+	UpdateSubscription(delivery.Subscription) error
 	DeleteSubscription(id string) error
 	Probe(sub *delivery.Subscription, event string, data []byte) delivery.ProbeResult
 	RecentAttempts(subID string, limit int) ([]delivery.Attempt, error)

@@ -23,6 +23,7 @@ type receiver struct {
 	bodies []string
 	status int
 	delay  time.Duration
+	hold   func() // when set, the next request calls it before answering
 }
 
 func newReceiver(t *testing.T) *receiver {
@@ -32,8 +33,12 @@ func newReceiver(t *testing.T) *receiver {
 		r.mu.Lock()
 		r.hits = append(r.hits, req)
 		r.bodies = append(r.bodies, string(b))
-		status, delay := r.status, r.delay
+		status, delay, hold := r.status, r.delay, r.hold
+		r.hold = nil
 		r.mu.Unlock()
+		if hold != nil {
+			hold()
+		}
 		time.Sleep(delay)
 		w.WriteHeader(status)
 	}))
@@ -463,5 +468,69 @@ func TestOperations(t *testing.T) {
 	expect(t, e.do(e.doshii, "s", "POST", "/webhooks", `{"event":"e2","webhookUrl":"`+rcv.URL+`"}`), 200, "")
 	if m := e.do(e.doshii, "s", "POST", "/webhooks/e2/test", "").json(t); m["webhookLatency"] == nil || m["latency_ms"] != nil {
 		t.Fatalf("doshii test fields %v", m)
+	}
+}
+
+// heldVerification makes the receiver hold the next request it gets (a
+// verification) until the returned release is called; arrived is closed
+// once that request is in.
+func heldVerification(t *testing.T, r *receiver) (arrived <-chan struct{}, release func()) {
+	in, out := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(out) }) }
+	t.Cleanup(release) // before the receiver's Close, which waits for it
+	r.mu.Lock()
+	r.hold = func() { close(in); <-out }
+	r.mu.Unlock()
+	return in, release
+}
+
+// A registration is checked again when it is stored, after its
+// verification: what another call of the tenant did meanwhile stands.
+func TestRegistrationRacesResolveWhenStored(t *testing.T) {
+	e := newEnv(t, 5*time.Second)
+	e.tiki.Verify = true
+	rcv := newReceiver(t)
+	body := func(event, path string) string {
+		return `{"uri":"` + rcv.URL + path + `","event":"` + event + `"}`
+	}
+	inBackground := func(method, target, body string) <-chan reply {
+		out := make(chan reply, 1)
+		go func() { out <- e.do(e.tiki, "s", method, target, body) }()
+		return out
+	}
+
+	// Two registrations of one event: the one verified last gets 409.
+	arrived, release := heldVerification(t, rcv)
+	first := inBackground("POST", "/v1/webhooks", body("a", "/first"))
+	<-arrived
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", body("a", "/second")), 200, "")
+	release()
+	expect(t, <-first, 409, `{"error":{"message":"`+tikiConflict+`"}}`)
+	if sub, _ := e.engine.Subscription(subID(Tiki, "s", "", "a")); !strings.HasSuffix(sub.URL, "/second") {
+		t.Fatalf("registered URL %s, want the one stored first", sub.URL)
+	}
+
+	// An update whose webhook is deleted while it is verified does not
+	// bring it back.
+	arrived, release = heldVerification(t, rcv)
+	update := inBackground("PUT", "/v1/webhooks", body("a", "/third"))
+	<-arrived
+	expect(t, e.do(e.tiki, "s", "DELETE", "/v1/webhooks?event=a", ""), 200, "")
+	release()
+	expect(t, <-update, 404, `{"error":{"message":"`+tikiNotFound+`"}}`)
+	if _, ok := e.engine.Subscription(subID(Tiki, "s", "", "a")); ok {
+		t.Fatal("the update brought a deleted webhook back")
+	}
+
+	// Credentials granted while a registration is verified reach it.
+	arrived, release = heldVerification(t, rcv)
+	register := inBackground("POST", "/v1/webhooks", body("b", "/hook"))
+	<-arrived
+	expect(t, e.do(e.tiki, "s", "PUT", "/v1/webhooks/credentials", `{"id":"seller-s","secret":"granted"}`), 200, "")
+	release()
+	expect(t, <-register, 200, "")
+	if sub, _ := e.engine.Subscription(subID(Tiki, "s", "", "b")); sub.Auth.BasicUser != "seller-s" || sub.Auth.BasicPassword != "granted" {
+		t.Fatalf("registered without the credentials granted meanwhile: user %q", sub.Auth.BasicUser)
 	}
 }

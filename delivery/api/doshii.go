@@ -78,22 +78,16 @@ func (c *call) doshiiRegister() {
 		c.fail(http.StatusBadRequest, "webhookUrl is required")
 		return
 	}
-	loc := c.location()
-	id := subID(Doshii, c.r.Tenant, loc, b.Event)
-	if _, exists := c.h.Engine.Subscription(id); exists {
-		if loc == "" {
-			c.fail(http.StatusConflict, "only one global webhook may be registered for event "+b.Event)
-		} else {
-			c.fail(http.StatusConflict, "a webhook for event "+b.Event+" is already registered for this location")
-		}
-		return
-	}
-	now := c.now()
+	loc, now := c.location(), c.now()
 	sub := delivery.Subscription{
-		ID: id, Events: []string{b.Event}, Tenant: c.r.Tenant, Location: loc,
+		ID: subID(Doshii, c.r.Tenant, loc, b.Event), Events: []string{b.Event}, Tenant: c.r.Tenant, Location: loc,
 		Source: Doshii, CreatedAt: now, UpdatedAt: now,
 	}
-	if !c.doshiiApply(&sub, b) || !c.store(&sub, true) {
+	if _, exists := c.h.Engine.Subscription(sub.ID); exists {
+		c.conflict(sub)
+		return
+	}
+	if !c.doshiiApply(&sub, b) || !c.store(&sub, true, c.h.Engine.CreateSubscription) {
 		return
 	}
 	c.json(http.StatusOK, c.doshiiView(sub))
@@ -188,7 +182,7 @@ func (c *call) doshiiUpdate() {
 		return
 	}
 	sub.UpdatedAt = c.now()
-	if !c.store(&sub, true) {
+	if !c.store(&sub, true, c.h.Engine.UpdateSubscription) {
 		return
 	}
 	c.json(http.StatusOK, c.doshiiView(sub))

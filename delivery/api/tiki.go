@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -88,10 +89,10 @@ func (c *call) tikiRegister() {
 		return
 	}
 	if _, exists := c.h.Engine.Subscription(sub.ID); exists {
-		c.fail(http.StatusConflict, tikiConflict)
+		c.conflict(sub)
 		return
 	}
-	if !c.store(&sub, c.h.Verify) {
+	if !c.store(&sub, c.h.Verify, c.h.Engine.CreateSubscription) {
 		return
 	}
 	c.json(http.StatusOK, map[string]string{"seller_id": c.r.Tenant, "uri": sub.URL, "event": b.Event})
@@ -117,7 +118,7 @@ func (c *call) tikiUpdate() {
 		return
 	}
 	old.URL, old.UpdatedAt = b.URI, c.now()
-	if !c.store(&old, c.h.Verify) {
+	if !c.store(&old, c.h.Verify, c.h.Engine.UpdateSubscription) {
 		return
 	}
 	c.json(http.StatusOK, tikiWebhook{URI: old.URL, Event: b.Event})
@@ -157,9 +158,11 @@ func (c *call) tikiCredentials() {
 	c.json(http.StatusOK, map[string]string{"id": b.ID})
 }
 
-// store verifies (when asked) and saves a registration; on failure it has
-// answered.
-func (c *call) store(sub *delivery.Subscription, verify bool) bool {
+// store verifies (when asked) and saves a registration with put (the
+// engine's Create or UpdateSubscription); on failure it has answered. A
+// verification takes a while: put checks again that the subscription is
+// new, or still there, when it stores it.
+func (c *call) store(sub *delivery.Subscription, verify bool, put func(delivery.Subscription) error) bool {
 	if err := delivery.ValidateSubscription(sub); err != nil {
 		c.fail(http.StatusBadRequest, err.Error())
 		return false
@@ -167,9 +170,28 @@ func (c *call) store(sub *delivery.Subscription, verify bool) bool {
 	if verify && !c.verify(sub) {
 		return false
 	}
-	if err := c.h.Engine.PutSubscription(*sub); err != nil {
+	switch err := put(*sub); {
+	case errors.Is(err, delivery.ErrSubscriptionExists):
+		c.conflict(*sub)
+		return false
+	case errors.Is(err, delivery.ErrNoSubscription):
+		c.fail(http.StatusNotFound, c.notFoundMessage())
+		return false
+	case err != nil:
 		c.fail(http.StatusInternalServerError, "internal error")
 		return false
 	}
 	return true
+}
+
+// conflict answers a registration of an event already registered.
+func (c *call) conflict(sub delivery.Subscription) {
+	switch {
+	case c.h.Dialect == Tiki:
+		c.fail(http.StatusConflict, tikiConflict)
+	case sub.Location == "":
+		c.fail(http.StatusConflict, "only one global webhook may be registered for event "+sub.Events[0])
+	default:
+		c.fail(http.StatusConflict, "a webhook for event "+sub.Events[0]+" is already registered for this location")
+	}
 }
