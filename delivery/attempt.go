@@ -97,7 +97,12 @@ func (e *Engine) settler() {
 		for _, r := range reqs {
 			batch = append(batch, r.settled)
 		}
-		stored, err := e.store.settle(batch, e.settings.Load().Retention)
+		var stored int
+		err := e.queue.change(func() (int64, error) {
+			var err error
+			stored, err = e.store.settle(batch, e.settings.Load().Retention)
+			return -int64(leaving(batch[:stored])), err
+		})
 		if err != nil {
 			e.log().Error("recording delivery attempts", zap.Int("deliveries", len(batch)-stored), zap.Error(err))
 		}
@@ -110,13 +115,23 @@ func (e *Engine) settler() {
 				r.lane.rewind, r.lane.rewindTo = true, time.Time{}
 			case r.d.State == StatePending: // a retry went back in the queue
 				r.lane.exhausted = false
-			default: // delivered or failed: out of the queue count once stored
-				e.queued.Add(-1)
 			}
 			e.mu.Unlock()
 			e.leave(r.lane, r.d.ID)
 		}
 	}
+}
+
+// leaving counts the outcomes that take their delivery out of the queue:
+// delivered or failed, not a retry.
+func leaving(outcomes []settled) int {
+	n := 0
+	for i := range outcomes {
+		if outcomes[i].d.State != StatePending {
+			n++
+		}
+	}
+	return n
 }
 
 // attempt makes one delivery attempt and fills in its outcome; false if

@@ -35,8 +35,12 @@ func (e *Engine) Discard(subID string) (int, error) {
 		return 0, err
 	}
 	defer e.endDiscard(subID)
-	n, err := e.store.discardPending(subID, e.clock.Now(), e.settings.Load().Retention)
-	e.queued.Add(-int64(n))
+	var n int
+	err := e.queue.change(func() (int64, error) {
+		var err error
+		n, err = e.store.discardPending(subID, e.clock.Now(), e.settings.Load().Retention)
+		return -int64(n), err
+	})
 	log := e.log().Info
 	if err != nil {
 		log = e.log().Error

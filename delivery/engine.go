@@ -60,7 +60,7 @@ type Engine struct {
 	settleCh chan settleReq
 	jobs     chan attemptJob // to idle attempt goroutines
 
-	queued   atomic.Int64 // pending deliveries, for QueueDepth
+	queue    queueCount   // pending deliveries, for QueueDepth
 	loads    atomic.Int64 // reads of a lane's queue
 	observer atomic.Pointer[func(Attempt, State)]
 }
@@ -119,7 +119,7 @@ func (e *Engine) SetObserver(f func(Attempt, State)) {
 }
 
 // QueueDepth is the number of pending deliveries.
-func (e *Engine) QueueDepth() int64 { return e.queued.Load() }
+func (e *Engine) QueueDepth() int64 { return e.queue.load() }
 
 // Configure validates cfg and makes it current.
 func (e *Engine) Configure(cfg Config) error {
@@ -199,21 +199,22 @@ func (e *Engine) Start() error {
 	e.subsMu.Unlock()
 
 	e.mu.Lock()
-	if e.started {
-		e.mu.Unlock()
+	started := e.started
+	e.mu.Unlock()
+	if started {
 		return nil
 	}
+	// Counted before the engine counts as started, so that a Start that
+	// fails here can be made again. Callers do not run two Starts at once.
+	if err := e.queue.seed(e.store); err != nil {
+		return fmt.Errorf("counting the delivery queue: %w", err)
+	}
+	e.mu.Lock()
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.started = true
 	// Lanes of an earlier run may have ended without going idle.
 	e.lanes, e.activeLanes, e.waitingLanes = map[string]*lane{}, 0, nil
 	e.mu.Unlock()
-	// Seed the pending count once; from here on it is kept up to date.
-	n, err := e.store.countQueued()
-	if err != nil {
-		return fmt.Errorf("counting the delivery queue: %w", err)
-	}
-	e.queued.Store(n)
 	e.wg.Add(2)
 	go e.sched.run(e.ctx)
 	go e.settler()

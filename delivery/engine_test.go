@@ -903,8 +903,7 @@ func TestFailedSettleIsAttemptedAgain(t *testing.T) {
 		t.Fatalf("receiver got %d requests for %d messages: the unrecorded attempts were not made again", hits, n)
 	}
 	eventually(t, "the queue empty in the store", func() bool {
-		stored, err := te.store.countQueued()
-		return err == nil && stored == 0
+		return storedQueue(t, te.store) == 0
 	})
 	// Counted out once, when stored as delivered: not also at the attempt
 	// whose outcome was lost.

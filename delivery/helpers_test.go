@@ -171,6 +171,18 @@ func (te *testEngine) delivery(t *testing.T, id string) Delivery {
 	return d
 }
 
+// storedQueue counts the deliveries pending in the store.
+func storedQueue(t *testing.T, s *Store) int64 {
+	t.Helper()
+	snap := s.db.NewTransaction(false)
+	defer snap.Discard()
+	n, err := s.countQueued(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // refusePublishCommit makes the store refuse the k-th commit of the
 // publishes made from now on, as a full disk would. Publishes run on the
 // test's goroutine, which alone counts them.

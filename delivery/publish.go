@@ -127,8 +127,12 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 			}
 		}
 	}
-	added, err := e.store.enqueue(msg, subs, fresh, now, settings.Retention)
-	e.queued.Add(int64(added))
+	var added int
+	err := e.queue.change(func() (int64, error) {
+		var err error
+		added, err = e.store.enqueue(msg, subs, fresh, now, settings.Retention)
+		return int64(added), err
+	})
 	if added > 0 || err == nil {
 		// Also after a failure: what a large fan-out stored before it
 		// is delivered, as a retry of the publish would.

@@ -101,7 +101,7 @@ func TestPublishBeforeConfigure(t *testing.T) {
 	if _, err := e.Publish(msg("x", `{}`)); !errors.Is(err, ErrNotConfigured) {
 		t.Fatalf("err = %v", err)
 	}
-	if n, _ := e.store.countQueued(); n != 0 {
+	if n := storedQueue(t, e.store); n != 0 {
 		t.Fatalf("%d deliveries stored", n)
 	}
 }

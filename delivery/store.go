@@ -49,6 +49,11 @@ type Store struct {
 	// discarded, when set, is called after each committed batch of a
 	// discard: tests use it to act while a discard is midway.
 	discarded func()
+	// counting, when set, is called when the queue is counted, after the
+	// snapshot is taken, and fails the count with the error it returns:
+	// tests use it to publish while Start counts, and to stand for a
+	// count that fails.
+	counting func() error
 }
 
 // NewStore uses db under the "delivery/" prefix.
@@ -673,17 +678,19 @@ func (s *Store) FailedDeliveries(subID string, limit int) ([]Delivery, error) {
 }
 
 // countQueued counts every pending delivery (a key-only scan).
-func (s *Store) countQueued() (int64, error) {
-	var n int64
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixQ)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			n++
+func (s *Store) countQueued(snap *badger.Txn) (int64, error) {
+	if s.counting != nil {
+		if err := s.counting(); err != nil {
+			return 0, err
 		}
-		return nil
-	})
-	return n, err
+	}
+	it := snap.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixQ)})
+	defer it.Close()
+	var n int64
+	for it.Rewind(); it.Valid(); it.Next() {
+		n++
+	}
+	return n, nil
 }
 
 // QueueDepth counts pending deliveries of one subscription.

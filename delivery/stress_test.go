@@ -121,7 +121,7 @@ func TestMixedReceiversExactAttempts(t *testing.T) {
 		}
 		return true
 	})
-	if stored, err := e.store.countQueued(); err != nil || stored != 0 {
-		t.Fatalf("%d still queued in the store (%v)", stored, err)
+	if stored := storedQueue(t, e.store); stored != 0 {
+		t.Fatalf("%d still queued in the store", stored)
 	}
 }

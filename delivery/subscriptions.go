@@ -151,8 +151,12 @@ type ProbeResult struct {
 // Redeliver queues a subscription's failed deliveries again, each with a
 // fresh retry schedule, and returns how many.
 func (e *Engine) Redeliver(subID string) (int, error) {
-	n, err := e.store.requeueFailed(subID, e.clock.Now())
-	e.queued.Add(int64(n))
+	var n int
+	err := e.queue.change(func() (int64, error) {
+		var err error
+		n, err = e.store.requeueFailed(subID, e.clock.Now())
+		return int64(n), err
+	})
 	if n > 0 {
 		e.wakeFrom(subID, time.Time{})
 	}
