@@ -231,8 +231,10 @@ func TestRetryAfterHonoured(t *testing.T) {
 	if d := parseRetryAfter(t0.Add(30*time.Second).Format(http.TimeFormat), t0); d != 30*time.Second {
 		t.Fatalf("HTTP-date Retry-After: %v", d)
 	}
-	if d := parseRetryAfter("99999999", t0); d != maxRetryAfter {
-		t.Fatalf("Retry-After is not capped: %v", d)
+	for _, v := range []string{"99999999", "9999999999999", "9223372036854775807"} {
+		if d := parseRetryAfter(v, t0); d != maxRetryAfter {
+			t.Fatalf("Retry-After %s is not capped: %v", v, d)
+		}
 	}
 }
 

@@ -217,7 +217,9 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 	}
 	var d time.Duration
 	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		d = time.Duration(secs) * time.Second
+		// Capped before the multiplication, which would overflow for
+		// more than 292 years and could land anywhere.
+		d = time.Duration(min(secs, int64(maxRetryAfter/time.Second))) * time.Second
 	} else if t, err := http.ParseTime(v); err == nil {
 		d = t.Sub(now)
 	}
