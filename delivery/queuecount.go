@@ -27,7 +27,9 @@ type queueCount struct {
 func (c *queueCount) load() int64 { return c.n.Load() }
 
 // change runs write, which changes the queue in the store and returns by
-// how much, also when it fails partway, and applies the difference.
+// how much, also when it fails partway, and applies the difference. write
+// must not wait for another change: with a seed waiting for the write lock
+// in between, neither would go on.
 func (c *queueCount) change(write func() (int64, error)) error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
