@@ -186,7 +186,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	// Apps start in any order, so the HTTP server may take requests before
 	// this app's Start. On a fresh start nothing else runs the engine:
 	// configure it now, so that a publish in that gap is matched against
-	// this config's subscriptions (Start then delivers it). On a reload the
+	// this config's subscriptions and the registered ones (Start then
+	// delivers it), and the registration API finds them. On a reload the
 	// running config keeps the engine until this one starts.
 	a.shared.mu.Lock()
 	if len(a.shared.running) == 0 {

@@ -32,6 +32,7 @@ type Engine struct {
 
 	subsMu     sync.Mutex // serializes changes to registered and the index
 	registered map[string]*Subscription
+	loaded     bool // registered holds the store's subscriptions; under subsMu
 	index      atomic.Pointer[subIndex]
 	// targets caches each indexed subscription's parsed URL (parsing it
 	// was 6% of a delivery's CPU); replaced with the index.
@@ -121,10 +122,16 @@ func (e *Engine) SetObserver(f func(Attempt, State)) {
 // QueueDepth is the number of pending deliveries.
 func (e *Engine) QueueDepth() int64 { return e.queue.load() }
 
-// Configure validates cfg and makes it current.
+// Configure validates cfg and makes it current. The first Configure also
+// loads the registered subscriptions: Caddy may start serving before the
+// engine starts, and a publish or a registration API call in that moment
+// must already find them.
 func (e *Engine) Configure(cfg Config) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
+		return err
+	}
+	if err := e.loadRegistered(); err != nil {
 		return err
 	}
 	s := &settings{Config: cfg, client: newClient(cfg.AllowPrivateTargets, cfg.Workers)}
@@ -142,6 +149,25 @@ func (e *Engine) Configure(cfg Config) error {
 	e.rebuildIndex()
 	e.subsMu.Unlock()
 	e.Kick()
+	return nil
+}
+
+// loadRegistered reads the registered subscriptions from the store once;
+// from then on the engine keeps registered and the store in step.
+func (e *Engine) loadRegistered() error {
+	e.subsMu.Lock()
+	defer e.subsMu.Unlock()
+	if e.loaded {
+		return nil
+	}
+	subs, err := e.store.Subscriptions()
+	if err != nil {
+		return fmt.Errorf("loading subscriptions: %w", err)
+	}
+	for i := range subs {
+		e.registered[subs[i].ID] = &subs[i]
+	}
+	e.loaded = true
 	return nil
 }
 
@@ -181,23 +207,12 @@ func (e *Engine) targetURL(sub *Subscription) *url.URL {
 	return u
 }
 
-// Start loads registered subscriptions and begins delivering, including
-// whatever was pending when the process last stopped.
+// Start begins delivering, including whatever was pending when the
+// process last stopped. The engine must have been configured.
 func (e *Engine) Start() error {
 	if e.settings.Load() == nil {
 		return errors.New("delivery engine started before it was configured")
 	}
-	subs, err := e.store.Subscriptions()
-	if err != nil {
-		return fmt.Errorf("loading subscriptions: %w", err)
-	}
-	e.subsMu.Lock()
-	for i := range subs {
-		e.registered[subs[i].ID] = &subs[i]
-	}
-	e.rebuildIndex()
-	e.subsMu.Unlock()
-
 	e.mu.Lock()
 	started := e.started
 	e.mu.Unlock()

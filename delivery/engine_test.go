@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/hookgate/caddy-webhook/internal/store"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 )
 
@@ -910,4 +911,48 @@ func TestFailedSettleIsAttemptedAgain(t *testing.T) {
 	// Counted out once, when stored as delivered: not also at the attempt
 	// whose outcome was lost.
 	eventually(t, "QueueDepth back to 0", func() bool { return te.QueueDepth() == 0 })
+}
+
+// Caddy may start its HTTP server before the webhooks app: a restarted
+// engine that is configured but not yet started already knows the
+// registered subscriptions, so a publish in that moment reaches them and
+// the registration API finds them.
+func TestRegisteredSubscriptionsKnownBeforeStart(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	dir := t.TempDir()
+	clock := &fakeClock{now: t0}
+	te := openTestEngine(t, dir, Config{}, clock)
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
+	if err := te.CreateSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	te.close()
+
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	e := NewEngine(NewStore(db.DB), nil, clock)
+	defer e.Stop()
+	if err := e.Configure(Config{AllowPrivateTargets: true}); err != nil {
+		t.Fatal(err)
+	}
+	m := msg("x", `{"n":1}`)
+	m.Tenant = "t"
+	res, err := e.Publish(m)
+	if err != nil || res.Deliveries != 1 {
+		t.Fatalf("publish before Start: %+v, %v; want 1 delivery", res, err)
+	}
+	s.Events = []string{"y"}
+	if err := e.UpdateSubscription(s); err != nil {
+		t.Fatalf("updating before Start: %v", err)
+	}
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the delivery", func() bool { return len(rcv.got()) == 1 })
+	if got, _ := e.Subscription(s.ID); len(got.Events) != 1 || got.Events[0] != "y" {
+		t.Fatalf("after Start the subscription is %+v, want the update", got)
+	}
 }
