@@ -43,7 +43,10 @@ type API struct {
 	// Largest accepted request body in bytes. Default: 64 KiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
-	handler    *api.Handler
+	// settings is the API handler without its engine, which exists
+	// once the store is open (see sharedStore).
+	settings   api.Handler
+	shared     *sharedStore
 	logger     *zap.Logger
 	panicError any // built once, not on every request
 }
@@ -70,8 +73,8 @@ func (h *API) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.handler = &api.Handler{
-		Engine:  app.Engine(),
+	h.shared = app.shared
+	h.settings = api.Handler{
 		Dialect: h.Dialect,
 		Verify:  h.Verify || h.Dialect == api.Doshii,
 		MaxBody: h.MaxBody,
@@ -98,7 +101,13 @@ func (h *API) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			return writeJSON(w, http.StatusUnauthorized, h.errorBody("not authenticated"))
 		}
 	}
-	h.handler.ServeHTTP(w, api.Request{Request: r, Tenant: tenant, Base: base, Tail: tail})
+	store, err := h.shared.await(r.Context())
+	if err != nil {
+		return writeUnavailable(w, h.errorBody("service unavailable"))
+	}
+	hd := h.settings
+	hd.Engine = store.engine
+	hd.ServeHTTP(w, api.Request{Request: r, Tenant: tenant, Base: base, Tail: tail})
 	return nil
 }
 

@@ -8,14 +8,12 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/hookgate/caddy-webhook/delivery"
-	"github.com/hookgate/caddy-webhook/ingest"
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
@@ -111,37 +109,8 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// stores holds one open database per directory, reference-counted by the
-// apps (old and new config during a reload) that use it.
-var stores = caddy.NewUsagePool()
-
-// sharedStore is everything that must outlive a single config: the database
-// and the in-memory state that has to stay consistent with it.
-type sharedStore struct {
-	// keyID fingerprints the encryption key the database was opened with.
-	keyID   [32]byte
-	db      *store.DB
-	windows *ingest.BadgerWindows
-	leases  *ingest.Leases
-	engine  *delivery.Engine
-
-	// running lists the started apps using this store, oldest first; the
-	// newest one's settings are the engine's. It lets a config that is
-	// rolled back (a failed reload) hand the engine back to the one that
-	// stays.
-	mu      sync.Mutex
-	running []*App
-}
-
-// Destruct stops deliveries and closes the database once the last config
-// using them is gone.
-func (s *sharedStore) Destruct() error {
-	currentEngine.CompareAndSwap(s.engine, nil)
-	s.engine.Stop()
-	return s.db.Close()
-}
-
-// Provision opens (or joins) the database.
+// Provision checks the settings and joins (or sets up) the store of its
+// directory. The database itself is opened by Start.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
@@ -160,20 +129,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	keyID := sha256.Sum256(key)
-	val, loaded, err := stores.LoadOrNew(dir, func() (caddy.Destructor, error) {
-		// Badger outlives this config, so it logs through the process-wide
-		// logger rather than this config's.
-		db, err := store.Open(dir, store.Options{Logger: caddy.Log().Named("webhooks.badger"), EncryptionKey: key})
-		if err != nil {
-			return nil, err
-		}
-		return &sharedStore{
-			keyID:   keyID,
-			db:      db,
-			windows: ingest.NewBadgerWindows(db.DB),
-			leases:  ingest.NewLeases(),
-			engine:  delivery.NewEngine(delivery.NewStore(db.DB), a.logger, nil),
-		}, nil
+	val, _, err := stores.LoadOrNew(dir, func() (caddy.Destructor, error) {
+		return newSharedStore(dir, key, keyID), nil
 	})
 	if err != nil {
 		return fmt.Errorf("webhooks: %w", err)
@@ -183,21 +140,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("webhooks: encryption_key differs from the one the open database uses; it can only change with a restart")
 	}
 	a.dir, a.shared = dir, val.(*sharedStore)
-	// Apps start in any order, so the HTTP server may take requests before
-	// this app's Start. On a fresh start nothing else runs the engine:
-	// configure it now, so that a publish in that gap is matched against
-	// this config's subscriptions and the registered ones (Start then
-	// delivers it), and the registration API finds them. On a reload the
-	// running config keeps the engine until this one starts.
-	a.shared.mu.Lock()
-	if len(a.shared.running) == 0 {
-		err = a.takeEngine()
-	}
-	a.shared.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	a.logger.Info("webhook store ready", zap.String("dir", dir), zap.Bool("reused", loaded))
 	return nil
 }
 
@@ -293,26 +235,34 @@ func (sc SubscriptionConfig) subscription(repl *caddy.Replacer) (delivery.Subscr
 	return sub, nil
 }
 
-// Start applies this config's delivery settings and starts delivering
-// (a reload only swaps the settings of the running engine).
+// Start opens the database if this is the first config to use it, applies
+// this config's delivery settings and starts delivering (a reload only
+// swaps the settings of the running engine).
 func (a *App) Start() error {
 	s := a.shared
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := a.takeEngine(); err != nil {
-		return err
+	reused := s.open.Load() != nil
+	o, err := s.openFor(a)
+	if err != nil {
+		return fmt.Errorf("webhooks: %w", err)
 	}
-	if err := s.engine.Start(); err != nil {
-		return err
+	if reused { // openFor configured a fresh engine with these settings
+		if err := a.configure(o.engine); err != nil {
+			return err
+		}
+	}
+	if err := o.engine.Start(); err != nil {
+		return fmt.Errorf("webhooks: %w", err)
 	}
 	s.running = append(s.running, a)
-	currentEngine.Store(s.engine)
+	currentEngine.Store(o.engine)
+	a.logger.Info("webhook store ready", zap.String("dir", s.dir), zap.Bool("reused", reused))
 	return nil
 }
 
-// takeEngine makes this config's settings and logger the engine's.
-func (a *App) takeEngine() error {
-	eng := a.shared.engine
+// configure makes this config's settings and logger the engine's.
+func (a *App) configure(eng *delivery.Engine) error {
 	eng.SetLogger(a.logger)
 	eng.SetObserver(observeAttempt)
 	if err := eng.Configure(a.delivery); err != nil {
@@ -337,13 +287,10 @@ func (a *App) Stop() error {
 	wasCurrent := i == len(s.running)-1
 	s.running = slices.Delete(s.running, i, i+1)
 	if wasCurrent && len(s.running) > 0 {
-		return s.running[len(s.running)-1].takeEngine()
+		return s.running[len(s.running)-1].configure(s.open.Load().engine)
 	}
 	return nil
 }
-
-// Engine is the delivery engine.
-func (a *App) Engine() *delivery.Engine { return a.shared.engine }
 
 // Cleanup releases this config's hold on the database; the last one out
 // closes it.
@@ -375,5 +322,4 @@ var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
-	_ caddy.Destructor   = (*sharedStore)(nil)
 )

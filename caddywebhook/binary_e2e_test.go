@@ -216,3 +216,69 @@ http://127.0.0.1:%d {
 	}
 	t.Logf("%d messages, %d deliveries after restart (duplicates: %d)", n, len(sub.received()), len(sub.received())-n)
 }
+
+// `caddy validate` provisions the config without starting it. It must
+// work while Caddy runs with the same storage_dir (badger allows one
+// opener per directory), create no database, and still catch a bad
+// setting.
+func TestValidateWhileRunning(t *testing.T) {
+	bin := caddyBinary(t)
+	admin, port := freePort(t), freePort(t)
+	storage := t.TempDir()
+	cfg := func(dir, sub string) string {
+		return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	skip_install_trust
+	webhooks {
+		storage_dir %s
+		subscription s {
+			%s
+			events *
+		}
+	}
+}
+http://127.0.0.1:%d {
+	webhook_publish
+}
+`, admin, dir, sub, port)
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	startCaddyProcess(t, bin, cfg(storage, "url https://example.com/hook"), url)
+
+	validate := func(caddyfile string) (string, error) {
+		home := t.TempDir()
+		cf := filepath.Join(home, "Caddyfile")
+		if err := os.WriteFile(cf, []byte(caddyfile), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "validate", "--config", cf, "--adapter", "caddyfile")
+		cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+home, "XDG_DATA_HOME="+home)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := validate(cfg(storage, "url https://example.com/hook")); err != nil || !strings.Contains(out, "Valid configuration") {
+		t.Fatalf("validate while running: %v\n%s", err, out)
+	}
+
+	fresh := filepath.Join(t.TempDir(), "never-opened")
+	if out, err := validate(cfg(fresh, "url https://example.com/hook")); err != nil {
+		t.Fatalf("validate with a fresh storage_dir: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(fresh); !os.IsNotExist(err) {
+		t.Fatalf("validate left %s behind (stat: %v)", fresh, err)
+	}
+
+	out, err := validate(cfg(storage, "url ftp://example.com/hook"))
+	if err == nil || !strings.Contains(out, "subscription") {
+		t.Fatalf("validate accepted a bad subscription URL: %v\n%s", err, out)
+	}
+
+	res, err := http.Post(url, "application/json", strings.NewReader(`{"event":"e","data":{}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 202 {
+		t.Fatalf("the running Caddy answered a publish with %d after the validations", res.StatusCode)
+	}
+}

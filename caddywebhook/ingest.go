@@ -50,6 +50,7 @@ type Ingest struct {
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	gate   *ingest.Gate
+	shared *sharedStore
 	logger *zap.Logger
 }
 
@@ -82,7 +83,8 @@ func (h *Ingest) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.gate, err = ingest.NewGate(cfg, app.shared.windows, app.shared.leases, ingest.SystemClock{})
+	h.shared = app.shared
+	h.gate, err = ingest.NewGate(cfg, storeWindows{app.shared}, app.shared.leases, ingest.SystemClock{})
 	if err != nil {
 		return fmt.Errorf("webhook_ingest: %w", err)
 	}
@@ -178,6 +180,11 @@ func forward(r *http.Request, next caddyhttp.Handler, settle func(ingest.Upstrea
 func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	defer recoverPanic(w, r, h.logger, ingest.Envelope{Error: ingest.MsgInternal}, &err)
 	start := time.Now()
+	if _, err := h.shared.await(r.Context()); err != nil {
+		h.log(r, ingest.Settled{Answer: unavailableAnswer}, 0, nil, start)
+		w.Header().Set("Retry-After", "1")
+		return writeAnswer(w, unavailableAnswer)
+	}
 	push, ans := h.gate.Admit(r)
 	if ans != nil {
 		h.log(r, ingest.Settled{Answer: *ans}, 0, nil, start)
@@ -199,6 +206,13 @@ func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	})
 	h.log(r, settled, up.Status, up.Err, start)
 	return writeAnswer(w, settled.Answer)
+}
+
+// unavailableAnswer is given when the store never opened (see await).
+var unavailableAnswer = ingest.Answer{
+	Status:   http.StatusServiceUnavailable,
+	Outcome:  ingest.OutcomeStoreError,
+	Envelope: ingest.Envelope{Error: ingest.MsgUnavailable},
 }
 
 // answerBuffers hold envelopes while they are written; the ResponseWriter

@@ -11,7 +11,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hookgate/caddy-webhook/ingest"
-	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 const benchPush = `{"menu":[{"sku":"A1","name":"Flat white","price":4.5},{"sku":"B2","name":"Croissant","price":3.2}],"updated_at":"2026-11-23T10:00:00Z"}`
@@ -23,20 +22,16 @@ const benchClients = 1024
 // writes its window), and a next handler that answers 204 at once.
 // Compare with BenchmarkNextOnly, the same request without the handler.
 func BenchmarkIngestServeHTTP(b *testing.B) {
-	db, err := store.Open(b.TempDir(), store.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
+	s := openedStore(b)
 	cfg := ingest.Config{AccessKeys: []string{"bench-access-key"}}
 	for i := range benchClients {
 		cfg.Clients = append(cfg.Clients, ingest.Client{Name: fmt.Sprint("c", i), Key: fmt.Sprint("key-", i)})
 	}
-	gate, err := ingest.NewGate(cfg, ingest.NewBadgerWindows(db.DB), ingest.NewLeases(), ingest.SystemClock{})
+	gate, err := ingest.NewGate(cfg, storeWindows{s}, s.leases, ingest.SystemClock{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := &Ingest{gate: gate, logger: zap.NewNop()}
+	h := &Ingest{gate: gate, shared: s, logger: zap.NewNop()}
 	benchPushes(b, func(w http.ResponseWriter, r *http.Request) error { return h.ServeHTTP(w, r, noContent{}) })
 }
 

@@ -34,7 +34,7 @@ type Publish struct {
 	// Largest accepted request body in bytes. Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
-	engine *delivery.Engine
+	shared *sharedStore
 	logger *zap.Logger
 }
 
@@ -59,13 +59,16 @@ func (h *Publish) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.engine = app.Engine()
+	h.shared = app.shared
 	return nil
 }
 
 // publishPanicBody is built once: deferring recoverPanic with a literal
 // would allocate it on every publish.
-var publishPanicBody any = map[string]string{"error": "internal error"}
+var (
+	publishPanicBody       any = map[string]string{"error": "internal error"}
+	publishUnavailableBody any = map[string]string{"error": "service unavailable"}
+)
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler. It always answers;
 // next is not called.
@@ -87,7 +90,11 @@ func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if err != nil {
 		return writeJSONError(w, http.StatusBadRequest, err.Error())
 	}
-	res, err := h.engine.Publish(msg)
+	store, err := h.shared.await(r.Context())
+	if err != nil {
+		return writeUnavailable(w, publishUnavailableBody)
+	}
+	res, err := store.engine.Publish(msg)
 	if err != nil {
 		h.logger.Error("publishing event", zap.String("event", msg.Event), zap.Error(err))
 		return writeJSONError(w, http.StatusInternalServerError, "internal error")
@@ -103,6 +110,13 @@ func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 func writeJSONError(w http.ResponseWriter, status int, msg string) error {
 	return writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// writeUnavailable answers a request that found no open store: the
+// webhooks app did not start in time, or failed to.
+func writeUnavailable(w http.ResponseWriter, body any) error {
+	w.Header().Set("Retry-After", "1")
+	return writeJSON(w, http.StatusServiceUnavailable, body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {

@@ -12,25 +12,20 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/hookgate/caddy-webhook/ingest"
-	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 // A panic in the handler chain below webhook_ingest (here: the upstream
 // handler) reaches the client as a 500 envelope and the log as an error
 // with a stack, not as a dropped connection.
 func TestIngestPanicBecomes500(t *testing.T) {
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	s := openedStore(t)
 	gate, err := ingest.NewGate(ingest.Config{AccessKeys: []string{"k"}, Clients: []ingest.Client{{Name: "a", Key: "ck"}}},
-		ingest.NewBadgerWindows(db.DB), ingest.NewLeases(), ingest.SystemClock{})
+		storeWindows{s}, s.leases, ingest.SystemClock{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.ErrorLevel)
-	h := &Ingest{gate: gate, logger: zap.New(core)}
+	h := &Ingest{gate: gate, shared: s, logger: zap.New(core)}
 
 	req := httptest.NewRequest("POST", "/", strings.NewReader(`{}`))
 	req.Header.Set("Authorization", "Token k")

@@ -22,6 +22,7 @@ const (
 	MsgBodyNotObject    = "request body must be a JSON object"
 	MsgUpstreamPrefix   = "upstream error: "
 	MsgInternal         = "internal error"
+	MsgUnavailable      = "service unavailable"
 )
 
 // Header names of the protocol.

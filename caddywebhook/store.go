@@ -1,0 +1,169 @@
+package caddywebhook
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/hookgate/caddy-webhook/delivery"
+	"github.com/hookgate/caddy-webhook/ingest"
+	"github.com/hookgate/caddy-webhook/internal/store"
+)
+
+// stores holds one database per directory, reference-counted by the apps
+// (old and new config during a reload) that use it.
+var stores = caddy.NewUsagePool()
+
+// sharedStore is everything that must outlive a single config: the database
+// and the in-memory state that has to stay consistent with it.
+//
+// The database is opened by the first config's Start, not its Provision,
+// the way the HTTP app binds its ports in Start: `caddy validate`
+// provisions a config too, and it must work while Caddy runs and holds
+// badger's lock on the directory (and leave no database behind on a
+// machine where none runs yet).
+type sharedStore struct {
+	dir string
+	key []byte
+	// keyID fingerprints the encryption key, so that a reload with another
+	// key is refused before it can try the open database.
+	keyID  [32]byte
+	leases *ingest.Leases
+
+	open   atomic.Pointer[openStore]
+	opened chan struct{} // closed once open is set
+	gone   chan struct{} // closed once opening failed or the store was destroyed
+	goneMu sync.Once
+
+	// running lists the started apps using this store, oldest first; the
+	// newest one's settings are the engine's. It lets a config that is
+	// rolled back (a failed reload) hand the engine back to the one that
+	// stays. mu also serializes opening.
+	mu      sync.Mutex
+	running []*App
+}
+
+// openStore is what exists once the database is open.
+type openStore struct {
+	db      *store.DB
+	windows *ingest.BadgerWindows
+	engine  *delivery.Engine
+}
+
+func newSharedStore(dir string, key []byte, keyID [32]byte) *sharedStore {
+	return &sharedStore{
+		dir: dir, key: key, keyID: keyID,
+		leases: ingest.NewLeases(),
+		opened: make(chan struct{}),
+		gone:   make(chan struct{}),
+	}
+}
+
+// errStoreUnavailable answers a request that came before the database was
+// opened and waited in vain: the webhooks app did not start (in time).
+var errStoreUnavailable = errors.New("the webhook store is not open")
+
+// storeWait bounds how long a request waits for the database. Caddy starts
+// its apps in any order, so the HTTP server may serve before the webhooks
+// app has opened it; opening takes well under a second even with a
+// million queued deliveries. The bound also keeps a waiting request from
+// holding up a shutdown with an unlimited grace period when another app
+// fails to start.
+const storeWait = 10 * time.Second
+
+// await returns the open store, waiting for it if need be.
+func (s *sharedStore) await(ctx context.Context) (*openStore, error) {
+	if o := s.open.Load(); o != nil {
+		return o, nil
+	}
+	t := time.NewTimer(storeWait)
+	defer t.Stop()
+	select {
+	case <-s.opened:
+		return s.open.Load(), nil
+	case <-s.gone:
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return nil, errStoreUnavailable
+}
+
+// openFor opens the database if no config has yet, and makes a's settings
+// the engine's before any request can use it, so that a publish is matched
+// against a's subscriptions. s.mu is held.
+func (s *sharedStore) openFor(a *App) (*openStore, error) {
+	if o := s.open.Load(); o != nil {
+		return o, nil
+	}
+	select {
+	case <-s.gone:
+		return nil, errStoreUnavailable
+	default:
+	}
+	// Badger outlives this config, so it logs through the process-wide
+	// logger rather than this config's.
+	db, err := store.Open(s.dir, store.Options{Logger: caddy.Log().Named("webhooks.badger"), EncryptionKey: s.key})
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	o := &openStore{
+		db:      db,
+		windows: ingest.NewBadgerWindows(db.DB),
+		engine:  delivery.NewEngine(delivery.NewStore(db.DB), a.logger, nil),
+	}
+	if err := a.configure(o.engine); err != nil {
+		s.close()
+		return nil, errors.Join(err, db.Close())
+	}
+	s.open.Store(o)
+	close(s.opened)
+	return o, nil
+}
+
+// close wakes every request still waiting for the database.
+func (s *sharedStore) close() { s.goneMu.Do(func() { close(s.gone) }) }
+
+// Destruct stops deliveries and closes the database once the last config
+// using them is gone.
+func (s *sharedStore) Destruct() error {
+	s.close()
+	o := s.open.Load()
+	if o == nil {
+		return nil
+	}
+	currentEngine.CompareAndSwap(o.engine, nil)
+	o.engine.Stop()
+	return o.db.Close()
+}
+
+// storeWindows is the ingest gate's view of the push windows, which exist
+// once the database is open; the handler awaits that before admitting a
+// push.
+type storeWindows struct{ s *sharedStore }
+
+func (w storeWindows) LoadWindow(client string) (ingest.Window, bool, error) {
+	o := w.s.open.Load()
+	if o == nil {
+		return ingest.Window{}, false, errStoreUnavailable
+	}
+	return o.windows.LoadWindow(client)
+}
+
+func (w storeWindows) SaveWindow(client string, win ingest.Window) error {
+	o := w.s.open.Load()
+	if o == nil {
+		return errStoreUnavailable
+	}
+	return o.windows.SaveWindow(client, win)
+}
+
+// Interface guards
+var (
+	_ caddy.Destructor   = (*sharedStore)(nil)
+	_ ingest.WindowStore = storeWindows{}
+)
