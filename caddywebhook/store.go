@@ -73,7 +73,8 @@ var errStoreUnavailable = errors.New("the webhook store is not open")
 // million queued deliveries. The bound also keeps a waiting request from
 // holding up a shutdown with an unlimited grace period when another app
 // fails to start.
-const storeWait = 10 * time.Second
+// A variable so that a test can shorten it.
+var storeWait = 10 * time.Second
 
 // await returns the open store, waiting for it if need be.
 func (s *sharedStore) await(ctx context.Context) (*openStore, error) {

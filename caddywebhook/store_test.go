@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -52,6 +53,18 @@ func TestRequestWaitsForTheStoreToOpen(t *testing.T) {
 	}
 	if w := <-got; w != o {
 		t.Fatalf("the waiting request got %p, want the opened store %p", w, o)
+	}
+}
+
+// A request gives up waiting for a store that no app opens: another app
+// may have failed to start, and the HTTP server's shutdown waits for it.
+func TestRequestStopsWaitingForAStoreNeverOpened(t *testing.T) {
+	defer func(d time.Duration) { storeWait = d }(storeWait)
+	storeWait = time.Millisecond
+	s := newSharedStore(t.TempDir(), nil, sha256.Sum256(nil))
+	t.Cleanup(func() { s.Destruct() })
+	if o, err := s.await(context.Background()); err != errStoreUnavailable || o != nil {
+		t.Fatalf("await = %v, %v; want %v", o, err, errStoreUnavailable)
 	}
 }
 
