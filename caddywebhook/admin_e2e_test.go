@@ -3,7 +3,6 @@ package caddywebhook
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,14 +12,8 @@ import (
 
 func admin(t *testing.T, method, path string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, "http://localhost:2999"+path, nil)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return res.StatusCode, strings.TrimSpace(string(b))
+	status, b := adminRequest(t, method, path, "", nil)
+	return status, strings.TrimSpace(string(b))
 }
 
 // waitDisabled waits for the admin API to show the subscription disabled.
@@ -166,7 +159,7 @@ func TestAdminQueuesAndDiscard(t *testing.T) {
 		t.Fatalf("queues: %d %s", st, body)
 	}
 
-	tester.InitServer(cfg(false), "caddyfile") // shop taken out of the Caddyfile
+	loadConfig(t, cfg(false)) // shop taken out of the Caddyfile
 	if st, body := admin(t, "GET", "/webhooks/queues"); st != 200 || body != `[{"subscription":"static:shop","queued":2,"registered":false}]` {
 		t.Fatalf("queues after the reload: %d %s", st, body)
 	}

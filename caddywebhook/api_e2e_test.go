@@ -138,8 +138,8 @@ func TestAPIEndToEnd(t *testing.T) {
 	}
 
 	// Registrations survive the app stopping and starting again.
-	tester.InitServer(emptyConfig, "caddyfile")
-	tester.InitServer(cfg, "caddyfile")
+	loadConfig(t, emptyConfig)
+	loadConfig(t, cfg)
 	st, body = call(t, c, "seller-1", "tiki-pass", "GET", "/v1/webhooks", "")
 	if st != 200 || body != `{"data":[{"uri":"`+sub.URL+`/tiki-v2","event":"product:request:rejected"}]}` {
 		t.Fatalf("after restart: %d %s", st, body)

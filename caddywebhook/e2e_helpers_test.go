@@ -1,6 +1,7 @@
 package caddywebhook
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -8,11 +9,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
@@ -65,9 +69,81 @@ http://localhost:9080 {
 func startCaddy(t *testing.T, cfg string) *caddytest.Tester {
 	t.Helper()
 	tester := caddytest.NewTester(t)
-	tester.InitServer(cfg, "caddyfile")
-	t.Cleanup(func() { tester.InitServer(emptyConfig, "caddyfile") })
+	caddyStarted.Do(func() { tester.InitServer(emptyConfig, "caddyfile") })
+	loadConfig(t, cfg)
+	t.Cleanup(func() { loadConfig(t, emptyConfig) })
 	return tester
+}
+
+// caddyStarted: caddytest's InitServer starts the in-process Caddy the
+// first time; every load after that goes through loadConfig.
+var caddyStarted sync.Once
+
+// loadConfig makes cfg (a Caddyfile) the running config, as caddytest's
+// InitServer does, but without the check with which InitServer begins:
+// one request to the admin endpoint, after which, if it failed, it starts
+// a second Caddy whose empty config then replaces the test's. In a full
+// run of the suite with -race that request once failed at once, right
+// after a reload that was refused (Caddy replaces its admin server
+// at every load, and stops the old one in the background); the test that
+// followed failed with "POSTed configuration isn't active". Here a request
+// that fails is tried again.
+func loadConfig(t *testing.T, cfg string) {
+	t.Helper()
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), nil)
+	if err != nil {
+		t.Fatalf("adapting the config: %v", err)
+	}
+	var want any
+	if err := json.Unmarshal(adapted, &want); err != nil {
+		t.Fatal(err)
+	}
+	status, body := adminRequest(t, "POST", "/load", "application/json", adapted)
+	if status != http.StatusOK {
+		t.Fatalf("loading the config: %d %s", status, body)
+	}
+	// The load answered once the config ran; check that it is the one
+	// running, as caddytest does.
+	var got any
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, body := adminRequest(t, "GET", "/config/", "", nil); json.Unmarshal(body, &got) == nil && reflect.DeepEqual(got, want) {
+			return
+		}
+	}
+	t.Fatalf("the loaded config is not the running one:\nwant %s\ngot  %v", adapted, got)
+}
+
+// adminRequest makes a request to the in-process Caddy's admin endpoint on
+// a connection of its own, trying again while it fails to get an answer
+// (see loadConfig); a repeated load is the same load.
+func adminRequest(t *testing.T, method, path, contentType string, body []byte) (int, []byte) {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+	var lastErr error
+	for range 50 {
+		req, err := http.NewRequest(method, "http://localhost:2999"+path, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			lastErr = err
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		b, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		return res.StatusCode, b
+	}
+	t.Fatalf("%s %s: %v", method, path, lastErr)
+	return 0, nil
 }
 
 // received is one request as the test upstream saw it.

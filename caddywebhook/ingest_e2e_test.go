@@ -240,16 +240,16 @@ func TestIngestSurvivesReloadAndRestart(t *testing.T) {
 	tooEarly := "next push not allowed until after " + res.Envelope.NextPushAfter
 
 	// Reload with a changed config while the first one is running.
-	tester.InitServer(strings.Replace(cfg, "max_body 1KB", "max_body 2KB", 1), "caddyfile")
+	loadConfig(t, strings.Replace(cfg, "max_body 1KB", "max_body 2KB", 1))
 	res = doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")
 	if res.Status != 400 || res.Envelope.Error != tooEarly {
 		t.Fatalf("after reload: %d %s", res.Status, res.Raw)
 	}
 
 	// A config without the plugin stops the app and closes the database...
-	tester.InitServer(emptyConfig, "caddyfile")
+	loadConfig(t, emptyConfig)
 	// ...and bringing it back reopens it from disk.
-	tester.InitServer(cfg, "caddyfile")
+	loadConfig(t, cfg)
 	res = doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")
 	if res.Status != 400 || res.Envelope.Error != tooEarly {
 		t.Fatalf("after restart: %d %s", res.Status, res.Raw)

@@ -2,7 +2,6 @@ package caddywebhook
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -14,12 +13,7 @@ import (
 // metricValue reads one sample from Caddy's admin /metrics.
 func metricValue(t *testing.T, name string) float64 {
 	t.Helper()
-	res, err := http.Get("http://localhost:2999/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
+	_, b := adminRequest(t, "GET", "/metrics", "", nil)
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindSubmatch(b)
 	if m == nil {
 		return 0

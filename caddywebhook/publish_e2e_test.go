@@ -228,19 +228,12 @@ func TestEncryptionAtRestThroughCaddy(t *testing.T) {
 	// A reload may not change the key of the open database.
 	t.Setenv("E2E_OTHER_KEY", base64.StdEncoding.EncodeToString([]byte("fedcba9876543210fedcba9876543210")))
 	changed := strings.Replace(cfg, "{env.E2E_WEBHOOK_KEY}", "{env.E2E_OTHER_KEY}", 1)
-	req, _ = http.NewRequest("POST", "http://localhost:2999/load", strings.NewReader(changed))
-	req.Header.Set("Content-Type", "text/caddyfile")
-	res, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if res.StatusCode == 200 || !strings.Contains(string(b), "encryption_key differs") {
-		t.Fatalf("key change on reload: %d %s", res.StatusCode, b)
+	status, b := adminRequest(t, "POST", "/load", "text/caddyfile", []byte(changed))
+	if status == 200 || !strings.Contains(string(b), "encryption_key differs") {
+		t.Fatalf("key change on reload: %d %s", status, b)
 	}
 
-	tester.InitServer(emptyConfig, "caddyfile") // closes the database
+	loadConfig(t, emptyConfig) // closes the database
 	for _, secret := range []string{token, "4111-needle-1111"} {
 		if dirHas(t, storage, secret) {
 			t.Errorf("%q is readable in the data directory", secret)
@@ -293,7 +286,7 @@ func TestDeliveryAcrossReload(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		send(fmt.Sprint("before-", i))
 	}
-	tester.InitServer(cfg(fmt.Sprintf("workers 4\n\t\tsubscription b {\n\t\t\turl %s\n\t\t\tevents *\n\t\t}", b.URL)), "caddyfile")
+	loadConfig(t, cfg(fmt.Sprintf("workers 4\n\t\tsubscription b {\n\t\t\turl %s\n\t\t\tevents *\n\t\t}", b.URL)))
 	a.fail.Store(false)
 	for i := 0; i < 5; i++ {
 		send(fmt.Sprint("after-", i))
@@ -334,14 +327,7 @@ func TestFailedReloadRestoresEngine(t *testing.T) {
 	// Apps start in map order: repeat so that the webhooks app of the bad
 	// config starts before the HTTP app fails in (almost) every run.
 	for i := 0; i < 8; i++ {
-		req, _ := http.NewRequest("POST", "http://localhost:2999/load", strings.NewReader(bad))
-		req.Header.Set("Content-Type", "text/caddyfile")
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res.Body.Close()
-		if res.StatusCode == 200 {
+		if status, _ := adminRequest(t, "POST", "/load", "text/caddyfile", []byte(bad)); status == 200 {
 			t.Fatal("the bad config loaded")
 		}
 	}
