@@ -72,6 +72,8 @@ type App struct {
 	shared   *sharedStore
 	delivery delivery.Config
 	logger   *zap.Logger
+
+	windows *windowClaims
 }
 
 // SubscriptionConfig is a static subscription. Secrets may be placeholders
@@ -140,6 +142,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("webhooks: encryption_key differs from the one the open database uses; it can only change with a restart")
 	}
 	a.dir, a.shared = dir, val.(*sharedStore)
+	a.windows = &windowClaims{keys: map[string][32]byte{}}
 	return nil
 }
 

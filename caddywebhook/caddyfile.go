@@ -294,6 +294,7 @@ func parseIngest(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //	    client <name> <client-key> [interval <duration>]
 //	    interval <duration>
 //	    max_body <size>
+//	    scope <name>
 //	}
 //
 // Errors never quote a key.
@@ -305,6 +306,13 @@ func (h *Ingest) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	var sawInterval, sawMaxBody bool
 	for d.NextBlock(0) {
 		switch d.Val() {
+		case "scope":
+			if h.Scope != "" {
+				return d.Err("scope specified more than once")
+			}
+			if !d.AllArgs(&h.Scope) || h.Scope == "" {
+				return d.Err("scope needs one name: scope <name>")
+			}
 		case "access_key":
 			keys := d.RemainingArgs()
 			if len(keys) == 0 {

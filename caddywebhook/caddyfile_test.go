@@ -20,6 +20,7 @@ func TestUnmarshalIngest(t *testing.T) {
 		client globex globex-key
 		interval 1h
 		max_body 2MB
+		scope {env.STAGE}
 	}`)
 	var h Ingest
 	if err := h.UnmarshalCaddyfile(d); err != nil {
@@ -34,6 +35,7 @@ func TestUnmarshalIngest(t *testing.T) {
 		},
 		Interval: hour,
 		MaxBody:  2_000_000,
+		Scope:    "{env.STAGE}",
 	}
 	got, _ := json.Marshal(h)
 	exp, _ := json.Marshal(want)
@@ -62,6 +64,10 @@ func TestUnmarshalIngestErrors(t *testing.T) {
 		{"zero max_body", "webhook_ingest {\n access_key k\n client a b\n max_body 0\n}", `invalid max_body "0"`},
 		{"max_body twice", "webhook_ingest {\n access_key k\n client a b\n max_body 1MB\n max_body 2MB\n}", "max_body specified more than once"},
 		{"unknown option", "webhook_ingest {\n access_key k\n client a b\n windows 1h\n}", `unrecognized webhook_ingest option "windows"`},
+		{"scope without name", "webhook_ingest {\n access_key k\n client a b\n scope\n}", "scope needs one name"},
+		{"scope with two names", "webhook_ingest {\n access_key k\n client a b\n scope x y\n}", "scope needs one name"},
+		{"scope empty", "webhook_ingest {\n access_key k\n client a b\n scope \"\"\n}", "scope needs one name"},
+		{"scope twice", "webhook_ingest {\n access_key k\n client a b\n scope x\n scope y\n}", "scope specified more than once"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -223,6 +229,7 @@ func TestIngestProvisionErrors(t *testing.T) {
 		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "{env.WEBHOOK_TEST_UNSET}"}}}, `client "a": key: evaluated placeholder {env.WEBHOOK_TEST_UNSET} is empty`},
 		{Ingest{AccessKeys: []string{"{nope.placeholder}"}, Clients: []IngestClient{{Name: "a", Key: "k"}}}, "access_key #1"},
 		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "k"}}, Interval: -1}, "interval must not be negative"},
+		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "k"}}, Scope: "{env.WEBHOOK_TEST_UNSET}"}, "scope: evaluated placeholder {env.WEBHOOK_TEST_UNSET} is empty"},
 	}
 	for _, tc := range cases {
 		_, err := tc.h.gateConfig()

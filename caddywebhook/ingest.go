@@ -2,6 +2,7 @@ package caddywebhook
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +50,15 @@ type Ingest struct {
 	// Largest accepted push body in bytes. Default: 10 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
+	// Scope sets this handler's push windows apart. A client's window (and
+	// the rule that one push of a client is forwarded at a time) belongs to
+	// its name, shared by every webhook_ingest of this Caddy with the same
+	// scope; by default all handlers are in one scope. Give, say, a
+	// staging site that names its clients as production does a scope of
+	// its own, so that its pushes do not use up production's windows.
+	// Changing a handler's scope starts its clients with open windows.
+	Scope string `json:"scope,omitempty"`
+
 	gate   *ingest.Gate
 	shared *sharedStore
 	logger *zap.Logger
@@ -88,7 +98,37 @@ func (h *Ingest) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("webhook_ingest: %w", err)
 	}
+	for _, name := range app.windows.claim(cfg) {
+		h.logger.Warn("another webhook_ingest gives this client a different key, yet both share its push window: give one of them a scope of its own if they are different clients",
+			zap.String("client", name), zap.String("scope", cfg.Scope))
+	}
 	return nil
+}
+
+// windowClaims maps the push windows of one config's webhook_ingest
+// handlers to the digests of their clients' keys.
+type windowClaims struct {
+	mu   sync.Mutex
+	keys map[string][32]byte
+}
+
+// claim records the key each of cfg's clients uses for its push window,
+// and returns the clients whose window another handler of the config
+// already gave a different key. Such a pair shares one window, and one
+// push at a time, which two sites naming their clients alike (staging and
+// production, say) do not expect.
+func (w *windowClaims) claim(cfg ingest.Config) (clashes []string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range cfg.Clients {
+		id, key := ingest.WindowID(cfg.Scope, c.Name), sha256.Sum256([]byte(c.Key))
+		if seen, ok := w.keys[id]; ok && seen != key {
+			clashes = append(clashes, c.Name)
+			continue
+		}
+		w.keys[id] = key
+	}
+	return clashes
 }
 
 // gateConfig replaces placeholders in keys; errors never quote a key.
@@ -98,6 +138,11 @@ func (h *Ingest) gateConfig() (ingest.Config, error) {
 	if h.Interval < 0 {
 		return cfg, fmt.Errorf("webhook_ingest: interval must not be negative")
 	}
+	scope, err := repl.ReplaceOrErr(h.Scope, true, true)
+	if err != nil {
+		return cfg, fmt.Errorf("webhook_ingest: scope: %v", err)
+	}
+	cfg.Scope = scope
 	for i, k := range h.AccessKeys {
 		v, err := repl.ReplaceOrErr(k, true, true)
 		if err != nil {

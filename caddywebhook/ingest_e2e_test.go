@@ -255,3 +255,56 @@ func TestIngestSurvivesReloadAndRestart(t *testing.T) {
 		t.Fatalf("after restart: %d %s", res.Status, res.Raw)
 	}
 }
+
+// A staging and a production endpoint on one Caddy name their client alike
+// with different keys: without a scope of its own, staging's pushes would
+// use up production's windows. The handler that shares a window under a
+// different key is pointed out in the log.
+func TestIngestScopesKeepEndpointsApart(t *testing.T) {
+	const prodKey, stagingKey, otherKey = "e2e-prod-key-91ab", "e2e-staging-key-5c0d", "e2e-other-key-ee17"
+	up := newTestUpstream(t)
+	global, logFile := globalOptions(t, t.TempDir(), "")
+	site := func(path, scope, key string) string {
+		return fmt.Sprintf(`
+	handle %s {
+		webhook_ingest {
+			%s
+			access_key %s
+			client acme %s interval 1h
+		}
+		reverse_proxy %s
+	}`, path, scope, e2eAccessKey, key, up.addr())
+	}
+	tester := startCaddy(t, global+"http://localhost:9080 {"+
+		site("/prod", "", prodKey)+
+		site("/staging", "scope staging", stagingKey)+
+		site("/other", "", otherKey)+"\n}\n")
+
+	push := func(path, key string) pushResult {
+		return doPush(t, tester, "POST", path, authHeaders(e2eAccessKey, key), "{}")
+	}
+	if res := push("/prod", prodKey); res.Status != 200 {
+		t.Fatalf("prod: %d %s", res.Status, res.Raw)
+	}
+	if res := push("/staging", stagingKey); res.Status != 200 {
+		t.Fatalf("staging after a prod push: %d %s", res.Status, res.Raw)
+	}
+	if res := push("/other", otherKey); res.Status != 400 || !strings.HasPrefix(res.Envelope.Error, "next push not allowed") {
+		t.Fatalf("same scope and name as prod: %d %s", res.Status, res.Raw)
+	}
+
+	log := readFile(t, logFile)
+	warned := 0
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "share its push window") {
+			warned++
+			if !strings.Contains(line, `"client":"acme"`) || !strings.Contains(line, `"scope":""`) {
+				t.Errorf("warning without the client and scope: %s", line)
+			}
+		}
+	}
+	if warned != 1 {
+		t.Fatalf("want one warning (for /other), got %d:\n%s", warned, log)
+	}
+	assertNotInFile(t, logFile, prodKey, stagingKey, otherKey, e2eAccessKey)
+}

@@ -22,6 +22,9 @@ type Client struct {
 	Name     string
 	Key      string
 	Interval time.Duration
+	// window names the client's push window and lease in the store: its
+	// name, qualified by the gate's scope if it has one.
+	window string
 }
 
 // Config is everything a Gate needs to know about keys and limits.
@@ -32,6 +35,10 @@ type Config struct {
 	Clients    []Client
 	// MaxBody bounds the push body in bytes; 0 means DefaultMaxBody.
 	MaxBody int64
+	// Scope separates push windows: gates on one store share a client's
+	// window (and its one-push-at-a-time lease) when they have the same
+	// scope and the client the same name. "" is the default scope.
+	Scope string
 }
 
 type digest = [sha256.Size]byte
@@ -78,8 +85,12 @@ func NewGate(cfg Config, windows WindowStore, leases *Leases, clock Clock) (*Gat
 	if len(cfg.Clients) == 0 {
 		return nil, errors.New("at least one client is required")
 	}
+	if strings.ContainsRune(cfg.Scope, 0) {
+		return nil, errors.New("scope must not contain a NUL character")
+	}
 	names := make(map[string]bool, len(cfg.Clients))
 	for _, c := range cfg.Clients {
+		c.window = WindowID(cfg.Scope, c.Name)
 		if err := g.addClient(c, names); err != nil {
 			return nil, err
 		}
@@ -92,6 +103,8 @@ func (g *Gate) addClient(c Client, names map[string]bool) error {
 	switch {
 	case c.Name == "":
 		return errors.New("a client has no name")
+	case strings.ContainsRune(c.Name, 0):
+		return fmt.Errorf("client %q: the name must not contain a NUL character", c.Name)
 	case names[c.Name]:
 		return fmt.Errorf("client %q is defined twice", c.Name)
 	case c.Key == "":
@@ -106,6 +119,18 @@ func (g *Gate) addClient(c Client, names map[string]bool) error {
 	names[c.Name] = true
 	g.clients[d] = c
 	return nil
+}
+
+// WindowID is the name under which a client's push window is stored and
+// leased. The default scope keeps the bare client name, as windows stored
+// before scopes existed are; other scopes are set apart by a NUL, which
+// neither a scope nor a client name may contain, so no two pairs share an
+// ID.
+func WindowID(scope, client string) string {
+	if scope == "" {
+		return client
+	}
+	return scope + "\x00" + client
 }
 
 // Push is a push that passed every check and may be forwarded. Its client
@@ -154,11 +179,11 @@ func (g *Gate) Admit(r *http.Request) (*Push, *Answer) {
 
 // openWindow takes the client's lease and checks its window.
 func (g *Gate) openWindow(c Client) (*Push, *Answer) {
-	free := g.leases.TryAcquire(c.Name)
-	w, known, err := g.windows.LoadWindow(c.Name)
+	free := g.leases.TryAcquire(c.window)
+	w, known, err := g.windows.LoadWindow(c.window)
 	if err != nil {
 		if free {
-			g.leases.Release(c.Name)
+			g.leases.Release(c.window)
 		}
 		ans := reject(http.StatusInternalServerError, OutcomeStoreError, MsgInternal)
 		ans.Client = c.Name
@@ -175,7 +200,7 @@ func (g *Gate) openWindow(c Client) (*Push, *Answer) {
 	}
 	if ans != nil {
 		if free {
-			g.leases.Release(c.Name)
+			g.leases.Release(c.window)
 		}
 		ans.Client = c.Name
 		return nil, ans
@@ -262,7 +287,7 @@ func (g *Gate) authorized(header string) bool {
 func (p *Push) Release() {
 	if !p.released {
 		p.released = true
-		p.gate.leases.Release(p.Client.Name)
+		p.gate.leases.Release(p.Client.window)
 	}
 }
 

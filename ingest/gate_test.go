@@ -474,3 +474,83 @@ func TestReadAtMostDoesNotTrustDeclaredLength(t *testing.T) {
 		t.Fatalf("allocated %d bytes for a 2-byte body", cap(got))
 	}
 }
+
+// Two gates on one store, as two webhook_ingest handlers of one Caddy: a
+// client name is one client (one window, one lease) within a scope, and
+// scopes keep the windows of same-named clients apart.
+func TestScopesSeparateWindows(t *testing.T) {
+	windows, leases := newMemWindows(), NewLeases()
+	clock := &fakeClock{now: t0}
+	gate := func(scope, key string) *Gate {
+		g, err := NewGate(Config{
+			AccessKeys: []string{accessKey},
+			Clients:    []Client{{Name: "acme", Key: key, Interval: time.Hour}},
+			Scope:      scope,
+		}, windows, leases, clock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	push := func(g *Gate, key string) *Answer {
+		p, ans := g.Admit(pushReq("POST", "Token "+accessKey, key, "{}"))
+		if ans != nil {
+			return ans
+		}
+		s := p.Settle(Upstream{Status: 204})
+		return &s.Answer
+	}
+	prod, staging, other := gate("", "prod-key"), gate("staging", "staging-key"), gate("", "other-key")
+
+	if a := push(prod, "prod-key"); a.Status != 200 {
+		t.Fatalf("first push to prod: %+v", a)
+	}
+	if a := push(staging, "staging-key"); a.Status != 200 {
+		t.Fatalf("staging push after a prod push of the same client name: %+v", a)
+	}
+	if a := push(other, "other-key"); a.Status != 400 || a.Outcome != OutcomeTooEarly {
+		t.Fatalf("same scope, same name: the window must be shared, got %+v", a)
+	}
+	if _, ok := windows.m["acme"]; !ok {
+		t.Fatalf("the default scope must keep the bare name (windows stored by earlier versions): %v", windows.m)
+	}
+	if _, ok := windows.m[WindowID("staging", "acme")]; !ok || len(windows.m) != 2 {
+		t.Fatalf("stored windows: %v", windows.m)
+	}
+
+	// The lease follows the window: a push in flight in one scope does
+	// not hold up the same name in another.
+	clock.Advance(2 * time.Hour)
+	p, ans := prod.Admit(pushReq("POST", "Token "+accessKey, "prod-key", "{}"))
+	if ans != nil {
+		t.Fatal(ans)
+	}
+	defer p.Release()
+	if _, ans := staging.Admit(pushReq("POST", "Token "+accessKey, "staging-key", "{}")); ans != nil {
+		t.Fatalf("staging held up by a prod push in flight: %+v", ans)
+	}
+	if _, ans := other.Admit(pushReq("POST", "Token "+accessKey, "other-key", "{}")); ans == nil || ans.Outcome != OutcomeInProgress {
+		t.Fatalf("same scope, same name, push in flight: %+v", ans)
+	}
+}
+
+func TestWindowIDsDoNotCollide(t *testing.T) {
+	pairs := [][2]string{{"", "a"}, {"a", "a"}, {"", "a/b"}, {"a", "b"}, {"a/", "b"}, {"a", "/b"}, {"", "ab"}}
+	seen := map[string][2]string{}
+	for _, p := range pairs {
+		id := WindowID(p[0], p[1])
+		if q, dup := seen[id]; dup {
+			t.Fatalf("%q and %q share the ID %q", p, q, id)
+		}
+		seen[id] = p
+	}
+	// Which is why a NUL is refused where it could make two of them meet.
+	for _, cfg := range []Config{
+		{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a\x00b", Key: "k"}}},
+		{AccessKeys: []string{"x"}, Clients: []Client{{Name: "b", Key: "k"}}, Scope: "a\x00"},
+	} {
+		if _, err := NewGate(cfg, newMemWindows(), NewLeases(), SystemClock{}); err == nil || !strings.Contains(err.Error(), "NUL") {
+			t.Fatalf("%+v: err = %v", cfg, err)
+		}
+	}
+}
