@@ -60,6 +60,7 @@ type Ingest struct {
 	Scope string `json:"scope,omitempty"`
 
 	gate   *ingest.Gate
+	scope  string // Scope with its placeholders replaced
 	shared *sharedStore
 	logger *zap.Logger
 }
@@ -93,7 +94,7 @@ func (h *Ingest) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.shared = app.shared
+	h.shared, h.scope = app.shared, cfg.Scope
 	h.gate, err = ingest.NewGate(cfg, storeWindows{app.shared}, app.shared.leases, ingest.SystemClock{})
 	if err != nil {
 		return fmt.Errorf("webhook_ingest: %w", err)
@@ -305,13 +306,17 @@ func (h *Ingest) log(r *http.Request, s ingest.Settled, upstreamStatus int, upEr
 	if ce == nil {
 		return
 	}
-	fields := []zap.Field{
+	fields := make([]zap.Field, 0, 10)
+	if h.scope != "" { // tells apart same-named clients of two endpoints
+		fields = append(fields, zap.String("scope", h.scope))
+	}
+	fields = append(fields,
 		zap.String("client", s.Client),
 		zap.String("outcome", string(s.Outcome)),
 		zap.Int("status", s.Status),
 		zap.String("remote_ip", remoteIP(r)),
 		zap.Duration("duration", time.Since(start)),
-	}
+	)
 	if upstreamStatus != 0 {
 		fields = append(fields, zap.Int("upstream_status", upstreamStatus))
 	}

@@ -306,5 +306,9 @@ func TestIngestScopesKeepEndpointsApart(t *testing.T) {
 	if warned != 1 {
 		t.Fatalf("want one warning (for /other), got %d:\n%s", warned, log)
 	}
+	// The push lines of a scoped handler say which scope.
+	if !strings.Contains(log, `"msg":"webhook push","scope":"staging","client":"acme","outcome":"accepted"`) {
+		t.Errorf("no push line with the scope:\n%s", log)
+	}
 	assertNotInFile(t, logFile, prodKey, stagingKey, otherKey, e2eAccessKey)
 }
