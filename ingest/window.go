@@ -24,12 +24,13 @@ func (w Window) Open(now time.Time) bool {
 	return !now.Before(w.NextPushAfter)
 }
 
-// WindowStore keeps windows durably, one per client name.
+// WindowStore keeps windows durably, one per client, found by the ID that
+// WindowID makes of the client's scope and name.
 type WindowStore interface {
 	// LoadWindow returns the client's window; ok is false for a client that
 	// has never pushed successfully.
-	LoadWindow(client string) (w Window, ok bool, err error)
-	SaveWindow(client string, w Window) error
+	LoadWindow(id string) (w Window, ok bool, err error)
+	SaveWindow(id string, w Window) error
 }
 
 // Clock is the source of the current time.
