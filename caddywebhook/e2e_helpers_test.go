@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
@@ -26,6 +27,10 @@ import (
 // The end-to-end tests share one in-process Caddy (caddytest's admin on
 // localhost:2999, HTTP on 9080); each test loads its own config.
 const testBase = "http://localhost:9080"
+
+// testListener is the listener address (as Caddy's listener pool names it)
+// of every end-to-end config's HTTP server.
+const testListener = ":9080"
 
 // globalOptions is the global block of every end-to-end config: the
 // caddytest ports, a log file to inspect, and a private store.
@@ -69,6 +74,9 @@ http://localhost:9080 {
 func startCaddy(t *testing.T, cfg string) *caddytest.Tester {
 	t.Helper()
 	tester := caddytest.NewTester(t)
+	// A kept-alive connection belongs to the server of the config that
+	// accepted it, and a reload closes it under the next request (EOF).
+	tester.Client.Transport.(*http.Transport).DisableKeepAlives = true
 	caddyStarted.Do(func() { tester.InitServer(emptyConfig, "caddyfile") })
 	loadConfig(t, cfg)
 	t.Cleanup(func() { loadConfig(t, emptyConfig) })
@@ -107,10 +115,29 @@ func loadConfig(t *testing.T, cfg string) {
 	var got any
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if _, body := adminRequest(t, "GET", "/config/", "", nil); json.Unmarshal(body, &got) == nil && reflect.DeepEqual(got, want) {
+			awaitOldServer(t)
 			return
 		}
 	}
 	t.Fatalf("the loaded config is not the running one:\nwant %s\ngot  %v", adapted, got)
+}
+
+// awaitOldServer waits until the server of the previous config has let go
+// of the test port. A load answers once the old servers have been told to
+// shut down, not once they have: until then the old server may still
+// accept a test's next connection, and a Go server that reads a request
+// after its shutdown began closes the connection without an answer. One
+// CI run failed so, with EOF on the first publish of a test.
+func awaitOldServer(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		// Exactly one: the new config's server holds it (a wrong name
+		// would read zero and fail here rather than wait for nothing).
+		if caddy.ListenerUsage("tcp", testListener) == 1 {
+			return
+		}
+	}
+	t.Fatalf("the previous config still holds %s: %d users", testListener, caddy.ListenerUsage("tcp", testListener))
 }
 
 // adminRequest makes a request to the in-process Caddy's admin endpoint on
