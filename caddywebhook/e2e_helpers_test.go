@@ -30,7 +30,10 @@ const testBase = "http://localhost:9080"
 
 // testListener is the listener address (as Caddy's listener pool names it)
 // of every end-to-end config's HTTP server.
-const testListener = ":9080"
+const (
+	testListener = ":9080"
+	testPort     = 9080
+)
 
 // globalOptions is the global block of every end-to-end config: the
 // caddytest ports, a log file to inspect, and a private store.
@@ -124,20 +127,55 @@ func loadConfig(t *testing.T, cfg string) {
 
 // awaitOldServer waits until the server of the previous config has let go
 // of the test port. A load answers once the old servers have been told to
-// shut down, not once they have: until then the old server may still
-// accept a test's next connection, and a Go server that reads a request
-// after its shutdown began closes the connection without an answer. One
-// CI run failed so, with EOF on the first publish of a test.
+// shut down, not once they have. Until then a test's next connection can
+// reach the old server: Caddy opens a socket per config with SO_REUSEPORT,
+// and the kernel spreads new connections over every socket on the port. A
+// connection the old server has accepted is closed without an answer once
+// its shutdown begins (EOF), and one still queued on the old socket is
+// reset when that socket closes. One CI run failed each way.
+//
+// Caddy's listener count drops just before the old socket closes, so on
+// Linux the wait also asks the kernel how many sockets listen on the port.
 func awaitOldServer(t *testing.T) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+	released := func() bool {
 		// Exactly one: the new config's server holds it (a wrong name
-		// would read zero and fail here rather than wait for nothing).
-		if caddy.ListenerUsage("tcp", testListener) == 1 {
+		// would read zero and fail below rather than wait for nothing).
+		if caddy.ListenerUsage("tcp", testListener) != 1 {
+			return false
+		}
+		n, known := listeningSockets(testPort)
+		return !known || n == 1
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if released() {
 			return
 		}
 	}
-	t.Fatalf("the previous config still holds %s: %d users", testListener, caddy.ListenerUsage("tcp", testListener))
+	n, _ := listeningSockets(testPort)
+	t.Fatalf("the previous config still holds %s: Caddy counts %d listeners, the kernel %d sockets",
+		testListener, caddy.ListenerUsage("tcp", testListener), n)
+}
+
+// listeningSockets counts the TCP sockets in the LISTEN state on port, from
+// Linux's /proc/net/tcp and tcp6; known is false where they cannot be read.
+func listeningSockets(port int) (n int, known bool) {
+	suffix := fmt.Sprintf(":%04X", port)
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		known = true
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			// sl local_address rem_address st ...; 0A is LISTEN.
+			f := strings.Fields(line)
+			if len(f) > 3 && strings.HasSuffix(f[1], suffix) && f[3] == "0A" {
+				n++
+			}
+		}
+	}
+	return n, known
 }
 
 // adminRequest makes a request to the in-process Caddy's admin endpoint on
