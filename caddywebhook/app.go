@@ -141,6 +141,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 		_, _ = stores.Delete(dir)
 		return fmt.Errorf("webhooks: encryption_key differs from the one the open database uses; it can only change with a restart")
 	}
+	// The database opens at Start, which `caddy validate` never reaches:
+	// what would stop it opening is checked here.
+	if err := store.CheckDir(dir, key); err != nil {
+		_, _ = stores.Delete(dir)
+		return fmt.Errorf("webhooks: storage_dir: %w", err)
+	}
 	a.dir, a.shared = dir, val.(*sharedStore)
 	a.windows = &windowClaims{keys: map[string][32]byte{}}
 	return nil

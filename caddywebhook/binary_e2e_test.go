@@ -1,6 +1,8 @@
 package caddywebhook
 
 import (
+	"bytes"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -271,6 +273,23 @@ http://127.0.0.1:%d {
 	out, err := validate(cfg(storage, "url ftp://example.com/hook"))
 	if err == nil || !strings.Contains(out, "subscription") {
 		t.Fatalf("validate accepted a bad subscription URL: %v\n%s", err, out)
+	}
+
+	// What would keep the store from opening at start is caught too: a
+	// key the running store was not written with, a file in the way.
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
+	withKey := strings.Replace(cfg(storage, "url https://example.com/hook"), "storage_dir", "encryption_key "+key+"\n\t\tstorage_dir", 1)
+	out, err = validate(withKey)
+	if err == nil || !strings.Contains(out, "encryption_key does not match") || strings.Contains(out, key) {
+		t.Fatalf("validate with another key than the data's: %v\n%s", err, out)
+	}
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = validate(cfg(file, "url https://example.com/hook"))
+	if err == nil || !strings.Contains(out, "not a directory") {
+		t.Fatalf("validate with a file as storage_dir: %v\n%s", err, out)
 	}
 
 	res, err := http.Post(url, "application/json", strings.NewReader(`{"event":"e","data":{}}`))

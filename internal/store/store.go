@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 	"sync"
@@ -58,6 +59,38 @@ func ParseEncryptionKey(s string) ([]byte, error) {
 	return nil, fmt.Errorf("encryption_key must decode to 16, 24 or 32 bytes, not %d", len(key))
 }
 
+const keyMismatch = "the encryption_key does not match the one the data was written with"
+
+// CheckDir reports, without opening the database, what Open(dir) with key
+// would refuse: a dir that is not a directory, or a database in it written
+// with another key (or none). Badger's key registry, a small file that
+// starts with a sanity text sealed with the key, tells; it can be read
+// while another process has the database open, so `caddy validate` can
+// check a config against the directory a running Caddy uses. A directory
+// that does not exist yet passes: Open creates it.
+func CheckDir(dir string, key []byte) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("storage directory: %w", err)
+	case !fi.IsDir():
+		return fmt.Errorf("storage directory %s is not a directory", dir)
+	}
+	kr, err := badger.OpenKeyRegistry(badger.KeyRegistryOptions{Dir: dir, ReadOnly: true, EncryptionKey: key})
+	if errors.Is(err, badger.ErrEncryptionKeyMismatch) {
+		return fmt.Errorf("badger database in %s: %s", dir, keyMismatch)
+	}
+	if err != nil {
+		// Left to Open to report: a running database appends a data key
+		// to the registry when it rotates keys, and a read that meets the
+		// append half done fails without anything being wrong.
+		return nil
+	}
+	return kr.Close()
+}
+
 // Open opens (creating if needed) the database in dir.
 func Open(dir string, opts Options) (*DB, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -99,7 +132,7 @@ func Open(dir string, opts Options) (*DB, error) {
 	bdb, err := badger.Open(bopts)
 	if err != nil {
 		if strings.Contains(err.Error(), "Encryption key mismatch") || strings.Contains(err.Error(), "encryption key") {
-			return nil, fmt.Errorf("opening badger database in %s: the encryption_key does not match the one the data was written with: %w", dir, err)
+			return nil, fmt.Errorf("opening badger database in %s: %s: %w", dir, keyMismatch, err)
 		}
 		return nil, fmt.Errorf("opening badger database in %s: %w", dir, err)
 	}

@@ -90,6 +90,55 @@ func TestEncryptionAtRest(t *testing.T) {
 	}
 }
 
+// CheckDir refuses what Open would, without opening: a file in the way and
+// a key that does not match the data, also while the database is open.
+func TestCheckDir(t *testing.T) {
+	keyA, keyB := bytes.Repeat([]byte{7}, 32), bytes.Repeat([]byte{8}, 16)
+	enc, plain := t.TempDir(), t.TempDir()
+	writeNeedle(t, enc, keyA)
+	writeNeedle(t, plain, nil)
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	open, err := Open(enc, Options{EncryptionKey: keyA}) // as a running Caddy holds it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+
+	missing := filepath.Join(t.TempDir(), "new", "dir")
+	const mismatch = "encryption_key does not match"
+	for _, c := range []struct {
+		name string
+		dir  string
+		key  []byte
+		want string // "": accepted
+	}{
+		{"missing", missing, keyA, ""},
+		{"empty", t.TempDir(), keyA, ""},
+		{"right key", enc, keyA, ""},
+		{"no key, none used", plain, nil, ""},
+		{"other key", enc, keyB, mismatch},
+		{"no key, one used", enc, nil, mismatch},
+		{"key, none used", plain, keyA, mismatch},
+		{"a file", file, nil, "is not a directory"},
+		{"under a file", filepath.Join(file, "sub"), nil, "not a directory"},
+	} {
+		err := CheckDir(c.dir, c.key)
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+		if err != nil && (strings.Contains(err.Error(), string(keyA)) || strings.Contains(err.Error(), base64.StdEncoding.EncodeToString(keyA))) {
+			t.Errorf("%s: the key is in the error: %v", c.name, err)
+		}
+	}
+	// Checking created nothing: Open would, CheckDir must not.
+	if _, err := os.Stat(filepath.Dir(missing)); !os.IsNotExist(err) {
+		t.Errorf("stat: %v", err)
+	}
+}
+
 func TestParseEncryptionKey(t *testing.T) {
 	for in, want := range map[string]string{
 		"not base64!": "must be base64",
