@@ -28,8 +28,8 @@ import (
 // localhost:2999, HTTP on 9080); each test loads its own config.
 const testBase = "http://localhost:9080"
 
-// testListener is the listener address (as Caddy's listener pool names it)
-// of every end-to-end config's HTTP server.
+// The HTTP listener of every end-to-end config: its address as Caddy's
+// listener pool names it, and its port.
 const (
 	testListener = ":9080"
 	testPort     = 9080

@@ -74,9 +74,9 @@ func CheckDir(dir string, key []byte) error {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
 	case err != nil:
-		return fmt.Errorf("storage directory: %w", err)
+		return err
 	case !fi.IsDir():
-		return fmt.Errorf("storage directory %s is not a directory", dir)
+		return fmt.Errorf("%s is not a directory", dir)
 	}
 	kr, err := badger.OpenKeyRegistry(badger.KeyRegistryOptions{Dir: dir, ReadOnly: true, EncryptionKey: key})
 	if errors.Is(err, badger.ErrEncryptionKeyMismatch) {
