@@ -151,12 +151,14 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	serving := time.Since(t1)
 	// Apps start in any order: the HTTP server may answer before the
 	// webhooks app has opened the store; resumed is when its gauge shows
-	// the backlog.
+	// the backlog: n, the message that disabled the endpoint and the
+	// endpoint.disabled event, which the endpoint (subscribed to *) gets
+	// too.
 	for depth(adminURL) != n+2 && time.Since(t1) < time.Minute {
 		time.Sleep(5 * time.Millisecond)
 	}
-	fmt.Printf("kill -9 and restart with the backlog: serving after %v, engine resumed with %s queued after %v, RSS %.0f MB (anon %.0f MB)\n",
-		serving.Round(time.Millisecond), metric(adminURL, "caddy_webhooks_queue_depth"), time.Since(t1).Round(time.Millisecond),
+	fmt.Printf("kill -9 and restart with the backlog: serving after %v, engine resumed with %d queued after %v, RSS %.0f MB (anon %.0f MB)\n",
+		serving.Round(time.Millisecond), depth(adminURL), time.Since(t1).Round(time.Millisecond),
 		float64(p.RSS())/1e6, float64(p.RSSAnon())/1e6)
 	defer p.Stop()
 
