@@ -1,6 +1,9 @@
 package delivery
 
 import (
+	"context"
+	"errors"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -58,4 +61,25 @@ func TestGuardRefusesLoopbackTargets(t *testing.T) {
 	if n := len(rcv.got()); n != 0 {
 		t.Fatalf("the guarded receiver got %d requests", n)
 	}
+}
+
+// A refused dial says which address was refused, and callers can tell it
+// from other dial errors with errors.Is / errors.As; with
+// allow_private_targets the same dial goes through.
+func TestGuardedDialerError(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = guardedDialer(false, time.Second).DialContext(context.Background(), "tcp", l.Addr().String())
+	var fe *ForbiddenTargetError
+	if !errors.Is(err, ErrForbiddenTarget) || !errors.As(err, &fe) || fe.Addr != l.Addr().String() {
+		t.Fatalf("dial to loopback: %v", err)
+	}
+	c, err := guardedDialer(true, time.Second).DialContext(context.Background(), "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatalf("allowed dial: %v", err)
+	}
+	c.Close()
 }
