@@ -12,6 +12,9 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // needle is a secret that must not be readable from the data directory.
@@ -228,5 +231,29 @@ func TestReadsTablesWrittenCompressed(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Badger's messages reach Caddy's log at their own level, without the
+// newline badger ends its formats with.
+func TestBadgerLogger(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	var l badger.Logger = badgerLogger{zap.New(core)}
+	l.Errorf("e %d\n", 1)
+	l.Warningf("w %s\n", "x")
+	l.Infof("i")
+	l.Debugf("d\n")
+	want := []struct {
+		level zapcore.Level
+		msg   string
+	}{{zapcore.ErrorLevel, "e 1"}, {zapcore.WarnLevel, "w x"}, {zapcore.InfoLevel, "i"}, {zapcore.DebugLevel, "d"}}
+	got := logs.All()
+	if len(got) != len(want) {
+		t.Fatalf("%d entries, want %d", len(got), len(want))
+	}
+	for i, w := range want {
+		if got[i].Level != w.level || got[i].Message != w.msg {
+			t.Errorf("entry %d: %v %q, want %v %q", i, got[i].Level, got[i].Message, w.level, w.msg)
+		}
 	}
 }
