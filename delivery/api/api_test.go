@@ -534,3 +534,80 @@ func TestRegistrationRacesResolveWhenStored(t *testing.T) {
 		t.Fatalf("registered without the credentials granted meanwhile: user %q", sub.Auth.BasicUser)
 	}
 }
+
+// The operations answer a wrong method with 405 and the method they take,
+// and an unknown path with 404; a registration the engine cannot store
+// (a name with a control character or '|', which delivery IDs use as a
+// separator) is refused with the reason, in the dialect's error shape.
+func TestOperationsAndRegistrationBadInput(t *testing.T) {
+	e := newEnv(t, time.Second)
+	rcv := newReceiver(t)
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`","event":"ev"}`), 200, "")
+	cases := []struct {
+		method, path, body string
+		status             int
+		want, allow        string
+	}{
+		{"POST", "/v1/webhooks/attempts", "", 405, `{"error":{"message":"method not allowed"}}`, "GET"},
+		{"GET", "/v1/webhooks/ev/test", "", 405, `{"error":{"message":"method not allowed"}}`, "POST"},
+		{"POST", "/v1/webhooks/ev/attempts", "", 405, `{"error":{"message":"method not allowed"}}`, "GET"},
+		{"GET", "/v1/webhooks/ev", "", 404, `{"error":{"message":"not found"}}`, ""},
+		{"PUT", "/v1/webhooks/credentials", `{"id":`, 400, `{"error":{"message":"malformed JSON"}}`, ""},
+		{"POST", "/v1/webhooks", `{"uri":"` + rcv.URL + `","event":"a|b"}`, 400, `{"error":{"message":"event must not contain control characters or '|'"}}`, ""},
+		{"POST", "/v1/webhooks", `{"uri":"` + rcv.URL + `","event":"a\u0007"}`, 400, `{"error":{"message":"event must not contain control characters or '|'"}}`, ""},
+	}
+	for _, c := range cases {
+		got := e.do(e.tiki, "s", c.method, c.path, c.body)
+		if got.Status != c.status || got.Body != c.want || got.Header.Get("Allow") != c.allow {
+			t.Errorf("%s %s %s: got %d %s (Allow %q), want %d %s (Allow %q)", c.method, c.path, c.body,
+				got.Status, got.Body, got.Header.Get("Allow"), c.status, c.want, c.allow)
+		}
+	}
+	expect(t, e.do(e.tiki, "a|b", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`","event":"ev"}`), 400,
+		`{"error":{"message":"tenant must not contain control characters or '|'"}}`)
+
+	expect(t, e.do(e.doshii, "p", "POST", "/webhooks", `{"event":"ev","webhookUrl":"`+rcv.URL+`"}`), 200, "")
+	expect(t, e.do(e.doshii, "p", "PUT", "/webhooks/ev", `{"event":"other","webhookUrl":"`+rcv.URL+`/new"}`), 400,
+		`{"message":"event in the body does not match the path"}`)
+	if got := e.do(e.doshii, "p", "GET", "/webhooks/ev", "").json(t); got["webhookUrl"] != rcv.URL {
+		t.Fatalf("a refused update changed the webhook: %v", got)
+	}
+	if n := len(e.engine.Subscriptions()); n != 2 {
+		t.Fatalf("%d subscriptions stored, want the 2 registered", n)
+	}
+}
+
+// One webhook's attempts, newest first, as many as ?limit= asks.
+func TestAttemptsOfOneWebhook(t *testing.T) {
+	e := newEnv(t, time.Second)
+	rcv := newReceiver(t)
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`","event":"a"}`), 200, "")
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`","event":"b"}`), 200, "")
+	var ids []string
+	for i, ev := range []string{"a", "a", "b", "a"} {
+		res, err := e.engine.Publish(delivery.Message{Event: ev, Tenant: "s", Data: []byte(`{}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev == "a" {
+			ids = append(ids, res.ID)
+		}
+		// One at a time, so that the attempts' order is the publishes'.
+		eventually(t, "the delivery", func() bool { return len(rcv.requests()) == i+1 })
+	}
+	var got struct {
+		Data []struct {
+			Event     string `json:"event"`
+			MessageID string `json:"message_id"`
+			Success   bool   `json:"success"`
+		} `json:"data"`
+	}
+	r := e.do(e.tiki, "s", "GET", "/v1/webhooks/a/attempts?limit=2", "")
+	if err := json.Unmarshal([]byte(r.Body), &got); err != nil || r.Status != 200 {
+		t.Fatalf("%d %s", r.Status, r.Body)
+	}
+	if len(got.Data) != 2 || got.Data[0].MessageID != ids[2] || got.Data[1].MessageID != ids[1] ||
+		got.Data[0].Event != "a" || !got.Data[0].Success {
+		t.Fatalf("attempts of a, limit 2: %s\nwant messages %s then %s", r.Body, ids[2], ids[1])
+	}
+}
