@@ -144,26 +144,34 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 func TestUnmarshalWebhooksOptionErrors(t *testing.T) {
 	sub := func(body string) string { return "webhooks {\n subscription s {\n" + body + "\n}\n}" }
 	cases := map[string]string{
-		"webhooks {\n storage_dir\n}":                       "wrong argument count",
-		"webhooks {\n storage_dir a\n storage_dir b\n}":     "storage_dir specified more than once",
-		"webhooks {\n storage /x\n}":                        `unrecognized webhooks option "storage"`,
-		"webhooks now":                                      "wrong argument count",
-		"webhooks {\n workers 0\n}":                         `invalid workers "0": want a positive number`,
-		"webhooks {\n workers many\n}":                      `invalid workers "many"`,
-		"webhooks {\n timeout 0s\n}":                        "timeout must be positive",
-		"webhooks {\n retry\n}":                             "retry needs at least one delay",
-		"webhooks {\n retry 5s soon\n}":                     `invalid retry delay "soon"`,
-		"webhooks {\n allow_private_targets yes\n}":         "wrong argument count",
-		"webhooks {\n subscription {\n url http://x\n }\n}": "subscription needs a name",
-		sub("events *"):                                     `subscription "s": url is required`,
-		sub("url https://x.example"):                        `subscription "s": events is required`,
-		sub("url https://x.example\n events"):               `events needs at least one event`,
-		sub("url a b"):                                      `subscription "s": url takes 1 argument(s)`,
-		sub("secret_header X-Event-Secret"):                 `subscription "s": secret_header takes 2 argument(s)`,
-		sub("basic only-id"):                                `subscription "s": basic takes 2 argument(s)`,
-		sub("envelope json"):                                `subscription "s": envelope must be "data"`,
-		sub("url https://a\n url https://b"):                `subscription "s": url specified more than once`,
-		sub("headers X"):                                    `subscription "s": unrecognized option "headers"`,
+		"webhooks {\n storage_dir\n}":                                "wrong argument count",
+		"webhooks {\n storage_dir a\n storage_dir b\n}":              "storage_dir specified more than once",
+		"webhooks {\n storage /x\n}":                                 `unrecognized webhooks option "storage"`,
+		"webhooks now":                                               "wrong argument count",
+		"webhooks {\n workers 0\n}":                                  `invalid workers "0": want a positive number`,
+		"webhooks {\n workers many\n}":                               `invalid workers "many"`,
+		"webhooks {\n timeout 0s\n}":                                 "timeout must be positive",
+		"webhooks {\n timeout -5s\n}":                                "timeout must not be negative",
+		"webhooks {\n timeout soon\n}":                               `invalid timeout "soon"`,
+		"webhooks {\n timeout\n}":                                    "wrong argument count",
+		"webhooks {\n workers\n}":                                    "wrong argument count",
+		"webhooks {\n disable_after 0\n}":                            "disable_after must be positive",
+		"webhooks {\n retention -1h\n}":                              "retention must not be negative",
+		"webhooks {\n encryption_key\n}":                             "wrong argument count",
+		"webhooks {\n subscription s extra {\n url https://a\n }\n}": `subscription "s": unexpected argument "extra" before the block`,
+		"webhooks {\n retry\n}":                                      "retry needs at least one delay",
+		"webhooks {\n retry 5s soon\n}":                              `invalid retry delay "soon"`,
+		"webhooks {\n allow_private_targets yes\n}":                  "wrong argument count",
+		"webhooks {\n subscription {\n url http://x\n }\n}":          "subscription needs a name",
+		sub("events *"):                                              `subscription "s": url is required`,
+		sub("url https://x.example"):                                 `subscription "s": events is required`,
+		sub("url https://x.example\n events"):                        `events needs at least one event`,
+		sub("url a b"):                                               `subscription "s": url takes 1 argument(s)`,
+		sub("secret_header X-Event-Secret"):                          `subscription "s": secret_header takes 2 argument(s)`,
+		sub("basic only-id"):                                         `subscription "s": basic takes 2 argument(s)`,
+		sub("envelope json"):                                         `subscription "s": envelope must be "data"`,
+		sub("url https://a\n url https://b"):                         `subscription "s": url specified more than once`,
+		sub("headers X"):                                             `subscription "s": unrecognized option "headers"`,
 		"webhooks {\n subscription s {\n url https://a\n events *\n }\n subscription s {\n url https://a\n events *\n }\n}": `subscription "s" is defined twice`,
 	}
 	for input, want := range cases {
@@ -341,5 +349,15 @@ http://:9999 {
 	}
 	if pos("webhook_ingest") > strings.LastIndex(js, `"handler":"reverse_proxy"`) {
 		t.Errorf("webhook_ingest after reverse_proxy")
+	}
+}
+
+// Two webhooks blocks in the global options would each make an app; the
+// second is refused rather than silently replacing the first.
+func TestWebhooksOptionOnlyOnce(t *testing.T) {
+	src := "{\n\twebhooks {\n\t\tworkers 4\n\t}\n\twebhooks {\n\t\tworkers 8\n\t}\n}\n:9999 {\n\twebhook_publish\n}\n"
+	_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})
+	if err == nil || !strings.Contains(err.Error(), "the webhooks global option may appear only once") {
+		t.Fatalf("err = %v", err)
 	}
 }
