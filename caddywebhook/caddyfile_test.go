@@ -193,6 +193,7 @@ func TestDeliveryConfigErrors(t *testing.T) {
 		{SubscriptionConfig{Name: "a", URL: "ftp://x", Events: []string{"*"}}, `subscription "a": url must be an absolute http or https URL`},
 		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, SigningSecret: "hunter2"}, `subscription "a": signing secret must start with "whsec_"`},
 		{SubscriptionConfig{Name: "a", Events: []string{"*"}}, `subscription "a": url is required`},
+		{SubscriptionConfig{URL: "https://x", Events: []string{"*"}}, "a subscription has no name"},
 	}
 	for _, tc := range cases {
 		a := App{Subscriptions: []SubscriptionConfig{tc.sc}}
