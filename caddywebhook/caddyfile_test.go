@@ -237,6 +237,8 @@ func TestIngestProvisionErrors(t *testing.T) {
 		{Ingest{AccessKeys: []string{"{env.WEBHOOK_TEST_UNSET}"}, Clients: []IngestClient{{Name: "a", Key: "k"}}}, "access_key #1: evaluated placeholder {env.WEBHOOK_TEST_UNSET} is empty"},
 		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "{env.WEBHOOK_TEST_UNSET}"}}}, `client "a": key: evaluated placeholder {env.WEBHOOK_TEST_UNSET} is empty`},
 		{Ingest{AccessKeys: []string{"{nope.placeholder}"}, Clients: []IngestClient{{Name: "a", Key: "k"}}}, "access_key #1"},
+		{Ingest{AccessKeys: []string{"x", ""}, Clients: []IngestClient{{Name: "a", Key: "k"}}}, "access_key #2 is empty"},
+		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: ""}}}, `client "a": key is empty`},
 		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "k"}}, Interval: -1}, "interval must not be negative"},
 		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "k"}}, Scope: "{env.WEBHOOK_TEST_UNSET}"}, "scope: evaluated placeholder {env.WEBHOOK_TEST_UNSET} is empty"},
 	}

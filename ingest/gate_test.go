@@ -228,6 +228,8 @@ func TestFailedPushKeepsWindow(t *testing.T) {
 		{"unreachable", Upstream{Status: 502, Err: errors.New("dial tcp 10.0.0.7:80: connection refused")}, 502, MsgUpstreamPrefix + "no response from upstream", OutcomeUpstreamError},
 		{"handler error 4xx", Upstream{Status: 404, Err: errors.New("no route")}, 404, "not found", OutcomeUpstreamRejected},
 		{"nothing answered", Upstream{}, 502, MsgUpstreamPrefix + "no response from upstream", OutcomeUpstreamError},
+		// A long plain-text reason is cut at 300 bytes, never inside a character.
+		{"long plain text", Upstream{Status: 400, Header: http.Header{"Content-Type": {"text/plain"}}, Body: []byte("a" + strings.Repeat("é", 200))}, 400, "a" + strings.Repeat("é", 149) + "…", OutcomeUpstreamRejected},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -318,6 +320,20 @@ func TestStoreFailures(t *testing.T) {
 	// The upstream has the data: the client hears success, the operator the fault.
 	if !s.Envelope.Success || !strings.Contains(s.Detail, "disk gone") {
 		t.Fatalf("save failure: %+v", s)
+	}
+
+	// A 4xx that moves the window, with a malformed header beside it: the
+	// client still gets the upstream's answer, the operator both faults.
+	windows.failErr = nil
+	push, _ = g.Admit(pushReq("POST", "Token "+accessKey, bobKey, "{}"))
+	windows.failErr = errors.New("disk gone")
+	h := http.Header{}
+	h.Set(HeaderUpstreamNextAfter, "2026-11-25T00:00:00Z")
+	h.Set(HeaderUpstreamLastUsed, "yesterday")
+	s = push.Settle(Upstream{Status: 429, Header: h})
+	if s.Status != 429 || s.Envelope.NextPushAfter != "2026-11-25T00:00:00Z" ||
+		s.Detail != `ignoring malformed `+HeaderUpstreamLastUsed+` header "yesterday"; disk gone` {
+		t.Fatalf("save failure after a 4xx: %+v", s)
 	}
 }
 
