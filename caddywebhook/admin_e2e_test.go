@@ -83,6 +83,7 @@ func TestAdminAPI(t *testing.T) {
 		{"POST", "/webhooks/subscriptions", 405},
 		{"GET", "/webhooks/failed?limit=zero", 400},
 		{"GET", "/webhooks/elsewhere", 404},
+		{"POST", "/webhooks/subscriptions/static:shop/launch", 404},
 	} {
 		if st, body := admin(t, c.method, c.path); st != c.status {
 			t.Errorf("%s %s: %d %s, want %d", c.method, c.path, st, body, c.status)
@@ -111,21 +112,25 @@ func TestAdminFailedAndRedeliver(t *testing.T) {
 		}`, rcv.URL))
 	tester := startCaddy(t, global+"\nhttp://localhost:9080 {\n\twebhook_publish\n}\n")
 	publish(t, tester.Client, "POST", `{"event":"e","id":"m-1","data":{}}`)
-	waitFor(t, "the delivery to fail for good", func() bool {
+	publish(t, tester.Client, "POST", `{"event":"e","id":"m-2","data":{}}`)
+	waitFor(t, "both deliveries to fail for good", func() bool {
 		_, body := admin(t, "GET", "/webhooks/failed")
-		return strings.Contains(body, `"message_id":"m-1"`)
+		return strings.Contains(body, `"message_id":"m-1"`) && strings.Contains(body, `"message_id":"m-2"`)
 	})
 	_, body := admin(t, "GET", "/webhooks/failed?subscription=static:flaky")
 	if !strings.Contains(body, `"attempts":2`) || !strings.Contains(body, `"last_status":500`) {
 		t.Fatalf("failed: %s", body)
 	}
+	if _, body := admin(t, "GET", "/webhooks/failed?limit=1"); strings.Count(body, `"message_id"`) != 1 {
+		t.Fatalf("failed?limit=1: %s", body)
+	}
 	healthy.Store(true)
-	if st, body := admin(t, "POST", "/webhooks/subscriptions/static:flaky/redeliver"); st != 200 || body != `{"redelivered":1,"subscription":"static:flaky"}` {
+	if st, body := admin(t, "POST", "/webhooks/subscriptions/static:flaky/redeliver"); st != 200 || body != `{"redelivered":2,"subscription":"static:flaky"}` {
 		t.Fatalf("redeliver: %d %s", st, body)
 	}
-	waitFor(t, "the redelivery", func() bool {
+	waitFor(t, "the redeliveries", func() bool {
 		_, body := admin(t, "GET", "/webhooks/failed")
-		return body == "[]" && hits.Load() == 3
+		return body == "[]" && hits.Load() == 6
 	})
 }
 
