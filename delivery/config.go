@@ -75,15 +75,22 @@ func (c Config) withDefaults() (Config, error) {
 	if c.UserAgent == "" {
 		c.UserAgent = UserAgent
 	}
+	// Named as in the config, which is where an operator has to fix it.
 	switch {
-	case c.Workers < 0, c.EndpointConcurrency < 0:
+	case c.Workers < 0:
 		return c, errors.New("workers must be positive")
-	case c.Timeout < 0, c.DisableAfter < 0, c.Retention < 0:
-		return c, errors.New("durations must not be negative")
+	case c.EndpointConcurrency < 0:
+		return c, errors.New("endpoint_concurrency must be positive")
+	case c.Timeout < 0:
+		return c, errors.New("timeout must not be negative")
+	case c.DisableAfter < 0:
+		return c, errors.New("disable_after must not be negative")
+	case c.Retention < 0:
+		return c, errors.New("retention must not be negative")
 	}
-	for _, d := range c.Retry {
+	for i, d := range c.Retry {
 		if d <= 0 {
-			return c, errors.New("retry delays must be positive")
+			return c, fmt.Errorf("retry delay #%d (%v) must be positive", i+1, d)
 		}
 	}
 	seen := map[string]bool{}

@@ -89,6 +89,33 @@ func TestValidateSubscription(t *testing.T) {
 	}
 }
 
+// A config that JSON can express but that cannot work is refused, naming
+// the setting as the config does; zero values take the defaults.
+func TestConfigValidate(t *testing.T) {
+	sub := Subscription{ID: StaticID("a"), Name: "a", URL: "https://example.com/hook", Events: []string{"*"}}
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Workers: -1}, "workers must be positive"},
+		{Config{EndpointConcurrency: -2}, "endpoint_concurrency must be positive"},
+		{Config{Timeout: -time.Second}, "timeout must not be negative"},
+		{Config{DisableAfter: -time.Hour}, "disable_after must not be negative"},
+		{Config{Retention: -time.Hour}, "retention must not be negative"},
+		{Config{Retry: []time.Duration{time.Second, 0}}, "retry delay #2 (0s) must be positive"},
+		{Config{Subscriptions: []Subscription{sub, sub}}, `subscription "a" is defined twice`},
+		{Config{Subscriptions: []Subscription{{ID: StaticID("b|c"), Name: "b|c", URL: sub.URL, Events: sub.Events}}}, `subscription "b|c": id must not contain control characters or '|'`},
+		{Config{Subscriptions: []Subscription{{ID: StaticID("d"), Name: "d", URL: sub.URL, Events: sub.Events, Location: "x\n"}}}, `subscription "d": location must not contain`},
+	} {
+		if err := tc.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: err = %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+	if err := (Config{Subscriptions: []Subscription{sub}}).Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+}
+
 // Publishing before the engine has a configuration is an error, not a
 // panic and not a message stored without its deliveries.
 func TestPublishBeforeConfigure(t *testing.T) {
