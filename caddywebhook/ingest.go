@@ -289,7 +289,7 @@ func writeAnswer(w http.ResponseWriter, a ingest.Answer) error {
 // per-request lines; metrics count them), refusals at info, what points at
 // an attack or a fault above that. Keys never appear.
 func (h *Ingest) log(r *http.Request, s ingest.Settled, upstreamStatus int, upErr error, start time.Time) {
-	observePush(s.Outcome)
+	observePush(s.Outcome, h.scope)
 	level := zapcore.InfoLevel
 	switch s.Outcome {
 	case ingest.OutcomeAccepted:

@@ -17,8 +17,8 @@ var (
 	ingestPushes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "webhooks",
 		Name: "ingest_pushes_total",
-		Help: "Inbound pushes by outcome (accepted, not_authorized, too_early, upstream_error, …).",
-	}, []string{"outcome"})
+		Help: "Inbound pushes by outcome (accepted, not_authorized, too_early, upstream_error, …) and webhook_ingest scope (\"\" by default).",
+	}, []string{"outcome", "scope"})
 
 	deliveryAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "webhooks",
@@ -98,4 +98,6 @@ func observeAttempt(a delivery.Attempt, s delivery.State) {
 	attemptDuration.WithLabelValues(success).Observe(a.Duration.Seconds())
 }
 
-func observePush(o ingest.Outcome) { ingestPushes.WithLabelValues(string(o)).Inc() }
+func observePush(o ingest.Outcome, scope string) {
+	ingestPushes.WithLabelValues(string(o), scope).Inc()
+}

@@ -53,19 +53,28 @@ http://localhost:9080 {
 			client alice {env.E2E_ALICE_KEY}
 		}
 	}
+	handle /staging/webhook {
+		reverse_proxy %s
+		webhook_ingest {
+			access_key {env.E2E_ACCESS_KEY}
+			client alice {env.E2E_ALICE_KEY}
+			scope staging
+		}
+	}
 	handle /publish {
 		webhook_publish
 	}
-}`, up.addr()))
+}`, up.addr(), up.addr()))
 
 	before := map[string]float64{}
 	names := []string{
-		`caddy_webhooks_ingest_pushes_total{outcome="accepted"}`,
-		`caddy_webhooks_ingest_pushes_total{outcome="not_authorized"}`,
 		`caddy_webhooks_published_messages_total`,
 		`caddy_webhooks_delivery_attempts_total{outcome="delivered"}`,
 		`caddy_webhooks_delivery_attempts_total{outcome="retrying"}`,
 		`caddy_webhooks_delivery_attempt_duration_seconds_count{success="true"}`,
+		`caddy_webhooks_ingest_pushes_total{outcome="accepted",scope=""}`,
+		`caddy_webhooks_ingest_pushes_total{outcome="not_authorized",scope=""}`,
+		`caddy_webhooks_ingest_pushes_total{outcome="accepted",scope="staging"}`,
 	}
 	for _, n := range names {
 		before[n] = metricValue(t, n)
@@ -73,6 +82,8 @@ http://localhost:9080 {
 
 	doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")
 	doPush(t, tester, "POST", "/api/v1/webhook", authHeaders("nope", e2eAliceKey), "{}")
+	doPush(t, tester, "POST", "/staging/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")
+	doPush(t, tester, "POST", "/staging/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")
 	for i := 0; i < 3; i++ {
 		req, _ := http.NewRequest("POST", testBase+"/publish", strings.NewReader(`{"event":"e","data":{}}`))
 		res, err := tester.Client.Do(req)
@@ -85,9 +96,9 @@ http://localhost:9080 {
 	// retrying; gone: the first 410 disables it (one retrying attempt),
 	// the rest wait for it to be re-enabled.
 	waitFor(t, "the attempts", func() bool {
-		return metricValue(t, names[3])-before[names[3]] == 4 && metricValue(t, names[4])-before[names[4]] >= 4
+		return metricValue(t, names[1])-before[names[1]] == 4 && metricValue(t, names[2])-before[names[2]] >= 4
 	})
-	want := []float64{1, 1, 3, 4, -1, 4}
+	want := []float64{3, 4, -1, 4, 1, 1, 2}
 	for i, n := range names {
 		if got := metricValue(t, n) - before[n]; want[i] >= 0 && got != want[i] {
 			t.Errorf("%s grew by %v, want %v", n, got, want[i])
