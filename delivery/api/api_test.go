@@ -595,6 +595,10 @@ func TestAttemptsOfOneWebhook(t *testing.T) {
 		// One at a time, so that the attempts' order is the publishes'.
 		eventually(t, "the delivery", func() bool { return len(rcv.requests()) == i+1 })
 	}
+	eventually(t, "a's attempts to be recorded", func() bool {
+		a, _ := e.engine.RecentAttempts(subID(Tiki, "s", "", "a"), 10)
+		return len(a) == 3
+	})
 	var got struct {
 		Data []struct {
 			Event     string `json:"event"`
