@@ -32,6 +32,12 @@ type Options struct {
 	GCInterval time.Duration
 	// CloseTimeout bounds how long Close waits for badger; 0 means 30s.
 	CloseTimeout time.Duration
+	// MinFreeSpace is the free space on the database's filesystem below
+	// which Writable refuses (see LowSpaceError); 0 or less: no minimum.
+	MinFreeSpace int64
+	// FreeSpace reads the free space of a directory's filesystem; nil
+	// means the operating system's. Tests replace it.
+	FreeSpace func(dir string) (int64, error)
 }
 
 // DB is an open badger database plus the background value-log collector.
@@ -39,8 +45,10 @@ type DB struct {
 	*badger.DB
 	dir          string
 	closeTimeout time.Duration
+	space        *spaceGuard
 	stop         chan struct{}
 	done         chan struct{}
+	spaceDone    chan struct{}
 	closeErr     error
 	once         sync.Once
 }
@@ -136,7 +144,11 @@ func Open(dir string, opts Options) (*DB, error) {
 		}
 		return nil, fmt.Errorf("opening badger database in %s: %w", dir, err)
 	}
-	db := &DB{DB: bdb, dir: dir, stop: make(chan struct{}), done: make(chan struct{}), closeTimeout: opts.CloseTimeout}
+	db := &DB{
+		DB: bdb, dir: dir, closeTimeout: opts.CloseTimeout,
+		space: newSpaceGuard(dir, opts.MinFreeSpace, opts.FreeSpace, logger(opts.Logger)),
+		stop:  make(chan struct{}), done: make(chan struct{}), spaceDone: make(chan struct{}),
+	}
 	if db.closeTimeout <= 0 {
 		db.closeTimeout = 30 * time.Second
 	}
@@ -145,11 +157,22 @@ func Open(dir string, opts Options) (*DB, error) {
 		interval = 5 * time.Minute
 	}
 	go db.collectGarbage(interval)
+	go db.space.watch(spacePoll, db.stop, db.spaceDone)
 	return db, nil
 }
 
 // Dir is the directory the database lives in.
 func (db *DB) Dir() string { return db.dir }
+
+// Writable returns a *LowSpaceError while the filesystem has less free
+// space than Options.MinFreeSpace, nil otherwise. Writes that add data
+// (new messages, registrations, push windows, the next attempts) ask first;
+// those that settle what is under way, small and bounded, do not.
+func (db *DB) Writable() error { return db.space.check() }
+
+// FreeSpace is the free space last read on the database's filesystem;
+// -1 when it cannot be read.
+func (db *DB) FreeSpace() int64 { return db.space.free.Load() }
 
 // Close stops the collector and closes the database. It is safe to call
 // more than once. Badger retries a failing flush forever (say the
@@ -160,6 +183,7 @@ func (db *DB) Close() error {
 	db.once.Do(func() {
 		close(db.stop)
 		<-db.done
+		<-db.spaceDone
 		closed := make(chan error, 1)
 		go func() { closed <- db.DB.Close() }()
 		select {
@@ -180,6 +204,9 @@ func (db *DB) collectGarbage(every time.Duration) {
 		case <-db.stop:
 			return
 		case <-t.C:
+			if db.Writable() != nil {
+				continue // a rewrite needs room before it frees any
+			}
 			// One rewrite per tick at most; keep going while badger finds
 			// files worth rewriting.
 			for db.RunValueLogGC(0.5) == nil {
