@@ -31,6 +31,9 @@ const ReasonDiscarded = "discarded by an operator"
 // retention period: Redeliver queues them again while that lasts. It
 // returns how many were discarded, also when it stops on an error.
 func (e *Engine) Discard(subID string) (int, error) {
+	if err := e.store.canAdd(); err != nil {
+		return 0, err // it rewrites the whole backlog before anything expires
+	}
 	if err := e.beginDiscard(subID); err != nil {
 		return 0, err
 	}

@@ -190,8 +190,17 @@ func (e *Engine) loadDue(subID string, from time.Time, skip map[string]bool, lim
 	if h, err := e.Health(subID); err != nil || h.Disabled {
 		return nil, time.Time{}, err // kept until re-enabled
 	}
+	if e.store.canAdd() != nil {
+		// The outcomes could not be stored: look again in a while. The
+		// store's guard logs when this starts and ends.
+		return nil, e.clock.Now().Add(lowSpacePause), nil
+	}
 	return e.store.due(subID, from, e.clock.Now(), skip, limit)
 }
+
+// lowSpacePause is how long a lane waits before looking at its queue
+// again while the store refuses writes.
+const lowSpacePause = time.Second
 
 // idle ends the lane unless work arrived meanwhile; it reports whether
 // the lane ended.

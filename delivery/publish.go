@@ -127,6 +127,9 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 			}
 		}
 	}
+	if err := e.store.canAdd(); err != nil {
+		return PublishResult{}, err
+	}
 	var added int
 	err := e.queue.change(func() (int64, error) {
 		var err error

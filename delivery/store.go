@@ -54,10 +54,29 @@ type Store struct {
 	// tests use it to publish while Start counts, and to stand for a
 	// count that fails.
 	counting func() error
+	// writable, when set, says whether data may be added now (nil) or
+	// why not; see SetWritable.
+	writable func() error
 }
 
 // NewStore uses db under the "delivery/" prefix.
 func NewStore(db *badger.DB) *Store { return &Store{db: db} }
+
+// SetWritable makes writes that add data ask f first and fail with its
+// error: new messages, registrations, credentials, redeliveries, discards,
+// and the loading of deliveries for their next attempt, whose outcome must
+// then be stored. Settling attempts under way, health and deletions go
+// ahead: they are small and bounded by what is in flight. Caddy passes
+// the database's low-disk-space guard (store.DB.Writable). Call it before
+// the engine starts.
+func (s *Store) SetWritable(f func() error) { s.writable = f }
+
+func (s *Store) canAdd() error {
+	if s.writable == nil {
+		return nil
+	}
+	return s.writable()
+}
 
 func queuePrefix(subID string) []byte { return []byte(prefixQ + subID + "\x00") }
 

@@ -56,6 +56,9 @@ func (e *Engine) putSubscription(sub Subscription, mode putMode) error {
 	if err := ValidateSubscription(&sub); err != nil {
 		return err
 	}
+	if err := e.store.canAdd(); err != nil {
+		return err
+	}
 	e.subsMu.Lock()
 	err := e.storeSubscription(&sub, mode)
 	e.subsMu.Unlock()
@@ -151,6 +154,9 @@ type ProbeResult struct {
 // Redeliver queues a subscription's failed deliveries again, each with a
 // fresh retry schedule, and returns how many.
 func (e *Engine) Redeliver(subID string) (int, error) {
+	if err := e.store.canAdd(); err != nil {
+		return 0, err
+	}
 	var n int
 	err := e.queue.change(func() (int64, error) {
 		var err error
@@ -163,6 +169,11 @@ func (e *Engine) Redeliver(subID string) (int, error) {
 	return n, err
 }
 
+// Writable is nil while data may be added to the store, or the reason it
+// may not (see Store.SetWritable): the registration API asks before it
+// sends a verification request for a webhook it could not store.
+func (e *Engine) Writable() error { return e.store.canAdd() }
+
 // Credentials returns what a tenant granted to subscriptions of source.
 func (e *Engine) Credentials(source, tenant string) (Credentials, bool, error) {
 	return e.store.credentials(source, tenant)
@@ -172,6 +183,9 @@ func (e *Engine) Credentials(source, tenant string) (Credentials, bool, error) {
 // authentication to every subscription of that tenant and source, in the
 // same transaction.
 func (e *Engine) SetCredentials(source, tenant string, c Credentials) error {
+	if err := e.store.canAdd(); err != nil {
+		return err
+	}
 	e.subsMu.Lock()
 	defer e.subsMu.Unlock()
 	var changed []*Subscription

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hookgate/caddy-webhook/delivery"
+	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 // Dialects.
@@ -46,6 +47,9 @@ type Engine interface {
 	Redeliver(subID string) (int, error)
 	Credentials(source, tenant string) (delivery.Credentials, bool, error)
 	SetCredentials(source, tenant string, c delivery.Credentials) error
+	// Writable is nil while registrations can be stored (see
+	// delivery.Engine.Writable).
+	Writable() error
 }
 
 // Handler serves one dialect.
@@ -125,6 +129,21 @@ func (c *call) fail(status int, msg string) {
 		return
 	}
 	c.json(status, map[string]any{"error": map[string]string{"message": msg}})
+}
+
+// MsgLowSpace answers a write refused while the store is low on disk
+// space (status 507, with Retry-After).
+const MsgLowSpace = "insufficient storage: try again later"
+
+// storeFailed answers a write the engine refused: 507 while the store is
+// low on disk space, which the caller may retry later, 500 otherwise.
+func (c *call) storeFailed(err error) {
+	if errors.Is(err, store.ErrLowSpace) {
+		c.w.Header().Set("Retry-After", "60")
+		c.fail(http.StatusInsufficientStorage, MsgLowSpace)
+		return
+	}
+	c.fail(http.StatusInternalServerError, "internal error")
 }
 
 func (c *call) methodNotAllowed(allowed ...string) {

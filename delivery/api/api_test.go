@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,11 +68,20 @@ type env struct {
 
 func newEnv(t *testing.T, timeout time.Duration) *env {
 	t.Helper()
+	return newEnvWritable(t, timeout, nil)
+}
+
+// newEnvWritable is newEnv with the store asking writable before it adds
+// data (nil: always).
+func newEnvWritable(t *testing.T, timeout time.Duration, writable func() error) *env {
+	t.Helper()
 	db, err := store.Open(t.TempDir(), store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := delivery.NewEngine(delivery.NewStore(db.DB), nil, nil)
+	s := delivery.NewStore(db.DB)
+	s.SetWritable(writable)
+	e := delivery.NewEngine(s, nil, nil)
 	if err := e.Configure(delivery.Config{AllowPrivateTargets: true, Timeout: timeout, Retry: []time.Duration{time.Hour}}); err != nil {
 		t.Fatal(err)
 	}
@@ -614,4 +624,46 @@ func TestAttemptsOfOneWebhook(t *testing.T) {
 		got.Data[0].Event != "a" || !got.Data[0].Success {
 		t.Fatalf("attempts of a, limit 2: %s\nwant messages %s then %s", r.Body, ids[2], ids[1])
 	}
+}
+
+// While the store is low on disk space, writes are refused with 507 and
+// Retry-After in each dialect's error shape, no verification request is
+// sent for a webhook that could not be stored, and reads still work.
+func TestLowSpaceRefusesWrites(t *testing.T) {
+	var low atomic.Bool
+	e := newEnvWritable(t, time.Second, func() error {
+		if low.Load() {
+			return &store.LowSpaceError{Dir: "/data", Free: 1 << 20, Min: 256 << 20}
+		}
+		return nil
+	})
+	e.tiki.Verify = true
+	rcv := newReceiver(t)
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`","event":"order.status"}`), 200, "")
+	verifications := len(rcv.requests())
+
+	low.Store(true)
+	tikiFull := `{"error":{"message":"` + MsgLowSpace + `"}}`
+	for _, c := range []struct{ method, target, body string }{
+		{"POST", "/v1/webhooks", `{"uri":"` + rcv.URL + `","event":"order.created"}`},
+		{"PUT", "/v1/webhooks", `{"uri":"` + rcv.URL + `/new","event":"order.status"}`},
+		{"PUT", "/v1/webhooks/credentials", `{"id":"us","secret":"s3cret"}`},
+		{"POST", "/v1/webhooks/order.status/redeliver", ""},
+	} {
+		got := e.do(e.tiki, "s", c.method, c.target, c.body)
+		expect(t, got, http.StatusInsufficientStorage, tikiFull)
+		if got.Header.Get("Retry-After") != "60" {
+			t.Errorf("%s %s: Retry-After %q", c.method, c.target, got.Header.Get("Retry-After"))
+		}
+	}
+	expect(t, e.do(e.doshii, "p", "POST", "/partner/v3/webhooks", `{"event":"order_created","webhookUrl":"`+rcv.URL+`"}`),
+		http.StatusInsufficientStorage, `{"message":"`+MsgLowSpace+`"}`)
+	if n := len(rcv.requests()); n != verifications {
+		t.Fatalf("%d verification requests sent while low", n-verifications)
+	}
+	expect(t, e.do(e.tiki, "s", "GET", "/v1/webhooks", ""), 200,
+		`{"data":[{"uri":"`+rcv.URL+`","event":"order.status"}]}`)
+
+	low.Store(false)
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`","event":"order.created"}`), 200, "")
 }

@@ -64,7 +64,7 @@ func (c *call) operation(location string) {
 	case "redeliver":
 		n, err := c.h.Engine.Redeliver(sub.ID)
 		if err != nil {
-			c.fail(http.StatusInternalServerError, "internal error")
+			c.storeFailed(err)
 			return
 		}
 		c.json(http.StatusOK, c.names(map[string]any{"event": tail[0], "redelivered": n}))

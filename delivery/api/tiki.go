@@ -152,7 +152,7 @@ func (c *call) tikiCredentials() {
 		return
 	}
 	if err := c.h.Engine.SetCredentials(Tiki, c.r.Tenant, b); err != nil {
-		c.fail(http.StatusInternalServerError, "internal error")
+		c.storeFailed(err)
 		return
 	}
 	c.json(http.StatusOK, map[string]string{"id": b.ID})
@@ -167,6 +167,11 @@ func (c *call) store(sub *delivery.Subscription, verify bool, put func(delivery.
 		c.fail(http.StatusBadRequest, err.Error())
 		return false
 	}
+	// Nothing is sent to the receiver for a webhook that cannot be stored.
+	if err := c.h.Engine.Writable(); err != nil {
+		c.storeFailed(err)
+		return false
+	}
 	if verify && !c.verify(sub) {
 		return false
 	}
@@ -178,7 +183,7 @@ func (c *call) store(sub *delivery.Subscription, verify bool, put func(delivery.
 		c.fail(http.StatusNotFound, c.notFoundMessage())
 		return false
 	case err != nil:
-		c.fail(http.StatusInternalServerError, "internal error")
+		c.storeFailed(err)
 		return false
 	}
 	return true
