@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/hookgate/caddy-webhook/delivery"
+	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 func init() {
@@ -103,7 +104,7 @@ func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engi
 	}
 	n, err := eng.Redeliver(id)
 	if err != nil {
-		return apiErr(http.StatusInternalServerError, err.Error())
+		return apiErr(writeFailure(err), err.Error())
 	}
 	return writeAdmin(w, map[string]any{"subscription": id, "redelivered": n})
 }
@@ -122,7 +123,7 @@ func (a adminAPI) discard(w http.ResponseWriter, eng *delivery.Engine, id string
 		errors.Is(err, delivery.ErrDiscardRunning):
 		return apiErr(http.StatusConflict, err.Error())
 	case err != nil:
-		return apiErr(http.StatusInternalServerError, fmt.Sprintf("discarded %d, then: %v", n, err))
+		return apiErr(writeFailure(err), fmt.Sprintf("discarded %d, then: %v", n, err))
 	}
 	return writeAdmin(w, map[string]any{"subscription": id, "discarded": n})
 }
@@ -235,6 +236,15 @@ func onlyGet(r *http.Request, f func() error) error {
 		return apiErr(http.StatusMethodNotAllowed, "method not allowed; use GET")
 	}
 	return f()
+}
+
+// writeFailure is the status of a write the store refused: 507 while it
+// is low on disk space (the message says how low, and where), else 500.
+func writeFailure(err error) int {
+	if errors.Is(err, store.ErrLowSpace) {
+		return http.StatusInsufficientStorage
+	}
+	return http.StatusInternalServerError
 }
 
 func apiErr(status int, msg string) error {

@@ -38,6 +38,15 @@ type App struct {
 	// only be read with it.
 	EncryptionKey string `json:"encryption_key,omitempty"`
 
+	// Free space, in bytes, that the filesystem of storage_dir must keep.
+	// Below it new messages, registrations and pushes are refused (507,
+	// or 503 for pushes) and deliveries pause, until space is freed:
+	// badger writes through memory-mapped files, and a write the
+	// filesystem cannot back kills the whole Caddy process. The minimum
+	// leaves room for badger's own flushes and compactions. Default:
+	// 256 MiB; a negative value turns the guard off.
+	MinFreeSpace int64 `json:"min_free_space,omitempty"`
+
 	// Concurrent deliveries across all subscriptions. Default: 64.
 	Workers int `json:"workers,omitempty"`
 
@@ -69,6 +78,7 @@ type App struct {
 	Subscriptions []SubscriptionConfig `json:"subscriptions,omitempty"`
 
 	dir      string
+	minFree  int64 // MinFreeSpace resolved: 0 is no guard
 	shared   *sharedStore
 	delivery delivery.Config
 	logger   *zap.Logger
@@ -125,6 +135,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	dir, err := a.storageDir()
 	if err != nil {
 		return err
+	}
+	switch {
+	case a.MinFreeSpace == 0:
+		a.minFree = store.DefaultMinFreeSpace
+	case a.MinFreeSpace > 0:
+		a.minFree = a.MinFreeSpace
 	}
 	key, err := a.encryptionKey()
 	if err != nil {
@@ -257,7 +273,7 @@ func (a *App) Start() error {
 		return fmt.Errorf("webhooks: %w", err)
 	}
 	if reused { // openFor configured a fresh engine with these settings
-		if err := a.configure(o.engine); err != nil {
+		if err := a.configure(o); err != nil {
 			return err
 		}
 	}
@@ -266,12 +282,16 @@ func (a *App) Start() error {
 	}
 	s.running = append(s.running, a)
 	currentEngine.Store(o.engine)
+	currentDB.Store(o.db)
 	a.logger.Info("webhook store ready", zap.String("dir", s.dir), zap.Bool("reused", reused))
 	return nil
 }
 
-// configure makes this config's settings and logger the engine's.
-func (a *App) configure(eng *delivery.Engine) error {
+// configure makes this config's settings and logger the engine's, and
+// its minimum free space the store's.
+func (a *App) configure(o *openStore) error {
+	o.db.SetMinFreeSpace(a.minFree)
+	eng := o.engine
 	eng.SetLogger(a.logger)
 	eng.SetObserver(observeAttempt)
 	if err := eng.Configure(a.delivery); err != nil {
@@ -296,7 +316,7 @@ func (a *App) Stop() error {
 	wasCurrent := i == len(s.running)-1
 	s.running = slices.Delete(s.running, i, i+1)
 	if wasCurrent && len(s.running) > 0 {
-		return s.running[len(s.running)-1].configure(s.open.Load().engine)
+		return s.running[len(s.running)-1].configure(s.open.Load())
 	}
 	return nil
 }

@@ -46,6 +46,7 @@ func parseGlobalWebhooks(d *caddyfile.Dispenser, existing any) (any, error) {
 //	webhooks {
 //	    storage_dir <dir>
 //	    encryption_key <base64 key>
+//	    min_free_space <size>|off
 //	    workers <n>
 //	    endpoint_concurrency <n>
 //	    timeout <duration>
@@ -90,6 +91,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&a.EncryptionKey) {
 				return d.ArgErr()
 			}
+		case "min_free_space":
+			a.MinFreeSpace, err = minFreeSpaceArg(d)
 		case "workers":
 			a.Workers, err = positiveIntArg(d)
 		case "endpoint_concurrency":
@@ -449,6 +452,17 @@ func sizeArg(d *caddyfile.Dispenser) (int64, error) {
 		return 0, d.Errf("invalid %s %q: want a size such as 10MB", name, s)
 	}
 	return int64(n), nil
+}
+
+// minFreeSpaceArg reads `min_free_space <size>|off`; off is -1 in JSON.
+func minFreeSpaceArg(d *caddyfile.Dispenser) (int64, error) {
+	if d.CountRemainingArgs() == 1 && d.NextArg() {
+		if d.Val() == "off" {
+			return -1, nil
+		}
+		d.Prev()
+	}
+	return sizeArg(d)
 }
 
 // Interface guards

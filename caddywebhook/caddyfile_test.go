@@ -88,6 +88,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 	err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`webhooks {
 		storage_dir /var/lib/hooks
 		encryption_key {env.WEBHOOK_KEY}
+		min_free_space 1GiB
 		workers 16
 		endpoint_concurrency 4
 		timeout 3s
@@ -115,7 +116,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := App{
-		StorageDir: "/var/lib/hooks", EncryptionKey: "{env.WEBHOOK_KEY}", Workers: 16, EndpointConcurrency: 4,
+		StorageDir: "/var/lib/hooks", EncryptionKey: "{env.WEBHOOK_KEY}", MinFreeSpace: 1 << 30, Workers: 16, EndpointConcurrency: 4,
 		Timeout:      caddy.Duration(3 * time.Second),
 		Retry:        []caddy.Duration{caddy.Duration(time.Second), caddy.Duration(time.Minute), caddy.Duration(time.Hour)},
 		DisableAfter: caddy.Duration(48 * time.Hour), Retention: caddy.Duration(72 * time.Hour),
@@ -158,6 +159,11 @@ func TestUnmarshalWebhooksOptionErrors(t *testing.T) {
 		"webhooks {\n disable_after 0\n}":                            "disable_after must be positive",
 		"webhooks {\n retention -1h\n}":                              "retention must not be negative",
 		"webhooks {\n encryption_key\n}":                             "wrong argument count",
+		"webhooks {\n min_free_space\n}":                             "wrong argument count",
+		"webhooks {\n min_free_space 0\n}":                           `invalid min_free_space "0"`,
+		"webhooks {\n min_free_space lots\n}":                        `invalid min_free_space "lots"`,
+		"webhooks {\n min_free_space off 1GB\n}":                     "wrong argument count",
+		"webhooks {\n min_free_space off\n min_free_space 1GB\n}":    "min_free_space specified more than once",
 		"webhooks {\n subscription s extra {\n url https://a\n }\n}": `subscription "s": unexpected argument "extra" before the block`,
 		"webhooks {\n retry\n}":                                      "retry needs at least one delay",
 		"webhooks {\n retry 5s soon\n}":                              `invalid retry delay "soon"`,
@@ -362,5 +368,17 @@ func TestWebhooksOptionOnlyOnce(t *testing.T) {
 	_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})
 	if err == nil || !strings.Contains(err.Error(), "the webhooks global option may appear only once") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestMinFreeSpace(t *testing.T) {
+	for input, want := range map[string]int64{"off": -1, "300MB": 300_000_000, "2GiB": 2 << 30} {
+		var a App
+		if err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser("webhooks {\n min_free_space " + input + "\n}")); err != nil {
+			t.Fatalf("%s: %v", input, err)
+		}
+		if a.MinFreeSpace != want {
+			t.Errorf("min_free_space %s = %d, want %d", input, a.MinFreeSpace, want)
+		}
 	}
 }

@@ -271,8 +271,11 @@ func writeAnswer(w http.ResponseWriter, a ingest.Answer) error {
 	body := a.AppendJSON((*buf)[:0])
 	*buf = body
 	hdr := w.Header()
-	if a.Outcome == ingest.OutcomeMethodNotAllowed {
+	switch a.Outcome {
+	case ingest.OutcomeMethodNotAllowed:
 		hdr.Set("Allow", http.MethodPost)
+	case ingest.OutcomeStoreFull:
+		hdr.Set("Retry-After", "60")
 	}
 	// One backing array for the three values, each capped so that a later
 	// Add copies instead of writing into its neighbour.

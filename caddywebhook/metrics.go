@@ -2,12 +2,14 @@ package caddywebhook
 
 import (
 	"errors"
+	"math"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hookgate/caddy-webhook/delivery"
 	"github.com/hookgate/caddy-webhook/ingest"
+	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 // The plugin's metrics. They outlive configs (the counters are cumulative
@@ -50,6 +52,19 @@ var (
 		return 0
 	})
 
+	storeFreeBytes = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "webhooks",
+		Name: "store_free_bytes",
+		Help: "Free space on the filesystem of storage_dir, read every 100 ms; below min_free_space new messages, registrations and pushes are refused and deliveries pause. NaN when it cannot be read.",
+	}, func() float64 {
+		if db := currentDB.Load(); db != nil {
+			if free := db.FreeSpace(); free >= 0 {
+				return float64(free)
+			}
+		}
+		return math.NaN()
+	})
+
 	disabledEndpoints = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "webhooks",
 		Name: "endpoints_disabled",
@@ -66,11 +81,15 @@ var (
 // the admin API (which must not hold on to a config's context).
 var currentEngine atomic.Pointer[delivery.Engine]
 
+// currentDB is the database of the running config, for the free-space
+// gauge.
+var currentDB atomic.Pointer[store.DB]
+
 func registerMetrics(reg *prometheus.Registry) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{ingestPushes, deliveryAttempts, attemptDuration, published, queueDepth, disabledEndpoints} {
+	for _, c := range []prometheus.Collector{ingestPushes, deliveryAttempts, attemptDuration, published, queueDepth, disabledEndpoints, storeFreeBytes} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

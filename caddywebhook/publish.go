@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hookgate/caddy-webhook/delivery"
+	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 func init() {
@@ -90,11 +91,16 @@ func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if err != nil {
 		return writeJSONError(w, http.StatusBadRequest, err.Error())
 	}
-	store, err := h.shared.await(r.Context())
+	o, err := h.shared.await(r.Context())
 	if err != nil {
 		return writeUnavailable(w, publishUnavailableBody)
 	}
-	res, err := store.engine.Publish(msg)
+	res, err := o.engine.Publish(msg)
+	if errors.Is(err, store.ErrLowSpace) {
+		// The store's guard logs when this starts and ends.
+		w.Header().Set("Retry-After", "60")
+		return writeJSONError(w, http.StatusInsufficientStorage, delivery.MsgLowSpace)
+	}
 	if err != nil {
 		h.logger.Error("publishing event", zap.String("event", msg.Event), zap.Error(err))
 		return writeJSONError(w, http.StatusInternalServerError, "internal error")

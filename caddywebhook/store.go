@@ -76,6 +76,10 @@ var errStoreUnavailable = errors.New("the webhook store is not open")
 // A variable so that a test can shorten it.
 var storeWait = 10 * time.Second
 
+// freeSpace reads the free space of the store's filesystem; nil: the
+// operating system's. A variable so that a test can stand for a full disk.
+var freeSpace func(dir string) (int64, error)
+
 // await returns the open store, waiting for it if need be.
 func (s *sharedStore) await(ctx context.Context) (*openStore, error) {
 	if o := s.open.Load(); o != nil {
@@ -107,17 +111,23 @@ func (s *sharedStore) openFor(a *App) (*openStore, error) {
 	}
 	// Badger outlives this config, so it logs through the process-wide
 	// logger rather than this config's.
-	db, err := store.Open(s.dir, store.Options{Logger: caddy.Log().Named("webhooks.badger"), EncryptionKey: s.key})
+	db, err := store.Open(s.dir, store.Options{
+		Logger: caddy.Log().Named("webhooks.badger"), EncryptionKey: s.key,
+		MinFreeSpace: a.minFree, FreeSpace: freeSpace,
+	})
 	if err != nil {
 		s.close()
 		return nil, err
 	}
+	queue := delivery.NewStore(db.DB)
+	queue.SetWritable(db.Writable)
 	o := &openStore{
 		db:      db,
 		windows: ingest.NewBadgerWindows(db.DB),
-		engine:  delivery.NewEngine(delivery.NewStore(db.DB), a.logger, nil),
+		engine:  delivery.NewEngine(queue, a.logger, nil),
 	}
-	if err := a.configure(o.engine); err != nil {
+	o.windows.SetWritable(db.Writable)
+	if err := a.configure(o); err != nil {
 		s.close()
 		return nil, errors.Join(err, db.Close())
 	}
@@ -138,6 +148,7 @@ func (s *sharedStore) Destruct() error {
 		return nil
 	}
 	currentEngine.CompareAndSwap(o.engine, nil)
+	currentDB.CompareAndSwap(o.db, nil)
 	o.engine.Stop()
 	return o.db.Close()
 }
@@ -153,6 +164,14 @@ func (w storeWindows) LoadWindow(client string) (ingest.Window, bool, error) {
 		return ingest.Window{}, false, errStoreUnavailable
 	}
 	return o.windows.LoadWindow(client)
+}
+
+func (w storeWindows) Writable() error {
+	o := w.s.open.Load()
+	if o == nil {
+		return errStoreUnavailable
+	}
+	return o.windows.Writable()
 }
 
 func (w storeWindows) SaveWindow(client string, win ingest.Window) error {

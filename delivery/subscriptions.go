@@ -169,6 +169,11 @@ func (e *Engine) Redeliver(subID string) (int, error) {
 	return n, err
 }
 
+// MsgLowSpace is what a publisher or an API caller is told when a write
+// is refused because the store is low on disk space (with status 507 and
+// Retry-After).
+const MsgLowSpace = "insufficient storage: try again later"
+
 // Writable is nil while data may be added to the store, or the reason it
 // may not (see Store.SetWritable): the registration API asks before it
 // sends a verification request for a webhook it could not store.

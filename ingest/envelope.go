@@ -60,6 +60,9 @@ const (
 	OutcomeUpstreamRejected Outcome = "upstream_rejected"
 	OutcomeUpstreamError    Outcome = "upstream_error"
 	OutcomeStoreError       Outcome = "store_error"
+	// OutcomeStoreFull: the store cannot take the window now (low on disk
+	// space), so the push was not forwarded. Answered 503.
+	OutcomeStoreFull Outcome = "store_full"
 )
 
 // Answer is what to send back to the pushing client.

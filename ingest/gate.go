@@ -167,6 +167,12 @@ func (g *Gate) Admit(r *http.Request) (*Push, *Answer) {
 	if ans != nil {
 		return nil, ans
 	}
+	if g.windows.Writable() != nil {
+		// Forwarded, the push would be in the upstream without its window.
+		push.Release()
+		return nil, &Answer{Status: http.StatusServiceUnavailable, Outcome: OutcomeStoreFull, Client: client.Name,
+			Envelope: push.window.envelope(false, MsgUnavailable)}
+	}
 	body, ans := g.readBody(r)
 	if ans != nil {
 		ans.Client = client.Name

@@ -18,6 +18,13 @@ type memWindows struct {
 	mu      sync.Mutex
 	m       map[string]Window
 	failErr error
+	full    error // what Writable answers
+}
+
+func (s *memWindows) Writable() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.full
 }
 
 func newMemWindows() *memWindows { return &memWindows{m: map[string]Window{}} }
@@ -569,4 +576,43 @@ func TestWindowIDsDoNotCollide(t *testing.T) {
 			t.Fatalf("%+v: err = %v", cfg, err)
 		}
 	}
+}
+
+// A store that cannot take a window now (low on disk space) refuses the
+// push before it is forwarded, with the client's window in the envelope
+// and its lease free; a push too early is still told so.
+func TestAdmitWhileStoreFull(t *testing.T) {
+	windows := newMemWindows()
+	g, clock := newTestGate(t, windows)
+	push, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans != nil {
+		t.Fatalf("first push: %+v", ans)
+	}
+	if s := push.Settle(Upstream{Status: 204}); s.Outcome != OutcomeAccepted {
+		t.Fatalf("first push settled %+v", s)
+	}
+	windows.full = errors.New("only 1 MiB free on /data")
+
+	_, ans = g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans == nil || ans.Status != 400 || ans.Outcome != OutcomeTooEarly {
+		t.Fatalf("too early while full: %+v", ans)
+	}
+	clock.Advance(2 * time.Hour)
+	_, ans = g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans == nil || ans.Status != 503 || ans.Outcome != OutcomeStoreFull || ans.Client != "alice" ||
+		ans.Envelope.Error != MsgUnavailable || ans.Envelope.Success ||
+		ans.Envelope.LastUsed != FormatTime(t0) || ans.Envelope.NextPushAfter != FormatTime(t0.Add(time.Hour)) {
+		t.Fatalf("while full: %+v", ans)
+	}
+	if _, ans = g.Admit(pushReq("POST", "Token "+accessKey, bobKey, "{}")); ans == nil || ans.Outcome != OutcomeStoreFull ||
+		ans.Envelope.LastUsed != "" || ans.Envelope.NextPushAfter != "" {
+		t.Fatalf("a client that never pushed, while full: %+v", ans)
+	}
+
+	windows.full = nil
+	push, ans = g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans != nil {
+		t.Fatalf("after space came back (is the lease still held?): %+v", ans)
+	}
+	push.Release()
 }

@@ -31,6 +31,10 @@ type WindowStore interface {
 	// has never pushed successfully.
 	LoadWindow(id string) (w Window, ok bool, err error)
 	SaveWindow(id string, w Window) error
+	// Writable is nil when a window can be saved now, or says why not
+	// (the disk is nearly full). The gate asks before it forwards a push:
+	// once the upstream has a push, its window must be saved.
+	Writable() error
 }
 
 // Clock is the source of the current time.
@@ -140,6 +144,8 @@ type BadgerWindows struct {
 	queued     []*windowWrite
 	committing bool
 	maxTxnSize int64 // what one group commit may write
+
+	writable func() error // see SetWritable
 }
 
 // A windowWrite is one save waiting for its group commit. They are
@@ -160,6 +166,18 @@ type cachedWindow struct {
 func NewBadgerWindows(db *badger.DB) *BadgerWindows {
 	// Badger refuses a transaction of 15% of a memtable; stay at half that.
 	return &BadgerWindows{db: db, cache: map[string]cachedWindow{}, maxTxnSize: db.Opts().MemTableSize * 15 / 100 / 2}
+}
+
+// SetWritable makes Writable ask f (Caddy passes the database's
+// low-disk-space guard); without it windows are always writable.
+func (s *BadgerWindows) SetWritable(f func() error) { s.writable = f }
+
+// Writable implements WindowStore.
+func (s *BadgerWindows) Writable() error {
+	if s.writable == nil {
+		return nil
+	}
+	return s.writable()
 }
 
 // LoadWindow implements WindowStore.

@@ -131,16 +131,12 @@ func (c *call) fail(status int, msg string) {
 	c.json(status, map[string]any{"error": map[string]string{"message": msg}})
 }
 
-// MsgLowSpace answers a write refused while the store is low on disk
-// space (status 507, with Retry-After).
-const MsgLowSpace = "insufficient storage: try again later"
-
 // storeFailed answers a write the engine refused: 507 while the store is
 // low on disk space, which the caller may retry later, 500 otherwise.
 func (c *call) storeFailed(err error) {
 	if errors.Is(err, store.ErrLowSpace) {
 		c.w.Header().Set("Retry-After", "60")
-		c.fail(http.StatusInsufficientStorage, MsgLowSpace)
+		c.fail(http.StatusInsufficientStorage, delivery.MsgLowSpace)
 		return
 	}
 	c.fail(http.StatusInternalServerError, "internal error")

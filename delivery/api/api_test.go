@@ -643,7 +643,7 @@ func TestLowSpaceRefusesWrites(t *testing.T) {
 	verifications := len(rcv.requests())
 
 	low.Store(true)
-	tikiFull := `{"error":{"message":"` + MsgLowSpace + `"}}`
+	tikiFull := `{"error":{"message":"` + delivery.MsgLowSpace + `"}}`
 	for _, c := range []struct{ method, target, body string }{
 		{"POST", "/v1/webhooks", `{"uri":"` + rcv.URL + `","event":"order.created"}`},
 		{"PUT", "/v1/webhooks", `{"uri":"` + rcv.URL + `/new","event":"order.status"}`},
@@ -657,7 +657,7 @@ func TestLowSpaceRefusesWrites(t *testing.T) {
 		}
 	}
 	expect(t, e.do(e.doshii, "p", "POST", "/partner/v3/webhooks", `{"event":"order_created","webhookUrl":"`+rcv.URL+`"}`),
-		http.StatusInsufficientStorage, `{"message":"`+MsgLowSpace+`"}`)
+		http.StatusInsufficientStorage, `{"message":"`+delivery.MsgLowSpace+`"}`)
 	if n := len(rcv.requests()); n != verifications {
 		t.Fatalf("%d verification requests sent while low", n-verifications)
 	}

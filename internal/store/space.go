@@ -63,7 +63,7 @@ func FormatBytes(n int64) string {
 // spaceGuard keeps the last reading of the free space under dir.
 type spaceGuard struct {
 	dir    string
-	min    int64 // <= 0: watched, not enforced
+	min    atomic.Int64 // <= 0: watched, not enforced
 	statfs func(dir string) (int64, error)
 	log    *zap.Logger
 	free   atomic.Int64 // -1 until known
@@ -72,7 +72,8 @@ type spaceGuard struct {
 }
 
 func newSpaceGuard(dir string, min int64, statfs func(string) (int64, error), log *zap.Logger) *spaceGuard {
-	g := &spaceGuard{dir: dir, min: min, statfs: statfs, log: log}
+	g := &spaceGuard{dir: dir, statfs: statfs, log: log}
+	g.min.Store(min)
 	g.free.Store(-1)
 	if statfs == nil {
 		g.statfs = freeSpace
@@ -84,11 +85,12 @@ func newSpaceGuard(dir string, min int64, statfs func(string) (int64, error), lo
 // check returns a *LowSpaceError while the last reading is under the
 // minimum. A filesystem whose free space cannot be read is not guarded.
 func (g *spaceGuard) check() error {
-	if g.min <= 0 {
+	min := g.min.Load()
+	if min <= 0 {
 		return nil
 	}
-	if free := g.free.Load(); free >= 0 && free < g.min {
-		return &LowSpaceError{Dir: g.dir, Free: free, Min: g.min}
+	if free := g.free.Load(); free >= 0 && free < min {
+		return &LowSpaceError{Dir: g.dir, Free: free, Min: min}
 	}
 	return nil
 }
@@ -96,9 +98,10 @@ func (g *spaceGuard) check() error {
 // read takes one reading and logs when the guard starts or stops
 // refusing writes, once per change rather than once per refused write.
 func (g *spaceGuard) read() {
+	min := g.min.Load()
 	free, err := g.statfs(g.dir)
 	if err != nil {
-		if !g.failed && g.min > 0 {
+		if !g.failed && min > 0 {
 			g.failed = true
 			g.log.Warn("cannot read the free disk space of the webhook store; min_free_space is not enforced",
 				zap.String("dir", g.dir), zap.Error(err))
@@ -108,14 +111,14 @@ func (g *spaceGuard) read() {
 	}
 	g.failed = false
 	g.free.Store(free)
-	switch low := g.min > 0 && free < g.min; {
+	switch low := min > 0 && free < min; {
 	case low && !g.low:
 		g.log.Error("webhook store is low on disk space: refusing new messages, registrations and pushes, and pausing deliveries, until space is freed",
-			zap.String("dir", g.dir), zap.Int64("free_bytes", free), zap.Int64("min_free_space", g.min))
+			zap.String("dir", g.dir), zap.Int64("free_bytes", free), zap.Int64("min_free_space", min))
 		g.low = true
 	case !low && g.low:
 		g.log.Info("webhook store has disk space again: accepting writes and resuming deliveries",
-			zap.String("dir", g.dir), zap.Int64("free_bytes", free), zap.Int64("min_free_space", g.min))
+			zap.String("dir", g.dir), zap.Int64("free_bytes", free), zap.Int64("min_free_space", min))
 		g.low = false
 	}
 }

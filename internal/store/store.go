@@ -170,6 +170,10 @@ func (db *DB) Dir() string { return db.dir }
 // those that settle what is under way, small and bounded, do not.
 func (db *DB) Writable() error { return db.space.check() }
 
+// SetMinFreeSpace changes the minimum (see Options.MinFreeSpace), for a
+// reloaded config. Writable follows it at once.
+func (db *DB) SetMinFreeSpace(n int64) { db.space.min.Store(n) }
+
 // FreeSpace is the free space last read on the database's filesystem;
 // -1 when it cannot be read.
 func (db *DB) FreeSpace() int64 { return db.space.free.Load() }
