@@ -16,10 +16,16 @@ import (
 // 15 tables of about 8 MB before the old ones are deleted.
 const DefaultMinFreeSpace = 256 << 20
 
-// spacePoll is how often the free space is read. At the fastest rate
-// the plugin writes (about 40 MB/s of write-ahead log while publishing
-// 2 KB messages) that is 4 MB between readings, well within the minimum.
-const spacePoll = 100 * time.Millisecond
+// spacePoll is how often the free space is read for the log and the
+// metric. A write asks for a reading no older than spaceFresh: a disk
+// filled by something else between two polls would otherwise take the
+// next write's page, and with it the process (seen in
+// TestFullDiskDoesNotKillCaddy). A reading is a statfs call of about a
+// microsecond, so at most a thousand a second cost nothing that shows.
+const (
+	spacePoll  = 100 * time.Millisecond
+	spaceFresh = time.Millisecond
+)
 
 // ErrLowSpace matches every LowSpaceError.
 var ErrLowSpace = errors.New("low on disk space")
@@ -67,12 +73,14 @@ type spaceGuard struct {
 	statfs func(dir string) (int64, error)
 	log    *zap.Logger
 	free   atomic.Int64 // -1 until known
+	start  time.Time    // monotonic base of readAt
+	readAt atomic.Int64 // when free was read, in nanoseconds since start
 	low    bool         // as last logged; only the poller touches it
 	failed bool         // a reading failed and was logged
 }
 
 func newSpaceGuard(dir string, min int64, statfs func(string) (int64, error), log *zap.Logger) *spaceGuard {
-	g := &spaceGuard{dir: dir, statfs: statfs, log: log}
+	g := &spaceGuard{dir: dir, statfs: statfs, log: log, start: time.Now()}
 	g.min.Store(min)
 	g.free.Store(-1)
 	if statfs == nil {
@@ -89,28 +97,42 @@ func (g *spaceGuard) check() error {
 	if min <= 0 {
 		return nil
 	}
-	if free := g.free.Load(); free >= 0 && free < min {
+	free := g.free.Load()
+	if time.Duration(time.Since(g.start).Nanoseconds()-g.readAt.Load()) > spaceFresh {
+		free, _ = g.measure()
+	}
+	if free >= 0 && free < min {
 		return &LowSpaceError{Dir: g.dir, Free: free, Min: min}
 	}
 	return nil
+}
+
+// measure reads the free space now and keeps the reading (-1 if the
+// reading failed).
+func (g *spaceGuard) measure() (int64, error) {
+	free, err := g.statfs(g.dir)
+	if err != nil {
+		free = -1
+	}
+	g.free.Store(free)
+	g.readAt.Store(time.Since(g.start).Nanoseconds())
+	return free, err
 }
 
 // read takes one reading and logs when the guard starts or stops
 // refusing writes, once per change rather than once per refused write.
 func (g *spaceGuard) read() {
 	min := g.min.Load()
-	free, err := g.statfs(g.dir)
+	free, err := g.measure()
 	if err != nil {
 		if !g.failed && min > 0 {
 			g.failed = true
 			g.log.Warn("cannot read the free disk space of the webhook store; min_free_space is not enforced",
 				zap.String("dir", g.dir), zap.Error(err))
 		}
-		g.free.Store(-1)
 		return
 	}
 	g.failed = false
-	g.free.Store(free)
 	switch low := min > 0 && free < min; {
 	case low && !g.low:
 		g.log.Error("webhook store is low on disk space: refusing new messages, registrations and pushes, and pausing deliveries, until space is freed",

@@ -45,7 +45,8 @@ func TestWritableFollowsFreeSpace(t *testing.T) {
 	}
 
 	free.Store(100 << 20)
-	eventually(t, "the writes to be refused", func() bool { return db.Writable() != nil })
+	// A write asks for a fresh reading, not the poller's last one.
+	time.Sleep(2 * spaceFresh)
 	err = db.Writable()
 	var low *LowSpaceError
 	if !errors.As(err, &low) || !errors.Is(err, ErrLowSpace) || low.Free != 100<<20 || low.Min != 256<<20 {
@@ -56,9 +57,14 @@ func TestWritableFollowsFreeSpace(t *testing.T) {
 			t.Errorf("%q does not say %q", err, want)
 		}
 	}
+	eventually(t, "the poller to log it", func() bool { return logs.FilterMessageSnippet("low on disk space").Len() > 0 })
 	time.Sleep(3 * spacePoll) // more readings, still low: still one log line
 	free.Store(300 << 20)
-	eventually(t, "the writes to be allowed again", func() bool { return db.Writable() == nil })
+	time.Sleep(2 * spaceFresh)
+	if err := db.Writable(); err != nil {
+		t.Fatalf("300 MiB free: %v", err)
+	}
+	eventually(t, "the poller to log the recovery", func() bool { return logs.FilterMessageSnippet("disk space again").Len() > 0 })
 
 	var lowLines, backLines int
 	for _, e := range logs.All() {
