@@ -136,12 +136,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case a.MinFreeSpace == 0:
-		a.minFree = store.DefaultMinFreeSpace
-	case a.MinFreeSpace > 0:
-		a.minFree = a.MinFreeSpace
-	}
+	a.minFree = a.minFreeSpace()
 	key, err := a.encryptionKey()
 	if err != nil {
 		return err
@@ -166,6 +161,18 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.dir, a.shared = dir, val.(*sharedStore)
 	a.windows = &windowClaims{keys: map[string][32]byte{}}
 	return nil
+}
+
+// minFreeSpace resolves MinFreeSpace: the default when unset, 0 (no
+// guard) when negative.
+func (a *App) minFreeSpace() int64 {
+	switch {
+	case a.MinFreeSpace == 0:
+		return store.DefaultMinFreeSpace
+	case a.MinFreeSpace < 0:
+		return 0
+	}
+	return a.MinFreeSpace
 }
 
 func (a *App) encryptionKey() ([]byte, error) {

@@ -117,6 +117,7 @@ func TestIngestWindowSurvivesKill9(t *testing.T) {
 	skip_install_trust
 	webhooks {
 		storage_dir %s
+		min_free_space 16MiB
 	}
 }
 http://127.0.0.1:%d {
@@ -172,6 +173,7 @@ func TestBacklogDeliveredAfterKill9(t *testing.T) {
 	skip_install_trust
 	webhooks {
 		storage_dir %s
+		min_free_space 16MiB
 		allow_private_targets
 		retry 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s
 		subscription backend {
@@ -233,6 +235,7 @@ func TestValidateWhileRunning(t *testing.T) {
 	skip_install_trust
 	webhooks {
 		storage_dir %s
+		min_free_space 16MiB
 		subscription s {
 			%s
 			events *

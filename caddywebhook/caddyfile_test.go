@@ -381,4 +381,9 @@ func TestMinFreeSpace(t *testing.T) {
 			t.Errorf("min_free_space %s = %d, want %d", input, a.MinFreeSpace, want)
 		}
 	}
+	for set, want := range map[int64]int64{0: 256 << 20, -1: 0, 5 << 30: 5 << 30} {
+		if got := (&App{MinFreeSpace: set}).minFreeSpace(); got != want {
+			t.Errorf("MinFreeSpace %d resolves to %d, want %d", set, got, want)
+		}
+	}
 }

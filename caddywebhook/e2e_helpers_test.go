@@ -36,9 +36,14 @@ const (
 )
 
 // globalOptions is the global block of every end-to-end config: the
-// caddytest ports, a log file to inspect, and a private store.
+// caddytest ports, a log file to inspect, and a private store. Unless
+// extra sets it, min_free_space is 16 MiB rather than the default 256:
+// a test machine's disk may well be fuller than a server's.
 func globalOptions(t *testing.T, storageDir, extra string) (cfg, logFile string) {
 	t.Helper()
+	if !strings.Contains(extra, "min_free_space") {
+		extra = "min_free_space 16MiB\n\t\t" + extra
+	}
 	logFile = filepath.Join(t.TempDir(), "caddy.log")
 	cfg = fmt.Sprintf(`{
 	admin localhost:2999
