@@ -15,6 +15,8 @@ func FuzzCaddyfile(f *testing.F) {
 		"webhook_ingest {\n client acme\n}",
 		"webhooks {\n storage_dir /x\n workers 4\n retry 1s 1m\n subscription s {\n url https://a\n events *\n secret_header X-S v\n envelope data\n }\n}",
 		"webhooks {\n subscription {\n}\n}",
+		"webhooks {\n min_free_space off\n workers 2\n}",
+		"webhooks {\n min_free_space 1GiB\n}",
 		"webhook_publish {\n max_body 1KB\n}",
 		"webhook_api {\n dialect doshii\n tenant {http.auth.user.id}\n verify\n}",
 		"webhook_api {\n dialect\n}",
