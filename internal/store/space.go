@@ -98,7 +98,11 @@ func (g *spaceGuard) check() error {
 		return nil
 	}
 	free := g.free.Load()
-	if time.Duration(time.Since(g.start).Nanoseconds()-g.readAt.Load()) > spaceFresh {
+	// One caller takes the stale reading's place and reads afresh; the
+	// writes racing it use the reading it replaces, at most a statfs
+	// call older.
+	now, last := time.Since(g.start).Nanoseconds(), g.readAt.Load()
+	if time.Duration(now-last) > spaceFresh && g.readAt.CompareAndSwap(last, now) {
 		free, _ = g.measure()
 	}
 	if free >= 0 && free < min {

@@ -128,3 +128,20 @@ func TestFormatBytes(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkWritable is what the guard adds to every publish and push,
+// with the real statfs of the test's filesystem.
+func BenchmarkWritable(b *testing.B) {
+	db, err := Open(b.TempDir(), Options{MinFreeSpace: 1 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := db.Writable(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
