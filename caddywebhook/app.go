@@ -78,7 +78,6 @@ type App struct {
 	Subscriptions []SubscriptionConfig `json:"subscriptions,omitempty"`
 
 	dir      string
-	minFree  int64 // MinFreeSpace resolved: 0 is no guard
 	shared   *sharedStore
 	delivery delivery.Config
 	logger   *zap.Logger
@@ -136,7 +135,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	a.minFree = a.minFreeSpace()
 	key, err := a.encryptionKey()
 	if err != nil {
 		return err
@@ -297,7 +295,7 @@ func (a *App) Start() error {
 // configure makes this config's settings and logger the engine's, and
 // its minimum free space the store's.
 func (a *App) configure(o *openStore) error {
-	o.db.SetMinFreeSpace(a.minFree)
+	o.db.SetMinFreeSpace(a.minFreeSpace())
 	eng := o.engine
 	eng.SetLogger(a.logger)
 	eng.SetObserver(observeAttempt)

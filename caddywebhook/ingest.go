@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/hookgate/caddy-webhook/delivery"
 	"github.com/hookgate/caddy-webhook/ingest"
 )
 
@@ -275,7 +276,7 @@ func writeAnswer(w http.ResponseWriter, a ingest.Answer) error {
 	case ingest.OutcomeMethodNotAllowed:
 		hdr.Set("Allow", http.MethodPost)
 	case ingest.OutcomeStoreFull:
-		hdr.Set("Retry-After", "60")
+		hdr.Set("Retry-After", delivery.LowSpaceRetryAfter)
 	}
 	// One backing array for the three values, each capped so that a later
 	// Add copies instead of writing into its neighbour.

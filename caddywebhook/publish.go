@@ -98,7 +98,7 @@ func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	res, err := o.engine.Publish(msg)
 	if errors.Is(err, store.ErrLowSpace) {
 		// The store's guard logs when this starts and ends.
-		w.Header().Set("Retry-After", "60")
+		w.Header().Set("Retry-After", delivery.LowSpaceRetryAfter)
 		return writeJSONError(w, http.StatusInsufficientStorage, delivery.MsgLowSpace)
 	}
 	if err != nil {

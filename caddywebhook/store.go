@@ -113,7 +113,7 @@ func (s *sharedStore) openFor(a *App) (*openStore, error) {
 	// logger rather than this config's.
 	db, err := store.Open(s.dir, store.Options{
 		Logger: caddy.Log().Named("webhooks.badger"), EncryptionKey: s.key,
-		MinFreeSpace: a.minFree, FreeSpace: freeSpace,
+		MinFreeSpace: a.minFreeSpace(), FreeSpace: freeSpace,
 	})
 	if err != nil {
 		s.close()

@@ -174,6 +174,10 @@ func (e *Engine) Redeliver(subID string) (int, error) {
 // Retry-After).
 const MsgLowSpace = "insufficient storage: try again later"
 
+// LowSpaceRetryAfter is the Retry-After (seconds) of every answer that
+// refuses a write because the store is low on disk space.
+const LowSpaceRetryAfter = "60"
+
 // Writable is nil while data may be added to the store, or the reason it
 // may not (see Store.SetWritable): the registration API asks before it
 // sends a verification request for a webhook it could not store.

@@ -135,7 +135,7 @@ func (c *call) fail(status int, msg string) {
 // low on disk space, which the caller may retry later, 500 otherwise.
 func (c *call) storeFailed(err error) {
 	if errors.Is(err, store.ErrLowSpace) {
-		c.w.Header().Set("Retry-After", "60")
+		c.w.Header().Set("Retry-After", delivery.LowSpaceRetryAfter)
 		c.fail(http.StatusInsufficientStorage, delivery.MsgLowSpace)
 		return
 	}
