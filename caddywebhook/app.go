@@ -47,6 +47,14 @@ type App struct {
 	// 256 MiB; a negative value turns the guard off.
 	MinFreeSpace int64 `json:"min_free_space,omitempty"`
 
+	// Make every write reach the disk before it is acknowledged: each
+	// badger commit waits for an msync of its write-ahead log. Without
+	// it a write is acknowledged once it is in the kernel's page cache,
+	// which survives a crash of Caddy (kill -9 included) but not a power
+	// cut or a kernel crash. It costs throughput (see the README) and can
+	// only change with a restart.
+	SyncWrites bool `json:"sync_writes,omitempty"`
+
 	// Concurrent deliveries across all subscriptions. Default: 64.
 	Workers int `json:"workers,omitempty"`
 
@@ -141,14 +149,21 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	keyID := sha256.Sum256(key)
 	val, _, err := stores.LoadOrNew(dir, func() (caddy.Destructor, error) {
-		return newSharedStore(dir, key, keyID), nil
+		return newSharedStore(dir, key, keyID, a.SyncWrites), nil
 	})
 	if err != nil {
 		return fmt.Errorf("webhooks: %w", err)
 	}
-	if shared := val.(*sharedStore); shared.keyID != keyID {
+	// Both are fixed when badger opens; a reload that changes one
+	// would otherwise run with the old value while claiming the new.
+	shared := val.(*sharedStore)
+	switch {
+	case shared.keyID != keyID:
 		_, _ = stores.Delete(dir)
 		return fmt.Errorf("webhooks: encryption_key differs from the one the open database uses; it can only change with a restart")
+	case shared.syncWrites != a.SyncWrites:
+		_, _ = stores.Delete(dir)
+		return fmt.Errorf("webhooks: sync_writes differs from what the open database uses (%v); it can only change with a restart", shared.syncWrites)
 	}
 	// The database opens at Start, which `caddy validate` never reaches:
 	// what would stop it opening is checked here.

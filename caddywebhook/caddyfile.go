@@ -47,6 +47,7 @@ func parseGlobalWebhooks(d *caddyfile.Dispenser, existing any) (any, error) {
 //	    storage_dir <dir>
 //	    encryption_key <base64 key>
 //	    min_free_space <size>|off
+//	    sync_writes
 //	    workers <n>
 //	    endpoint_concurrency <n>
 //	    timeout <duration>
@@ -106,10 +107,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "retry":
 			a.Retry, err = retryArgs(d)
 		case "allow_private_targets":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			a.AllowPrivateTargets = true
+			a.AllowPrivateTargets, err = flagArg(d)
+		case "sync_writes":
+			a.SyncWrites, err = flagArg(d)
 		case "subscription":
 			var sc SubscriptionConfig
 			if sc, err = parseSubscription(d); err == nil {
@@ -439,6 +439,14 @@ func retryArgs(d *caddyfile.Dispenser) ([]caddy.Duration, error) {
 		out = append(out, caddy.Duration(dur))
 	}
 	return out, nil
+}
+
+// flagArg reads an option that is on by being there and takes no value.
+func flagArg(d *caddyfile.Dispenser) (bool, error) {
+	if d.NextArg() {
+		return false, d.ArgErr()
+	}
+	return true, nil
 }
 
 func sizeArg(d *caddyfile.Dispenser) (int64, error) {

@@ -96,6 +96,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 		disable_after 48h
 		retention 3d
 		allow_private_targets
+		sync_writes
 		subscription kinguin {
 			url https://shop.example/hooks
 			events product.update order.status
@@ -120,7 +121,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 		Timeout:      caddy.Duration(3 * time.Second),
 		Retry:        []caddy.Duration{caddy.Duration(time.Second), caddy.Duration(time.Minute), caddy.Duration(time.Hour)},
 		DisableAfter: caddy.Duration(48 * time.Hour), Retention: caddy.Duration(72 * time.Hour),
-		AllowPrivateTargets: true,
+		AllowPrivateTargets: true, SyncWrites: true,
 		Subscriptions: []SubscriptionConfig{
 			{Name: "kinguin", URL: "https://shop.example/hooks", Events: []string{"product.update", "order.status"}, SecretHeader: "X-Event-Secret", Secret: "{env.KINGUIN_SECRET}"},
 			{Name: "flybuy", URL: "https://flybuy.example/hook", Events: []string{"*"}, Tenant: "acme", Location: "store-1", Token: "FFCPUG2A",
@@ -168,6 +169,8 @@ func TestUnmarshalWebhooksOptionErrors(t *testing.T) {
 		"webhooks {\n retry\n}":                                      "retry needs at least one delay",
 		"webhooks {\n retry 5s soon\n}":                              `invalid retry delay "soon"`,
 		"webhooks {\n allow_private_targets yes\n}":                  "wrong argument count",
+		"webhooks {\n sync_writes on\n}":                             "wrong argument count",
+		"webhooks {\n sync_writes\n sync_writes\n}":                  "sync_writes specified more than once",
 		"webhooks {\n subscription {\n url http://x\n }\n}":          "subscription needs a name",
 		sub("events *"):                                              `subscription "s": url is required`,
 		sub("url https://x.example"):                                 `subscription "s": events is required`,

@@ -17,6 +17,7 @@ func FuzzCaddyfile(f *testing.F) {
 		"webhooks {\n subscription {\n}\n}",
 		"webhooks {\n min_free_space off\n workers 2\n}",
 		"webhooks {\n min_free_space 1GiB\n}",
+		"webhooks {\n sync_writes\n allow_private_targets\n}",
 		"webhook_publish {\n max_body 1KB\n}",
 		"webhook_api {\n dialect doshii\n tenant {http.auth.user.id}\n verify\n}",
 		"webhook_api {\n dialect\n}",

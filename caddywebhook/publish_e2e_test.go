@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddytest"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 )
 
@@ -238,6 +239,55 @@ func TestEncryptionAtRestThroughCaddy(t *testing.T) {
 		if dirHas(t, storage, secret) {
 			t.Errorf("%q is readable in the data directory", secret)
 		}
+	}
+}
+
+// sync_writes reaches badger, and like the key it is fixed while the
+// database is open: a reload that changes it is refused and the running
+// config goes on.
+func TestSyncWritesThroughCaddy(t *testing.T) {
+	storage := t.TempDir()
+	publishTo := func(cfg string) string { return cfg + "\nhttp://localhost:9080 {\n\twebhook_publish\n}\n" }
+	synced, _ := globalOptions(t, storage, "sync_writes")
+	unsynced, _ := globalOptions(t, storage, "")
+	publish := func(tester *caddytest.Tester) {
+		t.Helper()
+		res, err := tester.Client.Post(testBase+"/", "application/json", strings.NewReader(`{"event":"e","data":{}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 202 {
+			t.Fatalf("publish: %d", res.StatusCode)
+		}
+	}
+	syncWrites := func() bool {
+		db := currentDB.Load()
+		if db == nil {
+			t.Fatal("no open database")
+		}
+		return db.Opts().SyncWrites
+	}
+
+	tester := startCaddy(t, publishTo(synced))
+	publish(tester)
+	if !syncWrites() {
+		t.Fatal("sync_writes: badger opened without SyncWrites")
+	}
+	status, b := adminRequest(t, "POST", "/load", "text/caddyfile", []byte(publishTo(unsynced)))
+	if status == 200 || !strings.Contains(string(b), "sync_writes differs from what the open database uses (true); it can only change with a restart") {
+		t.Fatalf("sync_writes change on reload: %d %s", status, b)
+	}
+	publish(tester)
+	if !syncWrites() {
+		t.Fatal("the refused reload changed the open database")
+	}
+
+	loadConfig(t, emptyConfig) // closes the database, as a restart would
+	loadConfig(t, publishTo(unsynced))
+	publish(tester)
+	if syncWrites() {
+		t.Fatal("without sync_writes: badger opened with SyncWrites")
 	}
 }
 

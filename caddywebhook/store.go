@@ -31,8 +31,11 @@ type sharedStore struct {
 	key []byte
 	// keyID fingerprints the encryption key, so that a reload with another
 	// key is refused before it can try the open database.
-	keyID  [32]byte
-	leases *ingest.Leases
+	keyID [32]byte
+	// syncWrites is the first config's sync_writes: badger fixes it at
+	// open, so later configs must agree.
+	syncWrites bool
+	leases     *ingest.Leases
 
 	open   atomic.Pointer[openStore]
 	opened chan struct{} // closed once open is set
@@ -54,9 +57,9 @@ type openStore struct {
 	engine  *delivery.Engine
 }
 
-func newSharedStore(dir string, key []byte, keyID [32]byte) *sharedStore {
+func newSharedStore(dir string, key []byte, keyID [32]byte, syncWrites bool) *sharedStore {
 	return &sharedStore{
-		dir: dir, key: key, keyID: keyID,
+		dir: dir, key: key, keyID: keyID, syncWrites: syncWrites,
 		leases: ingest.NewLeases(),
 		opened: make(chan struct{}),
 		gone:   make(chan struct{}),
@@ -114,6 +117,7 @@ func (s *sharedStore) openFor(a *App) (*openStore, error) {
 	db, err := store.Open(s.dir, store.Options{
 		Logger: caddy.Log().Named("webhooks.badger"), EncryptionKey: s.key,
 		MinFreeSpace: a.minFreeSpace(), FreeSpace: freeSpace,
+		SyncWrites: s.syncWrites,
 	})
 	if err != nil {
 		s.close()

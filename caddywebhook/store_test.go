@@ -22,7 +22,7 @@ import (
 // it, in a temporary directory.
 func openedStore(t testing.TB) *sharedStore {
 	t.Helper()
-	s := newSharedStore(t.TempDir(), nil, sha256.Sum256(nil))
+	s := newSharedStore(t.TempDir(), nil, sha256.Sum256(nil), false)
 	t.Cleanup(func() { s.Destruct() })
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -35,7 +35,7 @@ func openedStore(t testing.TB) *sharedStore {
 // A request that comes before the webhooks app has opened the store (Caddy
 // starts its apps in any order) waits for it.
 func TestRequestWaitsForTheStoreToOpen(t *testing.T) {
-	s := newSharedStore(t.TempDir(), nil, sha256.Sum256(nil))
+	s := newSharedStore(t.TempDir(), nil, sha256.Sum256(nil), false)
 	t.Cleanup(func() { s.Destruct() })
 	got := make(chan *openStore)
 	go func() {
@@ -61,7 +61,7 @@ func TestRequestWaitsForTheStoreToOpen(t *testing.T) {
 func TestRequestStopsWaitingForAStoreNeverOpened(t *testing.T) {
 	defer func(d time.Duration) { storeWait = d }(storeWait)
 	storeWait = time.Millisecond
-	s := newSharedStore(t.TempDir(), nil, sha256.Sum256(nil))
+	s := newSharedStore(t.TempDir(), nil, sha256.Sum256(nil), false)
 	t.Cleanup(func() { s.Destruct() })
 	if o, err := s.await(context.Background()); err != errStoreUnavailable || o != nil {
 		t.Fatalf("await = %v, %v; want %v", o, err, errStoreUnavailable)
@@ -75,7 +75,7 @@ func TestHandlersAnswer503WhenTheStoreFailsToOpen(t *testing.T) {
 	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := newSharedStore(notADir, nil, sha256.Sum256(nil))
+	s := newSharedStore(notADir, nil, sha256.Sum256(nil), false)
 	t.Cleanup(func() { s.Destruct() })
 
 	gate, err := ingest.NewGate(ingest.Config{AccessKeys: []string{"k"}, Clients: []ingest.Client{{Name: "a", Key: "ck"}}},

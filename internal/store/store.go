@@ -38,6 +38,10 @@ type Options struct {
 	// FreeSpace reads the free space of a directory's filesystem; nil
 	// means the operating system's. Tests replace it.
 	FreeSpace func(dir string) (int64, error)
+	// SyncWrites makes every commit wait until badger's write-ahead log
+	// is on the disk (msync), not only in the page cache, so that what
+	// was acknowledged survives a power cut or a kernel crash too.
+	SyncWrites bool
 }
 
 // DB is an open badger database plus the background value-log collector.
@@ -131,7 +135,8 @@ func Open(dir string, opts Options) (*DB, error) {
 		// instead of 12,400/s (bench/scale). The price is disk: 495 MB
 		// for that backlog instead of 180 MB. Tables written compressed
 		// by earlier versions are still read.
-		WithCompression(options.None)
+		WithCompression(options.None).
+		WithSyncWrites(opts.SyncWrites)
 	bopts.TableSizeMultiplier = 1
 	if len(opts.EncryptionKey) > 0 {
 		bopts = bopts.WithEncryptionKey(opts.EncryptionKey).

@@ -257,3 +257,21 @@ func TestBadgerLogger(t *testing.T) {
 		}
 	}
 }
+
+func TestSyncWritesReachesBadger(t *testing.T) {
+	for _, sync := range []bool{false, true} {
+		db, err := Open(t.TempDir(), Options{SyncWrites: sync})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := db.Opts().SyncWrites; got != sync {
+			t.Errorf("SyncWrites %v: badger opened with %v", sync, got)
+		}
+		if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
+			t.Errorf("SyncWrites %v: %v", sync, err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
