@@ -1,6 +1,7 @@
 package caddyrun
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"log"
@@ -12,10 +13,17 @@ import (
 	"time"
 )
 
+// syncWrites is a flag of every program whose Caddy is configured by
+// Global, so that each can measure what sync_writes costs.
+var syncWrites = flag.Bool("sync-writes", false, "run Caddy with the webhooks option sync_writes")
+
 // Global is the global options block of the bench configs: admin on
 // loopback, no trust store, quiet logs, and the webhooks app with its
-// store in dir plus the given options.
+// store in dir plus the given options (and sync_writes with -sync-writes).
 func Global(adminPort int, dir, webhooks string) string {
+	if *syncWrites {
+		webhooks = "sync_writes\n\t\t" + webhooks
+	}
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	skip_install_trust
