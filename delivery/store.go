@@ -57,6 +57,8 @@ type Store struct {
 	// writable, when set, says whether data may be added now (nil) or
 	// why not; see SetWritable.
 	writable func() error
+
+	publishes publishGroup
 }
 
 // NewStore uses db under the "delivery/" prefix.
@@ -197,12 +199,25 @@ func (s *Store) viewJSON(key []byte, v any) (found bool, err error) {
 }
 
 // enqueue stores one delivery per subscription and then the publish record,
-// and returns how many deliveries it stored, also when it fails.
-// Large fan-outs span several transactions, each delivery whole in one;
-// delivery IDs are deterministic and existing deliveries are left alone,
-// so repeating an interrupted enqueue completes it without duplicates. A
-// fresh message (its ID just made) has none to look for.
+// and returns how many deliveries it stored, also when it fails. A publish
+// that fits one transaction shares it with concurrent publishes (see
+// publishGroup). Larger fan-outs span several transactions, each delivery
+// whole in one; delivery IDs are deterministic and existing deliveries are
+// left alone, so repeating an interrupted enqueue completes it without
+// duplicates. A fresh message (its ID just made) has none to look for.
 func (s *Store) enqueue(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (stored int, err error) {
+	p, err := s.newPendingPublish(msg, subs, fresh, now, retention)
+	if err != nil {
+		return 0, err
+	}
+	if p != nil {
+		return s.enqueueGrouped(p)
+	}
+	return s.enqueueFanOut(msg, subs, fresh, now, retention)
+}
+
+// enqueueFanOut stores a publish too large for one transaction.
+func (s *Store) enqueueFanOut(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (stored int, err error) {
 	// A transaction that looked for existing deliveries conflicts with a
 	// concurrent write of one (the same message published twice at once,
 	// or one stored by an interrupted publish being settled): repeating
@@ -259,8 +274,7 @@ type fanOutWriter struct {
 }
 
 func newFanOutWriter(db *badger.DB) *fanOutWriter {
-	// Badger refuses a transaction of 15% of a memtable; stay at half that.
-	return &fanOutWriter{db: db, txn: db.NewTransaction(true), maxSize: db.Opts().MemTableSize * 15 / 100 / 2}
+	return &fanOutWriter{db: db, txn: db.NewTransaction(true), maxSize: maxTxnSize(db)}
 }
 
 func (w *fanOutWriter) exists(did string) (bool, error) {

@@ -1,0 +1,132 @@
+package delivery
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// holdFirstPublishCommit makes the first publish commit wait until
+// queued further publishes are waiting for theirs, so that those form
+// one group; then it asks fail, with the number of the commit (1, 2, …),
+// whether each commit fails.
+func holdFirstPublishCommit(t *testing.T, te *testEngine, queued int, fail func(commit int64) error) *atomic.Int64 {
+	var commits atomic.Int64
+	te.store.writeFault = func(op string) error {
+		if op != "publish" {
+			return nil
+		}
+		n := commits.Add(1)
+		if n == 1 {
+			deadline := time.Now().Add(15 * time.Second)
+			for waiting(te.store) < queued {
+				if time.Now().After(deadline) {
+					t.Errorf("only %d publishes queued, want %d", waiting(te.store), queued)
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+		return fail(n)
+	}
+	return &commits
+}
+
+func waiting(s *Store) int {
+	s.publishes.mu.Lock()
+	defer s.publishes.mu.Unlock()
+	return len(s.publishes.queued)
+}
+
+// publishAll publishes msgs at once and returns each one's error.
+func publishAll(te *testEngine, msgs []Message) []error {
+	errs := make([]error, len(msgs))
+	var wg sync.WaitGroup
+	for i, m := range msgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := te.Publish(m)
+			if err == nil && res.Deliveries != 2 {
+				err = fmt.Errorf("publish %d: %+v", i, res)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+// Publishes that arrive while one commits share the next transaction, and
+// a repeated ID in that group is stored once.
+func TestConcurrentPublishesShareATransaction(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL), sub("b", rcv.URL)}})
+	var msgs []Message
+	for i := range 6 {
+		msgs = append(msgs, msg("x", fmt.Sprintf(`{"i":%d}`, i)))
+	}
+	twice := msg("x", `{"order":9}`)
+	twice.ID = "order-9"
+	msgs = append(msgs, twice, twice)
+	commits := holdFirstPublishCommit(t, te, len(msgs)-1, func(int64) error { return nil })
+
+	for i, err := range publishAll(te, msgs) {
+		if err != nil {
+			t.Errorf("publish %d: %v", i, err)
+		}
+	}
+	if n := commits.Load(); n != 2 {
+		t.Errorf("%d commits for %d publishes, want the first alone and the rest together", n, len(msgs))
+	}
+	const want = 7 * 2 // order-9 once, to both subscribers
+	eventually(t, "every delivery", func() bool { return len(rcv.got()) >= want })
+	eventually(t, "an empty queue", func() bool { return storedQueue(t, te.store) == 0 && te.QueueDepth() == 0 })
+	if n := len(rcv.got()); n != want {
+		t.Fatalf("%d requests, want %d", n, want)
+	}
+}
+
+// When the shared transaction fails, each publish of the group is
+// committed on its own and gets its own answer.
+func TestFailedGroupCommitFallsBackToEachPublish(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL), sub("b", rcv.URL)}})
+	var msgs []Message
+	for i := range 6 {
+		msgs = append(msgs, msg("x", fmt.Sprintf(`{"i":%d}`, i)))
+	}
+	full := errors.New("no space left on device")
+	// Commit 2 is the group's; commit 3 the first publish retried alone.
+	commits := holdFirstPublishCommit(t, te, len(msgs)-1, func(n int64) error {
+		if n == 2 || n == 3 {
+			return full
+		}
+		return nil
+	})
+
+	failed := 0
+	for _, err := range publishAll(te, msgs) {
+		switch {
+		case errors.Is(err, full):
+			failed++
+		case err != nil:
+			t.Errorf("publish: %v", err)
+		}
+	}
+	if failed != 1 {
+		t.Errorf("%d publishes failed, want the one whose own commit failed", failed)
+	}
+	if n := commits.Load(); n != 1+1+5 {
+		t.Errorf("%d commits, want 7: the first alone, the group, then each of its 5 alone", n)
+	}
+	const want = 5 * 2
+	eventually(t, "every delivery", func() bool { return len(rcv.got()) >= want })
+	eventually(t, "an empty queue", func() bool { return storedQueue(t, te.store) == 0 && te.QueueDepth() == 0 })
+	if n := len(rcv.got()); n != want {
+		t.Fatalf("%d requests, want %d: the failed publish stored nothing", n, want)
+	}
+}
