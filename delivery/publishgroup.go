@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -12,20 +11,11 @@ import (
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
-// Concurrent publishes share transactions (group commit): a publish that
-// finds no commit running commits every publish queued meanwhile in one
-// transaction, and the others wait for it. Each badger transaction costs
-// its writer a round and, with sync_writes, an msync of the log; shared,
-// that cost is paid once for the whole group.
-type publishGroup struct {
-	mu         sync.Mutex
-	queued     []*pendingPublish
-	committing bool
-}
-
-// pendingPublish is one publish waiting for its group commit, its entries
-// encoded by the publisher so that the committer only writes them.
+// pendingPublish is one publish waiting for its group commit (see
+// store.Batcher), its entries encoded by the publisher so that the
+// committer only writes them.
 type pendingPublish struct {
+	store.Turn
 	msg        Message
 	fresh      bool
 	retention  time.Duration
@@ -35,14 +25,13 @@ type pendingPublish struct {
 
 	stored int
 	err    error
-	done   chan struct{}
 }
 
 // newPendingPublish encodes a publish for a group commit, or returns nil
 // if it is too large to share a transaction: a large fan-out is stored by
 // the fanOutWriter, over several transactions.
 func (s *Store) newPendingPublish(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (*pendingPublish, error) {
-	p := &pendingPublish{msg: msg, fresh: fresh, retention: retention, done: make(chan struct{})}
+	p := &pendingPublish{msg: msg, fresh: fresh, retention: retention}
 	var err error
 	if p.record, err = json.Marshal(publishRecord{Deliveries: len(subs), At: now}); err != nil {
 		return nil, err
@@ -66,28 +55,10 @@ func (s *Store) newPendingPublish(msg Message, subs []*Subscription, fresh bool,
 // one of 15% of a memtable; stay at half that.
 func maxTxnSize(db *badger.DB) int64 { return db.Opts().MemTableSize * 15 / 100 / 2 }
 
-// enqueueGrouped stores p in a group commit and returns how many
-// deliveries it stored.
+// enqueueGrouped stores p, sharing a transaction with concurrent
+// publishes, and returns how many deliveries it stored.
 func (s *Store) enqueueGrouped(p *pendingPublish) (int, error) {
-	g := &s.publishes
-	g.mu.Lock()
-	g.queued = append(g.queued, p)
-	if g.committing {
-		g.mu.Unlock()
-		<-p.done
-		return p.stored, p.err
-	}
-	g.committing = true
-	for len(g.queued) > 0 {
-		batch := g.queued[:fittingPublishes(g.queued, maxTxnSize(s.db))]
-		g.queued = g.queued[len(batch):]
-		g.mu.Unlock()
-		s.commitPublishes(batch)
-		g.mu.Lock()
-	}
-	g.committing = false
-	g.mu.Unlock()
-	<-p.done
+	s.publishes.Do(p, func(queued []*pendingPublish) int { return fittingPublishes(queued, maxTxnSize(s.db)) }, s.commitPublishes)
 	return p.stored, p.err
 }
 
@@ -113,7 +84,6 @@ func (s *Store) commitPublishes(batch []*pendingPublish) {
 		if stored, err := s.commitTogether(batch); err == nil {
 			for i, p := range batch {
 				p.stored = stored[i]
-				close(p.done)
 			}
 			return
 		}
@@ -126,7 +96,6 @@ func (s *Store) commitPublishes(batch []*pendingPublish) {
 			}
 			return err
 		})
-		close(p.done)
 	}
 }
 

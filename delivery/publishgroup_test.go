@@ -35,11 +35,7 @@ func holdFirstPublishCommit(t *testing.T, te *testEngine, queued int, fail func(
 	return &commits
 }
 
-func waiting(s *Store) int {
-	s.publishes.mu.Lock()
-	defer s.publishes.mu.Unlock()
-	return len(s.publishes.queued)
-}
+func waiting(s *Store) int { return s.publishes.Queued() }
 
 // publishAll publishes msgs at once and returns each one's error.
 func publishAll(te *testEngine, msgs []Message) []error {

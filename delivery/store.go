@@ -58,7 +58,7 @@ type Store struct {
 	// why not; see SetWritable.
 	writable func() error
 
-	publishes publishGroup
+	publishes store.Batcher[*pendingPublish]
 }
 
 // NewStore uses db under the "delivery/" prefix.

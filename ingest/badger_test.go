@@ -124,15 +124,20 @@ func TestGroupCommitLargerThanATransaction(t *testing.T) {
 	ops := make([]*windowWrite, n)
 	for i := range ops {
 		ops[i] = &windowWrite{key: fmt.Appendf(nil, "%sclient-%06d-%s", windowPrefix, i, strings.Repeat("n", 40)),
-			value: encodeWindow(w), done: make(chan error, 1)}
+			value: encodeWindow(w)}
 	}
-	ws.queued = ops[:n-1]
-	if err := ws.commit(ops[n-1]); err != nil {
-		t.Fatalf("the leader's save: %v", err)
+	batches := 0
+	for queued := ops; len(queued) > 0; batches++ {
+		batch := queued[:ws.fitting(queued)]
+		queued = queued[len(batch):]
+		ws.commitBatch(batch)
 	}
-	for i, op := range ops[:n-1] {
-		if err := <-op.done; err != nil {
-			t.Fatalf("save %d: %v", i, err)
+	if batches < 2 {
+		t.Fatalf("%d saves in %d batch(es): the test needs more than a transaction holds", n, batches)
+	}
+	for i, op := range ops {
+		if op.err != nil {
+			t.Fatalf("save %d: %v", i, op.err)
 		}
 	}
 	for _, i := range []int{0, n / 2, n - 1} {

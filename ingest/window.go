@@ -138,11 +138,8 @@ type BadgerWindows struct {
 	mu    sync.RWMutex
 	cache map[string]cachedWindow
 
-	// Group commit: a save that finds no commit running commits every save
-	// queued meanwhile in one transaction; the others wait for it.
-	commitMu   sync.Mutex
-	queued     []*windowWrite
-	committing bool
+	// Saves share transactions (group commit).
+	saves      store.Batcher[*windowWrite]
 	maxTxnSize int64 // what one group commit may write
 
 	writable func() error // see SetWritable
@@ -151,11 +148,12 @@ type BadgerWindows struct {
 // A windowWrite is one save waiting for its group commit. They are
 // pooled: a push would otherwise allocate its key, value and channel.
 type windowWrite struct {
+	store.Turn
 	key, value []byte
-	done       chan error
+	err        error
 }
 
-var windowWrites = sync.Pool{New: func() any { return &windowWrite{done: make(chan error, 1)} }}
+var windowWrites = sync.Pool{New: func() any { return new(windowWrite) }}
 
 type cachedWindow struct {
 	w     Window
@@ -251,31 +249,20 @@ func (s *BadgerWindows) fitting(queued []*windowWrite) int {
 // commit stores one window, durably, sharing transactions with concurrent
 // saves.
 func (s *BadgerWindows) commit(op *windowWrite) error {
-	s.commitMu.Lock()
-	s.queued = append(s.queued, op)
-	if s.committing {
-		s.commitMu.Unlock()
-		return <-op.done
-	}
-	s.committing = true
-	for len(s.queued) > 0 {
-		batch := s.queued[:s.fitting(s.queued)]
-		s.queued = s.queued[len(batch):]
-		s.commitMu.Unlock()
-		err := store.Update(s.db, func(txn *badger.Txn) error {
-			for _, w := range batch {
-				if err := txn.Set(w.key, w.value); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+	s.saves.Do(op, s.fitting, s.commitBatch)
+	return op.err
+}
+
+func (s *BadgerWindows) commitBatch(batch []*windowWrite) {
+	err := store.Update(s.db, func(txn *badger.Txn) error {
 		for _, w := range batch {
-			w.done <- err
+			if err := txn.Set(w.key, w.value); err != nil {
+				return err
+			}
 		}
-		s.commitMu.Lock()
+		return nil
+	})
+	for _, w := range batch {
+		w.err = err
 	}
-	s.committing = false
-	s.commitMu.Unlock()
-	return <-op.done
 }
