@@ -56,15 +56,20 @@ func publishAll(te *testEngine, msgs []Message) []error {
 	return errs
 }
 
-// Publishes that arrive while one commits share the next transaction, and
-// a repeated ID in that group is stored once.
-func TestConcurrentPublishesShareATransaction(t *testing.T) {
+func twoSubscribersSixMessages(t *testing.T) (*testEngine, *receiver, []Message) {
 	rcv := newReceiver(t, nil)
 	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL), sub("b", rcv.URL)}})
 	var msgs []Message
 	for i := range 6 {
 		msgs = append(msgs, msg("x", fmt.Sprintf(`{"i":%d}`, i)))
 	}
+	return te, rcv, msgs
+}
+
+// Publishes that arrive while one commits share the next transaction, and
+// a repeated ID in that group is stored once.
+func TestConcurrentPublishesShareATransaction(t *testing.T) {
+	te, rcv, msgs := twoSubscribersSixMessages(t)
 	twice := msg("x", `{"order":9}`)
 	twice.ID = "order-9"
 	msgs = append(msgs, twice, twice)
@@ -89,12 +94,7 @@ func TestConcurrentPublishesShareATransaction(t *testing.T) {
 // When the shared transaction fails, each publish of the group is
 // committed on its own and gets its own answer.
 func TestFailedGroupCommitFallsBackToEachPublish(t *testing.T) {
-	rcv := newReceiver(t, nil)
-	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL), sub("b", rcv.URL)}})
-	var msgs []Message
-	for i := range 6 {
-		msgs = append(msgs, msg("x", fmt.Sprintf(`{"i":%d}`, i)))
-	}
+	te, rcv, msgs := twoSubscribersSixMessages(t)
 	full := errors.New("no space left on device")
 	// Commit 2 is the group's; commit 3 the first publish retried alone.
 	commits := holdFirstPublishCommit(t, te, len(msgs)-1, func(n int64) error {
