@@ -209,7 +209,7 @@ func TestEncryptionAtRestThroughCaddy(t *testing.T) {
 	sub := newSubscriber(t)
 	storage := t.TempDir()
 	const token = "e2e-encrypted-token-7f3e"
-	global, _ := globalOptions(t, storage, fmt.Sprintf(`encryption_key {env.E2E_WEBHOOK_KEY}
+	global, logFile := globalOptions(t, storage, fmt.Sprintf(`encryption_key {env.E2E_WEBHOOK_KEY}
 		allow_private_targets
 		subscription s {
 			url %s
@@ -225,6 +225,9 @@ func TestEncryptionAtRestThroughCaddy(t *testing.T) {
 	}
 	res.Body.Close()
 	waitFor(t, "the delivery", func() bool { return len(sub.received()) >= 1 })
+	if log := readFile(t, logFile); !strings.Contains(log, `"sync_writes":false,"encrypted":true`) {
+		t.Fatalf("the store's log line does not say it is encrypted:\n%s", log)
+	}
 
 	// A reload may not change the key of the open database.
 	t.Setenv("E2E_OTHER_KEY", base64.StdEncoding.EncodeToString([]byte("fedcba9876543210fedcba9876543210")))
@@ -248,7 +251,7 @@ func TestEncryptionAtRestThroughCaddy(t *testing.T) {
 func TestSyncWritesThroughCaddy(t *testing.T) {
 	storage := t.TempDir()
 	publishTo := func(cfg string) string { return cfg + "\nhttp://localhost:9080 {\n\twebhook_publish\n}\n" }
-	synced, _ := globalOptions(t, storage, "sync_writes")
+	synced, logFile := globalOptions(t, storage, "sync_writes")
 	unsynced, _ := globalOptions(t, storage, "")
 	publish := func(tester *caddytest.Tester) {
 		t.Helper()
@@ -273,6 +276,9 @@ func TestSyncWritesThroughCaddy(t *testing.T) {
 	publish(tester)
 	if !syncWrites() {
 		t.Fatal("sync_writes: badger opened without SyncWrites")
+	}
+	if log := readFile(t, logFile); !strings.Contains(log, `"msg":"webhook store ready"`) || !strings.Contains(log, `"sync_writes":true,"encrypted":false`) {
+		t.Fatalf("the store's log line does not say it syncs:\n%s", log)
 	}
 	status, b := adminRequest(t, "POST", "/load", "text/caddyfile", []byte(publishTo(unsynced)))
 	if status == 200 || !strings.Contains(string(b), "sync_writes differs from what the open database uses (true); it can only change with a restart") {
