@@ -38,11 +38,16 @@ func (s *Store) newPendingPublish(msg Message, subs []*Subscription, fresh bool,
 	}
 	p.size = int64(len(prefixMsg)+len(msg.Tenant)+len(msg.ID)+1+len(p.record)) + 16
 	maxSize := maxTxnSize(s.db)
-	for _, sub := range subs {
+	for i, sub := range subs {
 		e := pendingEntries(&Delivery{
 			ID: deliveryID(msg.ID, sub.ID), SubscriptionID: sub.ID, Message: msg,
 			State: StatePending, NextAttempt: now, CreatedAt: now, UpdatedAt: now,
 		})
+		// The deliveries of a message differ only in their subscription
+		// IDs: the first tells a large fan-out without encoding the rest.
+		if i == 0 && e.size()*int64(len(subs)) > maxSize {
+			return nil, nil
+		}
 		if p.size += e.size(); p.size > maxSize {
 			return nil, nil
 		}
