@@ -55,6 +55,9 @@ func (b *Batcher[T]) Do(op T, fit func([]T) int, commit func([]T)) {
 	for _, done := range batch[1:] {
 		done.turnOf().c <- false
 	}
+	// The queue's array still points at the batch until an append moves
+	// it, and a publish carries its whole payload.
+	clear(batch)
 
 	b.mu.Lock()
 	if len(b.queued) > 0 {

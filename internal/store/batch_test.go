@@ -1,10 +1,12 @@
 package store
 
 import (
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+	"weak"
 )
 
 type testOp struct {
@@ -120,4 +122,19 @@ func TestBatcherReusesOperations(t *testing.T) {
 			t.Fatalf("use %d: committed by %d", i+1, op.batch)
 		}
 	}
+}
+
+// Once committed, an operation is no longer held by the Batcher: a
+// publish carries its encoded payload, up to a megabyte.
+func TestBatcherLetsGoOfCommittedOperations(t *testing.T) {
+	var b Batcher[*testOp]
+	op := &testOp{id: 1}
+	b.Do(op, all, func([]*testOp) {})
+	gone := weak.Make(op)
+	op = nil
+	runtime.GC()
+	if gone.Value() != nil {
+		t.Fatal("the Batcher still holds a committed operation")
+	}
+	runtime.KeepAlive(&b)
 }
