@@ -1,10 +1,8 @@
 package ingest
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -261,11 +259,6 @@ func readAtMost(r io.Reader, declared, max int64) ([]byte, error) {
 		}
 	}
 	return b, nil
-}
-
-func isJSONObject(b []byte) bool {
-	t := bytes.TrimLeft(b, " \t\r\n")
-	return len(t) > 0 && t[0] == '{' && json.Valid(t)
 }
 
 // authorized checks "Token <key>" against every access key in constant
