@@ -39,7 +39,7 @@ func main() {
 	backlog := flag.Int("backlog", 1000000, "messages in the backlog run (0 to skip)")
 	c := flag.Int("c", 64, "concurrency of publishers, deliveries and the bare loop")
 	flag.StringVar(&heapProfile, "heapprofile", "", "save Caddy's heap profiles here (+.queue after queueing, +.fanoutN half-way through a fan-out, as is one second into the drain)")
-	flag.StringVar(&cpuProfile, "cpuprofile", "", "save 2 s of Caddy's CPU profile from the start of each fan-out here (+.fanoutN)")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "save 2 s of Caddy's CPU profile from the start of each fan-out here (+.fanoutN), and 5 s from the start of the backlog's drain (+.drain)")
 	limit := flag.Int64("memlimit", 0, "run Caddy in a memory cgroup of this many MB, as in a container of that size (Linux, root)")
 	flag.Parse()
 	caddyrun.MemoryLimit = *limit * 1e6
@@ -173,6 +173,13 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 		time.Sleep(time.Millisecond)
 	}
 	firstAfter := time.Since(t2)
+	profiled := make(chan struct{})
+	go func() {
+		defer close(profiled)
+		if cpuProfile != "" {
+			os.WriteFile(cpuProfile+".drain", []byte(get(adminURL+"/debug/pprof/profile?seconds=5")), 0o600)
+		}
+	}()
 	if heapProfile != "" {
 		time.Sleep(time.Second)
 		os.WriteFile(heapProfile, []byte(get(adminURL+"/debug/pprof/heap")), 0o600)
@@ -183,6 +190,7 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	}
 	rate := float64(n) / time.Since(t2).Seconds()
 	rss, anon = peak()
+	<-profiled
 	fmt.Printf("endpoint back: first delivery after %v; %d delivered at %.0f/s (bare loop %.0f/s, ratio %.2f); peak RSS while draining %.0f MB (anon %.0f MB); data directory %.0f MB\n",
 		firstAfter.Round(time.Millisecond), n, rate, bare, rate/bare, float64(rss)/1e6, float64(anon)/1e6, float64(diskUse(run+"/data"))/1e6)
 	if caddyrun.MemoryLimit > 0 {
