@@ -23,6 +23,7 @@ type Client struct {
 	// window names the client's push window and lease in the store: its
 	// name, qualified by the gate's scope if it has one.
 	window string
+	lease  *Lease
 }
 
 // Config is everything a Gate needs to know about keys and limits.
@@ -47,7 +48,6 @@ type Gate struct {
 	accessKeys []digest
 	clients    map[digest]Client
 	windows    WindowStore
-	leases     *Leases
 	clock      Clock
 	maxBody    int64
 }
@@ -61,7 +61,6 @@ func NewGate(cfg Config, windows WindowStore, leases *Leases, clock Clock) (*Gat
 	g := &Gate{
 		clients: make(map[digest]Client, len(cfg.Clients)),
 		windows: windows,
-		leases:  leases,
 		clock:   clock,
 		maxBody: cfg.MaxBody,
 	}
@@ -89,6 +88,7 @@ func NewGate(cfg Config, windows WindowStore, leases *Leases, clock Clock) (*Gat
 	names := make(map[string]bool, len(cfg.Clients))
 	for _, c := range cfg.Clients {
 		c.window = WindowID(cfg.Scope, c.Name)
+		c.lease = leases.For(c.window)
 		if err := g.addClient(c, names); err != nil {
 			return nil, err
 		}
@@ -183,11 +183,11 @@ func (g *Gate) Admit(r *http.Request) (*Push, *Answer) {
 
 // openWindow takes the client's lease and checks its window.
 func (g *Gate) openWindow(c Client) (*Push, *Answer) {
-	free := g.leases.TryAcquire(c.window)
+	free := c.lease.TryAcquire()
 	w, known, err := g.windows.LoadWindow(c.window)
 	if err != nil {
 		if free {
-			g.leases.Release(c.window)
+			c.lease.Release()
 		}
 		ans := reject(http.StatusInternalServerError, OutcomeStoreError, MsgInternal)
 		ans.Client = c.Name
@@ -204,7 +204,7 @@ func (g *Gate) openWindow(c Client) (*Push, *Answer) {
 	}
 	if ans != nil {
 		if free {
-			g.leases.Release(c.window)
+			c.lease.Release()
 		}
 		ans.Client = c.Name
 		return nil, ans
@@ -286,7 +286,7 @@ func (g *Gate) authorized(header string) bool {
 func (p *Push) Release() {
 	if !p.released {
 		p.released = true
-		p.gate.leases.Release(p.Client.window)
+		p.Client.lease.Release()
 	}
 }
 

@@ -70,6 +70,16 @@ const (
 	bobKey    = "bob-key"
 )
 
+// leaseOf is the lease of the named client's window.
+func (g *Gate) leaseOf(name string) *Lease {
+	for _, c := range g.clients {
+		if c.Name == name {
+			return c.lease
+		}
+	}
+	return nil
+}
+
 func newTestGate(t *testing.T, windows WindowStore) (*Gate, *fakeClock) {
 	t.Helper()
 	clock := &fakeClock{now: t0}
@@ -135,10 +145,11 @@ func TestAdmitRejections(t *testing.T) {
 				t.Fatalf("got %d %q %s, want %d %q %s", ans.Status, ans.Envelope.Error, ans.Outcome, tc.status, tc.msg, tc.outcome)
 			}
 			// A rejected push must leave the lease free.
-			if !g.leases.TryAcquire("alice") {
+			lease := g.leaseOf("alice")
+			if !lease.TryAcquire() {
 				t.Fatal("lease leaked")
 			}
-			g.leases.Release("alice")
+			lease.Release()
 		})
 	}
 }

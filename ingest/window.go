@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -51,31 +52,36 @@ func (SystemClock) Now() time.Time { return time.Now() }
 // concurrent pushes can never both pass the same open window. One Leases
 // must be shared by every handler that uses the same WindowStore.
 type Leases struct {
-	mu   sync.Mutex
-	busy map[string]struct{}
+	mu     sync.Mutex
+	leases map[string]*Lease
 }
 
 // NewLeases returns an empty lease table.
-func NewLeases() *Leases { return &Leases{busy: make(map[string]struct{})} }
+func NewLeases() *Leases { return &Leases{leases: make(map[string]*Lease)} }
 
-// TryAcquire takes the client's lease, or reports false if it is taken.
-// The holder gives it back with Release, exactly once.
-func (l *Leases) TryAcquire(client string) bool {
+// For returns the lease of a window, the same one every time. A Gate
+// looks its clients' leases up once, when it is built, so that a push
+// takes and gives back its lease without a lock or a map.
+func (l *Leases) For(window string) *Lease {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, taken := l.busy[client]; taken {
-		return false
+	lease, ok := l.leases[window]
+	if !ok {
+		lease = new(Lease)
+		l.leases[window] = lease
 	}
-	l.busy[client] = struct{}{}
-	return true
+	return lease
 }
 
+// Lease is one window's lease.
+type Lease struct{ taken atomic.Bool }
+
+// TryAcquire takes the lease, or reports false if it is taken. The holder
+// gives it back with Release, exactly once.
+func (l *Lease) TryAcquire() bool { return l.taken.CompareAndSwap(false, true) }
+
 // Release gives back a lease taken with TryAcquire.
-func (l *Leases) Release(client string) {
-	l.mu.Lock()
-	delete(l.busy, client)
-	l.mu.Unlock()
-}
+func (l *Lease) Release() { l.taken.Store(false) }
 
 // A stored window is a version byte and the two times as Unix nanoseconds
 // (varints): written on every accepted push, it is kept small. Windows
