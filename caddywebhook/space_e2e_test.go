@@ -95,8 +95,17 @@ http://localhost:9080 {
 	if n := len(sub.received()); n != 0 {
 		t.Fatalf("%d deliveries while the disk was full", n)
 	}
-	if !strings.Contains(readFile(t, logFile), "low on disk space") {
+	var lowLine string
+	for _, line := range strings.Split(readFile(t, logFile), "\n") {
+		if strings.Contains(line, "low on disk space") {
+			lowLine = line
+		}
+	}
+	if lowLine == "" {
 		t.Fatal("the log does not say the store is low on disk space")
+	}
+	if !strings.Contains(lowLine, `"logger":"webhooks.store"`) {
+		t.Fatalf("the store's own line is not logged as webhooks.store: %s", lowLine)
 	}
 
 	free.Store(5 << 30)

@@ -112,10 +112,11 @@ func (s *sharedStore) openFor(a *App) (*openStore, error) {
 		return nil, errStoreUnavailable
 	default:
 	}
-	// Badger outlives this config, so it logs through the process-wide
-	// logger rather than this config's.
+	// The database outlives this config, so it logs through the
+	// process-wide logger rather than this config's: its free-space
+	// guard as webhooks.store, badger itself as webhooks.store.badger.
 	db, err := store.Open(s.dir, store.Options{
-		Logger: caddy.Log().Named("webhooks.badger"), EncryptionKey: s.key,
+		Logger: caddy.Log().Named("webhooks.store"), EncryptionKey: s.key,
 		MinFreeSpace: a.minFreeSpace(), FreeSpace: freeSpace,
 		SyncWrites: s.syncWrites,
 	})

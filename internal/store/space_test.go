@@ -30,7 +30,7 @@ func TestWritableFollowsFreeSpace(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	dir := t.TempDir()
 	db, err := Open(dir, Options{
-		Logger: zap.New(core), MinFreeSpace: 256 << 20,
+		Logger: zap.New(core).Named("webhooks.store"), MinFreeSpace: 256 << 20,
 		FreeSpace: func(string) (int64, error) { return free.Load(), nil },
 	})
 	if err != nil {
@@ -71,6 +71,10 @@ func TestWritableFollowsFreeSpace(t *testing.T) {
 		switch {
 		case e.Level == zapcore.ErrorLevel && strings.Contains(e.Message, "low on disk space"):
 			lowLines++
+			// The guard speaks for the store, not for badger.
+			if e.LoggerName != "webhooks.store" {
+				t.Errorf("logged as %q", e.LoggerName)
+			}
 		case e.Level == zapcore.InfoLevel && strings.Contains(e.Message, "disk space again"):
 			backLines++
 		}

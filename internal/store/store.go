@@ -23,7 +23,8 @@ import (
 
 // Options tune how the database is opened.
 type Options struct {
-	// Logger receives badger's warnings and errors. Nil discards them.
+	// Logger receives the free-space guard's lines, and badger's warnings
+	// and errors under the name "badger". Nil discards them.
 	Logger *zap.Logger
 	// EncryptionKey, when set, turns on badger's encryption at rest.
 	// It must be 16, 24 or 32 bytes long (AES-128/192/256).
@@ -109,8 +110,10 @@ func Open(dir string, opts Options) (*DB, error) {
 		return nil, fmt.Errorf("creating storage directory: %w", err)
 	}
 	bopts := badger.DefaultOptions(dir).
-		WithLogger(badgerLogger{logger(opts.Logger)}).
-		WithLoggingLevel(badger.WARNING).
+		// Not WithLoggingLevel: it replaces the logger with badger's own,
+		// which writes to stderr past Caddy's log. badgerLogger does the
+		// levels instead.
+		WithLogger(badgerLogger{logger(opts.Logger).Named("badger")}).
 		// The defaults are sized for a dedicated database server; inside a
 		// web server they would hold ~400 MB of caches before any traffic.
 		// Two 8 MB memtables and a 16 MB block cache took the peak memory
@@ -265,13 +268,16 @@ func logger(l *zap.Logger) *zap.Logger {
 }
 
 // badgerLogger adapts zap to badger.Logger, whose warning method is named
-// Warningf where zap's sugared logger says Warnf.
+// Warningf where zap's sugared logger says Warnf. Badger's warnings and
+// errors keep their level; its info lines (tables opened, compactions)
+// are routine for a database inside a web server, so they go to debug,
+// and its debug lines, a trace of its internals, are dropped.
 type badgerLogger struct{ l *zap.Logger }
 
 func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Sugar().Errorf(trim(f), a...) }
 func (b badgerLogger) Warningf(f string, a ...any) { b.l.Sugar().Warnf(trim(f), a...) }
-func (b badgerLogger) Infof(f string, a ...any)    { b.l.Sugar().Infof(trim(f), a...) }
-func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Sugar().Debugf(trim(f), a...) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Sugar().Debugf(trim(f), a...) }
+func (b badgerLogger) Debugf(string, ...any)       {}
 
 // trim drops the trailing newline badger puts on its format strings.
 func trim(f string) string {

@@ -234,8 +234,9 @@ func TestReadsTablesWrittenCompressed(t *testing.T) {
 	}
 }
 
-// Badger's messages reach Caddy's log at their own level, without the
-// newline badger ends its formats with.
+// Badger's warnings and errors reach Caddy's log at their own level, its
+// info at debug, without the newline badger ends its formats with; its
+// debug trace is dropped.
 func TestBadgerLogger(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	var l badger.Logger = badgerLogger{zap.New(core)}
@@ -246,7 +247,7 @@ func TestBadgerLogger(t *testing.T) {
 	want := []struct {
 		level zapcore.Level
 		msg   string
-	}{{zapcore.ErrorLevel, "e 1"}, {zapcore.WarnLevel, "w x"}, {zapcore.InfoLevel, "i"}, {zapcore.DebugLevel, "d"}}
+	}{{zapcore.ErrorLevel, "e 1"}, {zapcore.WarnLevel, "w x"}, {zapcore.DebugLevel, "i"}}
 	got := logs.All()
 	if len(got) != len(want) {
 		t.Fatalf("%d entries, want %d", len(got), len(want))
@@ -273,5 +274,21 @@ func TestSyncWritesReachesBadger(t *testing.T) {
 		if err := db.Close(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// Badger's own lines come under "badger", below the store's logger, and
+// not on stderr in badger's format.
+func TestBadgerLogsBelowTheStore(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	db, err := Open(t.TempDir(), Options{Logger: zap.New(core).Named("webhooks.store")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.Opts().Logger.Warningf("a warning from badger")
+	entries := logs.FilterMessage("a warning from badger").All()
+	if len(entries) != 1 || entries[0].LoggerName != "webhooks.store.badger" {
+		t.Fatalf("logged %+v", entries)
 	}
 }
