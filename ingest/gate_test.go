@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -626,4 +627,56 @@ func TestAdmitWhileStoreFull(t *testing.T) {
 		t.Fatalf("after space came back (is the lease still held?): %+v", ans)
 	}
 	push.Release()
+}
+
+func (l *Leases) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.leases)
+}
+
+// The lease table keeps a window's lease while a gate of a live config
+// knows the client, and lets go of it once none does: reloads that rename
+// clients must not grow it for as long as Caddy runs.
+func TestLeasesFollowTheGatesThatUseThem(t *testing.T) {
+	leases := NewLeases()
+	gate := func(names ...string) *Gate {
+		cfg := Config{AccessKeys: []string{accessKey}}
+		for _, n := range names {
+			cfg.Clients = append(cfg.Clients, Client{Name: n, Key: n + "-key"})
+		}
+		g, err := NewGate(cfg, newMemWindows(), leases, SystemClock{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	old, current := gate("alice", "bob"), gate("alice", "carol")
+	if n := leases.len(); n != 3 {
+		t.Fatalf("%d leases for alice, bob and carol", n)
+	}
+	if old.leaseOf("alice") != current.leaseOf("alice") {
+		t.Fatal("two gates of one scope have different leases for alice")
+	}
+	aliceInFlight := current.leaseOf("alice")
+	if !aliceInFlight.TryAcquire() {
+		t.Fatal("alice's lease is taken")
+	}
+
+	runtime.KeepAlive(old)
+	old = nil // the old config is gone: bob is no one's any more
+	deadline := time.Now().Add(10 * time.Second)
+	for leases.len() != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d leases after the old gate was collected, want alice and carol", leases.len())
+		}
+		runtime.GC()
+		time.Sleep(time.Millisecond)
+	}
+	// Alice's lease, held by the current gate, is the same one, still
+	// taken by the push in flight.
+	if leases.For("alice") != aliceInFlight || leases.For("alice").TryAcquire() {
+		t.Fatal("alice's lease was replaced while a gate still used it")
+	}
+	runtime.KeepAlive(current)
 }

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/hookgate/caddy-webhook/internal/store"
@@ -52,29 +54,46 @@ func (SystemClock) Now() time.Time { return time.Now() }
 // concurrent pushes can never both pass the same open window. One Leases
 // must be shared by every handler that uses the same WindowStore.
 type Leases struct {
-	mu     sync.Mutex
-	leases map[string]*Lease
+	mu sync.Mutex
+	// Weak, so that the table holds the leases of the clients that the
+	// gates still alive know of, not of every client of every config
+	// loaded since Caddy started.
+	leases map[string]weak.Pointer[Lease]
 }
 
 // NewLeases returns an empty lease table.
-func NewLeases() *Leases { return &Leases{leases: make(map[string]*Lease)} }
+func NewLeases() *Leases { return &Leases{leases: make(map[string]weak.Pointer[Lease])} }
 
-// For returns the lease of a window, the same one every time. A Gate
-// looks its clients' leases up once, when it is built, so that a push
-// takes and gives back its lease without a lock or a map.
+// For returns the lease of a window: the same one for as long as anyone
+// holds it. A Gate looks its clients' leases up once, when it is built,
+// so that a push takes and gives back its lease without a lock or a map.
 func (l *Leases) For(window string) *Lease {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	lease, ok := l.leases[window]
-	if !ok {
-		lease = new(Lease)
-		l.leases[window] = lease
+	if lease := l.leases[window].Value(); lease != nil {
+		return lease
 	}
+	lease := &Lease{window: window}
+	l.leases[window] = weak.Make(lease)
+	runtime.AddCleanup(lease, l.forget, window)
 	return lease
 }
 
+// forget drops the entry of a window whose lease nobody holds any more,
+// unless a new lease has taken its place since.
+func (l *Leases) forget(window string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.leases[window].Value() == nil {
+		delete(l.leases, window)
+	}
+}
+
 // Lease is one window's lease.
-type Lease struct{ taken atomic.Bool }
+type Lease struct {
+	taken  atomic.Bool
+	window string // also keeps a Lease out of the runtime's tiny blocks, which a cleanup may never see freed
+}
 
 // TryAcquire takes the lease, or reports false if it is taken. The holder
 // gives it back with Release, exactly once.
