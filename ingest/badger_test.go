@@ -142,7 +142,7 @@ func TestGroupCommitLargerThanATransaction(t *testing.T) {
 	}
 	for _, i := range []int{0, n / 2, n - 1} {
 		name := strings.TrimPrefix(string(ops[i].key), windowPrefix)
-		if got, ok, err := ws.read(name); !ok || err != nil || !got.NextPushAfter.Equal(w.NextPushAfter) {
+		if got, ok, err := ws.LoadWindow(name); !ok || err != nil || !got.NextPushAfter.Equal(w.NextPushAfter) {
 			t.Fatalf("window %d: %+v ok=%v err=%v", i, got, ok, err)
 		}
 	}

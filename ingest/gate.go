@@ -184,7 +184,7 @@ func (g *Gate) Admit(r *http.Request) (*Push, *Answer) {
 // openWindow takes the client's lease and checks its window.
 func (g *Gate) openWindow(c Client) (*Push, *Answer) {
 	free := c.lease.TryAcquire()
-	w, known, err := g.windows.LoadWindow(c.window)
+	w, known, err := c.lease.load(g.windows)
 	if err != nil {
 		if free {
 			c.lease.Release()

@@ -17,6 +17,7 @@ import (
 // (see badger_test.go for the real thing) and can be told to fail.
 type memWindows struct {
 	mu      sync.Mutex
+	loads   int
 	m       map[string]Window
 	failErr error
 	full    error // what Writable answers
@@ -33,6 +34,7 @@ func newMemWindows() *memWindows { return &memWindows{m: map[string]Window{}} }
 func (s *memWindows) LoadWindow(c string) (Window, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.loads++
 	if s.failErr != nil {
 		return Window{}, false, s.failErr
 	}
@@ -679,4 +681,49 @@ func TestLeasesFollowTheGatesThatUseThem(t *testing.T) {
 		t.Fatal("alice's lease was replaced while a gate still used it")
 	}
 	runtime.KeepAlive(current)
+}
+
+// A gate reads a client's window from the store once and then keeps what
+// it saves, so a push costs one write and no read; a save that fails
+// leaves the window as it was.
+func TestGateReadsEachWindowOnce(t *testing.T) {
+	windows := newMemWindows()
+	stored := Window{LastUsed: t0.Add(-30 * time.Minute), NextPushAfter: t0.Add(30 * time.Minute)}
+	windows.m["alice"] = stored // by an earlier run
+	g, clock := newTestGate(t, windows)
+	alice := func() (*Push, *Answer) { return g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}")) }
+
+	if _, ans := alice(); ans == nil || ans.Outcome != OutcomeTooEarly || ans.Envelope.NextPushAfter != FormatTime(stored.NextPushAfter) {
+		t.Fatalf("the stored window was not found: %+v", ans)
+	}
+	for range 3 {
+		clock.Advance(2 * time.Hour)
+		push, ans := alice()
+		if ans != nil {
+			t.Fatalf("open window refused: %+v", ans)
+		}
+		push.Settle(Upstream{Status: 204})
+	}
+	if windows.loads != 1 {
+		t.Fatalf("the store was read %d times for one client", windows.loads)
+	}
+
+	clock.Advance(2 * time.Hour)
+	push, _ := alice()
+	windows.failErr = errors.New("disk gone")
+	if s := push.Settle(Upstream{Status: 204}); !strings.Contains(s.Detail, "disk gone") {
+		t.Fatalf("save failure not reported: %+v", s)
+	}
+	windows.failErr = nil
+	push, ans := alice()
+	if ans != nil {
+		t.Fatalf("a window that could not be saved was kept: %+v", ans)
+	}
+	saved := push.Settle(Upstream{Status: 204})
+	if _, ans := alice(); ans == nil || ans.Outcome != OutcomeTooEarly || ans.Envelope.NextPushAfter != saved.Envelope.NextPushAfter {
+		t.Fatalf("after a save: %+v", ans)
+	}
+	if windows.loads != 1 {
+		t.Fatalf("the store was read %d times for one client", windows.loads)
+	}
 }

@@ -48,7 +48,7 @@ func (p *Push) accepted(h http.Header) Settled {
 	now := p.gate.clock.Now().UTC().Truncate(time.Second)
 	w := Window{LastUsed: now, NextPushAfter: now.Add(p.Client.Interval)}
 	w, detail := overrideWindow(w, h)
-	if err := p.gate.windows.SaveWindow(p.Client.window, w); err != nil {
+	if err := p.Client.lease.save(p.gate.windows, w); err != nil {
 		// The upstream already has the data: answering an error now would
 		// make the client push it again. Report it to the operator instead.
 		detail = joinDetail(detail, err.Error())
@@ -64,7 +64,7 @@ func (p *Push) accepted(h http.Header) Settled {
 func (p *Push) rejected(up Upstream) Settled {
 	w, detail := overrideWindow(p.window, up.Header)
 	if w != p.window {
-		if err := p.gate.windows.SaveWindow(p.Client.window, w); err != nil {
+		if err := p.Client.lease.save(p.gate.windows, w); err != nil {
 			detail = joinDetail(detail, err.Error())
 		}
 	}

@@ -89,10 +89,48 @@ func (l *Leases) forget(window string) {
 	}
 }
 
-// Lease is one window's lease.
+// Lease is one window's lease, and the window itself as last loaded or
+// saved: the store is written through the lease's holder only (badger
+// lets one process open a database), so the copy cannot go stale, and a
+// push costs one write and no read. It lives as long as the lease.
 type Lease struct {
 	taken  atomic.Bool
-	window string // also keeps a Lease out of the runtime's tiny blocks, which a cleanup may never see freed
+	window string
+
+	mu     sync.Mutex
+	loaded bool // w and known hold the stored window
+	w      Window
+	known  bool
+}
+
+// load returns the window, reading the store only the first time.
+func (l *Lease) load(ws WindowStore) (w Window, known bool, err error) {
+	l.mu.Lock()
+	w, known, loaded := l.w, l.known, l.loaded
+	l.mu.Unlock()
+	if loaded {
+		return w, known, nil
+	}
+	if w, known, err = ws.LoadWindow(l.window); err != nil {
+		return w, known, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.loaded { // else a save came first, and is newer
+		l.w, l.known, l.loaded = w, known, true
+	}
+	return l.w, l.known, nil
+}
+
+// save stores the window and keeps it.
+func (l *Lease) save(ws WindowStore, w Window) error {
+	if err := ws.SaveWindow(l.window, w); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.w, l.known, l.loaded = w, true, true
+	l.mu.Unlock()
+	return nil
 }
 
 // TryAcquire takes the lease, or reports false if it is taken. The holder
@@ -154,14 +192,11 @@ func decodeWindow(v []byte, w *Window) error {
 // windowPrefix namespaces this package's keys in the shared database.
 const windowPrefix = "ingest/window/"
 
-// BadgerWindows is a WindowStore in a badger database, with a
-// write-through cache: badger lets one process open a database, so every
-// write goes through here and the cache cannot go stale. A push then costs
-// one write and no read.
+// BadgerWindows is a WindowStore in a badger database. Gates keep the
+// windows they have loaded or saved (see Lease), so it is read once per
+// client.
 type BadgerWindows struct {
-	db    *badger.DB
-	mu    sync.RWMutex
-	cache map[string]cachedWindow
+	db *badger.DB
 
 	// Saves share transactions (group commit).
 	saves      store.Batcher[*windowWrite]
@@ -180,15 +215,10 @@ type windowWrite struct {
 
 var windowWrites = sync.Pool{New: func() any { return new(windowWrite) }}
 
-type cachedWindow struct {
-	w     Window
-	known bool
-}
-
 // NewBadgerWindows stores windows in db under the "ingest/window/" prefix.
 func NewBadgerWindows(db *badger.DB) *BadgerWindows {
 	// Badger refuses a transaction of 15% of a memtable; stay at half that.
-	return &BadgerWindows{db: db, cache: map[string]cachedWindow{}, maxTxnSize: db.Opts().MemTableSize * 15 / 100 / 2}
+	return &BadgerWindows{db: db, maxTxnSize: db.Opts().MemTableSize * 15 / 100 / 2}
 }
 
 // SetWritable makes Writable ask f (Caddy passes the database's
@@ -205,24 +235,6 @@ func (s *BadgerWindows) Writable() error {
 
 // LoadWindow implements WindowStore.
 func (s *BadgerWindows) LoadWindow(client string) (Window, bool, error) {
-	s.mu.RLock()
-	c, hit := s.cache[client]
-	s.mu.RUnlock()
-	if hit {
-		return c.w, c.known, nil
-	}
-	w, known, err := s.read(client)
-	if err == nil {
-		s.mu.Lock()
-		if _, raced := s.cache[client]; !raced { // a save won meanwhile
-			s.cache[client] = cachedWindow{w, known}
-		}
-		s.mu.Unlock()
-	}
-	return w, known, err
-}
-
-func (s *BadgerWindows) read(client string) (Window, bool, error) {
 	var w Window
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get([]byte(windowPrefix + client))
@@ -250,9 +262,6 @@ func (s *BadgerWindows) SaveWindow(client string, w Window) error {
 	if err != nil {
 		return fmt.Errorf("saving push window: %w", err)
 	}
-	s.mu.Lock()
-	s.cache[client] = cachedWindow{w, true}
-	s.mu.Unlock()
 	return nil
 }
 
