@@ -641,13 +641,13 @@ func (l *Leases) len() int {
 // knows the client, and lets go of it once none does: reloads that rename
 // clients must not grow it for as long as Caddy runs.
 func TestLeasesFollowTheGatesThatUseThem(t *testing.T) {
-	leases := NewLeases()
+	windows, leases := newMemWindows(), NewLeases()
 	gate := func(names ...string) *Gate {
 		cfg := Config{AccessKeys: []string{accessKey}}
 		for _, n := range names {
 			cfg.Clients = append(cfg.Clients, Client{Name: n, Key: n + "-key"})
 		}
-		g, err := NewGate(cfg, newMemWindows(), leases, SystemClock{})
+		g, err := NewGate(cfg, windows, leases, SystemClock{})
 		if err != nil {
 			t.Fatal(err)
 		}

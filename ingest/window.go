@@ -51,8 +51,9 @@ func (SystemClock) Now() time.Time { return time.Now() }
 
 // Leases makes sure at most one push per client is in flight. A lease is
 // held from the window check until the window is settled, so two
-// concurrent pushes can never both pass the same open window. One Leases
-// must be shared by every handler that uses the same WindowStore.
+// concurrent pushes can never both pass the same open window. A Leases
+// belongs to one WindowStore (its leases keep that store's windows) and
+// must be shared by every handler that uses the store.
 type Leases struct {
 	mu sync.Mutex
 	// Weak, so that the table holds the leases of the clients that the
