@@ -83,10 +83,7 @@ func fanout(bin, dir string, s *sink, n, c int) {
 	peak := watchRSS(p)
 	base := s.count.Load()
 	if cpuProfile != "" {
-		go func() {
-			b := get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=2", admin))
-			os.WriteFile(fmt.Sprintf("%s.fanout%d", cpuProfile, n), []byte(b), 0o600)
-		}()
+		saveCPUProfile(fmt.Sprintf("http://127.0.0.1:%d", admin), 2, fmt.Sprintf("%s.fanout%d", cpuProfile, n))
 	}
 	t1 := time.Now()
 	caddyrun.Publish(http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", port), `{"event":"fan.out","data":`+payload+`}`)
@@ -173,13 +170,10 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 		time.Sleep(time.Millisecond)
 	}
 	firstAfter := time.Since(t2)
-	profiled := make(chan struct{})
-	go func() {
-		defer close(profiled)
-		if cpuProfile != "" {
-			os.WriteFile(cpuProfile+".drain", []byte(get(adminURL+"/debug/pprof/profile?seconds=5")), 0o600)
-		}
-	}()
+	profiled := func() {}
+	if cpuProfile != "" {
+		profiled = saveCPUProfile(adminURL, 5, cpuProfile+".drain")
+	}
 	if heapProfile != "" {
 		time.Sleep(time.Second)
 		os.WriteFile(heapProfile, []byte(get(adminURL+"/debug/pprof/heap")), 0o600)
@@ -190,13 +184,24 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	}
 	rate := float64(n) / time.Since(t2).Seconds()
 	rss, anon = peak()
-	<-profiled
+	profiled()
 	fmt.Printf("endpoint back: first delivery after %v; %d delivered at %.0f/s (bare loop %.0f/s, ratio %.2f); peak RSS while draining %.0f MB (anon %.0f MB); data directory %.0f MB\n",
 		firstAfter.Round(time.Millisecond), n, rate, bare, rate/bare, float64(rss)/1e6, float64(anon)/1e6, float64(diskUse(run+"/data"))/1e6)
 	if caddyrun.MemoryLimit > 0 {
 		fmt.Printf("memory cgroup of %d MB: peak charged %.0f MB, OOM kills %s\n", caddyrun.MemoryLimit/1e6,
 			float64(caddyrun.CgroupPeak())/1e6, caddyrun.CgroupOOMKills())
 	}
+}
+
+// saveCPUProfile saves seconds of Caddy's CPU profile in file, in the
+// background; wait returns once it is written.
+func saveCPUProfile(adminURL string, seconds int, file string) (wait func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		os.WriteFile(file, []byte(get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", adminURL, seconds))), 0o600)
+	}()
+	return func() { <-done }
 }
 
 // diskUse is the space the files under dir take on disk: allocated
