@@ -16,8 +16,10 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
-	"github.com/hookgate/caddy-webhook/internal/store"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"github.com/hookgate/caddy-webhook/internal/store"
+	"github.com/hookgate/caddy-webhook/internal/testclock"
 )
 
 const kinguinPayload = `{"kinguinId":1949,"productId":"5c9b5f6b2539a4e8f172916a","qty":845,"textQty":845,"cheapestOfferId":["611222acff9ca40001f0b020"],"updatedAt":"2020-10-16T11:24:08.015+00:00"}`
@@ -499,7 +501,7 @@ func TestRetryDueWhileAnAttemptIsHeld(t *testing.T) {
 // A message acknowledged before a crash is delivered after the restart.
 func TestDeliveredAfterCrash(t *testing.T) {
 	dir := t.TempDir()
-	clock := &fakeClock{now: t0}
+	clock := testclock.New(t0)
 	var up atomic.Bool
 	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
 		if !up.Load() {
@@ -920,7 +922,7 @@ func TestFailedSettleIsAttemptedAgain(t *testing.T) {
 func TestRegisteredSubscriptionsKnownBeforeStart(t *testing.T) {
 	rcv := newReceiver(t, nil)
 	dir := t.TempDir()
-	clock := &fakeClock{now: t0}
+	clock := testclock.New(t0)
 	te := openTestEngine(t, dir, Config{}, clock)
 	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
 	if err := te.CreateSubscription(s); err != nil {

@@ -11,19 +11,10 @@ import (
 	"time"
 
 	"github.com/hookgate/caddy-webhook/internal/store"
+	"github.com/hookgate/caddy-webhook/internal/testclock"
 )
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
+type fakeClock = testclock.Clock
 
 var t0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
 
@@ -93,7 +84,7 @@ type testEngine struct {
 
 func newTestEngine(t *testing.T, cfg Config) *testEngine {
 	t.Helper()
-	return openTestEngine(t, t.TempDir(), cfg, &fakeClock{now: t0})
+	return openTestEngine(t, t.TempDir(), cfg, testclock.New(t0))
 }
 
 func openTestEngine(t *testing.T, dir string, cfg Config, clock *fakeClock) *testEngine {

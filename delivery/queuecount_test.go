@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/hookgate/caddy-webhook/internal/store"
+	"github.com/hookgate/caddy-webhook/internal/testclock"
 )
 
 // Start counts the queue from a snapshot while publishes go on (a restart
@@ -22,7 +23,7 @@ func TestQueueCountSeededWhilePublishing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := NewEngine(NewStore(db.DB), nil, &fakeClock{now: t0})
+	e := NewEngine(NewStore(db.DB), nil, testclock.New(t0))
 	if err := e.Configure(Config{AllowPrivateTargets: true, Subscriptions: []Subscription{sub("s", rcv.URL)}}); err != nil {
 		t.Fatal(err)
 	}

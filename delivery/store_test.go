@@ -12,6 +12,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/hookgate/caddy-webhook/internal/store"
+	"github.com/hookgate/caddy-webhook/internal/testclock"
 )
 
 // Retries and redeliveries send the same payload as the first attempt:
@@ -59,7 +60,7 @@ func TestQueueOfEarlierVersionsDelivered(t *testing.T) {
 	rcv := newReceiver(t, nil)
 	dir := t.TempDir()
 	cfg := Config{Subscriptions: []Subscription{sub("s", rcv.URL)}}
-	te := openTestEngine(t, dir, cfg, &fakeClock{now: t0})
+	te := openTestEngine(t, dir, cfg, testclock.New(t0))
 	for i := 0; i < 3; i++ {
 		d := Delivery{
 			ID: deliveryID(fmt.Sprint("old-", i), StaticID("s")), SubscriptionID: StaticID("s"), State: StatePending,

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hookgate/caddy-webhook/internal/store"
+	"github.com/hookgate/caddy-webhook/internal/testclock"
 )
 
 func TestBadgerWindowsSurviveReopen(t *testing.T) {
@@ -52,7 +53,7 @@ func TestBadgerConcurrentClients(t *testing.T) {
 	for i := 0; i < n; i++ {
 		cfg.Clients = append(cfg.Clients, Client{Name: fmt.Sprint("c", i), Key: fmt.Sprint("key", i), Interval: time.Hour})
 	}
-	clock := &fakeClock{now: t0}
+	clock := testclock.New(t0)
 	ws := NewBadgerWindows(db.DB)
 	g, err := NewGate(cfg, ws, NewLeases(), clock)
 	if err != nil {

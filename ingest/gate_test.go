@@ -11,6 +11,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"github.com/hookgate/caddy-webhook/internal/testclock"
 )
 
 // memWindows is an in-memory WindowStore; it behaves like the badger one
@@ -52,17 +54,7 @@ func (s *memWindows) SaveWindow(c string, w Window) error {
 	return nil
 }
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
+type fakeClock = testclock.Clock
 
 var t0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
 
@@ -85,7 +77,7 @@ func (g *Gate) leaseOf(name string) *Lease {
 
 func newTestGate(t *testing.T, windows WindowStore) (*Gate, *fakeClock) {
 	t.Helper()
-	clock := &fakeClock{now: t0}
+	clock := testclock.New(t0)
 	g, err := NewGate(Config{
 		AccessKeys: []string{accessKey, rotated},
 		Clients: []Client{
@@ -517,7 +509,7 @@ func TestReadAtMostDoesNotTrustDeclaredLength(t *testing.T) {
 // scopes keep the windows of same-named clients apart.
 func TestScopesSeparateWindows(t *testing.T) {
 	windows, leases := newMemWindows(), NewLeases()
-	clock := &fakeClock{now: t0}
+	clock := testclock.New(t0)
 	gate := func(scope, key string) *Gate {
 		g, err := NewGate(Config{
 			AccessKeys: []string{accessKey},
