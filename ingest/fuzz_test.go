@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // FuzzAdmit throws arbitrary headers and bodies at the checks that precede
@@ -18,7 +20,9 @@ func FuzzAdmit(f *testing.F) {
 	f.Add("POST", "Bearer x", "\x00", `{"a":`)
 	f.Add("POST", "Token "+accessKey, bobKey, " \n{}\t")
 	f.Fuzz(func(t *testing.T, method, auth, token, body string) {
-		if !validMethod(method) {
+		// httptest.NewRequest panics on a method that is not an HTTP token,
+		// the grammar header names share.
+		if !httpguts.ValidHeaderFieldName(method) {
 			return
 		}
 		g, _ := newTestGate(t, newMemWindows())
@@ -44,16 +48,4 @@ func FuzzAdmit(f *testing.F) {
 			t.Fatalf("settle %+v", s)
 		}
 	})
-}
-
-func validMethod(m string) bool {
-	if m == "" {
-		return false
-	}
-	for _, c := range m {
-		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
-			return false
-		}
-	}
-	return true
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/hookgate/caddy-webhook/delivery"
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
@@ -51,7 +53,9 @@ func FuzzAPI(f *testing.F) {
 		true:  {Engine: offline{e}, Dialect: Doshii, Verify: true},
 	}
 	f.Fuzz(func(t *testing.T, doshii bool, method, path, body, location string) {
-		if !validMethod(method) || !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \t\r\n#") {
+		// httptest.NewRequest panics on a method that is not an HTTP token,
+		// the grammar header names share.
+		if !httpguts.ValidHeaderFieldName(method) || !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \t\r\n#") {
 			return
 		}
 		req, err := http.NewRequest(method, "http://api.example"+path, strings.NewReader(body))
@@ -74,16 +78,4 @@ func FuzzAPI(f *testing.F) {
 			t.Fatalf("%s %s %q: %d %s", method, path, body, rec.Code, rec.Body)
 		}
 	})
-}
-
-func validMethod(m string) bool {
-	if m == "" {
-		return false
-	}
-	for _, c := range m {
-		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
-			return false
-		}
-	}
-	return true
 }
