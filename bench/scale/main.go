@@ -17,19 +17,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"log"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
+	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 const payload = `{"orderId":"PHS84FJAG5U","status":"canceled","updatedAt":"2020-10-16T11:24:08.025+00:00"}`
@@ -138,7 +136,7 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	}
 	rss, anon := peak()
 	fmt.Printf("\nbacklog: %d messages published at %.0f/s for a disabled endpoint; peak RSS while queueing %.0f MB (anon %.0f MB); data directory %.0f MB\n",
-		n, pubRate, float64(rss)/1e6, float64(anon)/1e6, float64(diskUse(run+"/data"))/1e6)
+		n, pubRate, float64(rss)/1e6, float64(anon)/1e6, float64(store.DiskUse(run+"/data"))/1e6)
 
 	p.Kill()
 	t1 := time.Now()
@@ -186,7 +184,7 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	rss, anon = peak()
 	profiled()
 	fmt.Printf("endpoint back: first delivery after %v; %d delivered at %.0f/s (bare loop %.0f/s, ratio %.2f); peak RSS while draining %.0f MB (anon %.0f MB); data directory %.0f MB\n",
-		firstAfter.Round(time.Millisecond), n, rate, bare, rate/bare, float64(rss)/1e6, float64(anon)/1e6, float64(diskUse(run+"/data"))/1e6)
+		firstAfter.Round(time.Millisecond), n, rate, bare, rate/bare, float64(rss)/1e6, float64(anon)/1e6, float64(store.DiskUse(run+"/data"))/1e6)
 	if caddyrun.MemoryLimit > 0 {
 		fmt.Printf("memory cgroup of %d MB: peak charged %.0f MB, OOM kills %s\n", caddyrun.MemoryLimit/1e6,
 			float64(caddyrun.CgroupPeak())/1e6, caddyrun.CgroupOOMKills())
@@ -202,24 +200,6 @@ func saveCPUProfile(adminURL string, seconds int, file string) (wait func()) {
 		os.WriteFile(file, []byte(get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", adminURL, seconds))), 0o600)
 	}()
 	return func() { <-done }
-}
-
-// diskUse is the space the files under dir take on disk: allocated
-// blocks, not apparent sizes, since badger preallocates its logs sparsely.
-func diskUse(dir string) int64 {
-	var total int64
-	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return nil
-		}
-		if info, err := d.Info(); err == nil {
-			if st, ok := info.Sys().(*syscall.Stat_t); ok {
-				total += st.Blocks * 512
-			}
-		}
-		return nil
-	})
-	return total
 }
 
 // alive stops the run if Caddy is gone (the OOM killer, under -memlimit).
