@@ -41,55 +41,60 @@ var (
 		Help: "Messages accepted by webhook_publish (idempotent repeats excluded).",
 	})
 
-	queueDepth = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "webhooks",
-		Name: "queue_depth",
-		Help: "Deliveries waiting for a (first or next) attempt.",
-	}, func() float64 {
+	queueDepth = engineGauge("queue_depth",
+		"Deliveries waiting for a (first or next) attempt.",
+		func(e *delivery.Engine) int64 { return e.QueueDepth() })
+
+	disabledEndpoints = engineGauge("endpoints_disabled",
+		"Subscriptions disabled after failing (410 Gone or disable_after).",
+		func(e *delivery.Engine) int64 { return int64(e.DisabledEndpoints()) })
+
+	storeFreeBytes = storeGauge("store_free_bytes",
+		"Free space on the filesystem of storage_dir, read every 100 ms; below min_free_space new messages, registrations and pushes are refused and deliveries pause. NaN when it cannot be read.",
+		func(db *store.DB) int64 { return db.FreeSpace() })
+
+	storeBytes = storeGauge("store_bytes",
+		"Disk space the store's files take in storage_dir (allocated blocks, as du counts them), read at each scrape. NaN while no store is open.",
+		func(db *store.DB) int64 { return db.DiskUse() })
+)
+
+// engineGauge reads the running config's delivery engine at each scrape;
+// 0 while none runs.
+func engineGauge(name, help string, read func(*delivery.Engine) int64) prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "caddy", Subsystem: "webhooks", Name: name, Help: help}, func() float64 {
 		if e := currentEngine.Load(); e != nil {
-			return float64(e.QueueDepth())
+			return float64(read(e))
 		}
 		return 0
 	})
+}
 
-	storeFreeBytes = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "webhooks",
-		Name: "store_free_bytes",
-		Help: "Free space on the filesystem of storage_dir, read every 100 ms; below min_free_space new messages, registrations and pushes are refused and deliveries pause. NaN when it cannot be read.",
-	}, func() float64 {
+// storeGauge reads the running config's store at each scrape; NaN while
+// none is open or when read cannot tell (a negative result).
+func storeGauge(name, help string, read func(*store.DB) int64) prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "caddy", Subsystem: "webhooks", Name: name, Help: help}, func() float64 {
 		if db := currentDB.Load(); db != nil {
-			if free := db.FreeSpace(); free >= 0 {
-				return float64(free)
+			if v := read(db); v >= 0 {
+				return float64(v)
 			}
 		}
 		return math.NaN()
 	})
-
-	disabledEndpoints = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "webhooks",
-		Name: "endpoints_disabled",
-		Help: "Subscriptions disabled after failing (410 Gone or disable_after).",
-	}, func() float64 {
-		if e := currentEngine.Load(); e != nil {
-			return float64(e.DisabledEndpoints())
-		}
-		return 0
-	})
-)
+}
 
 // currentEngine is the engine of the running config, for the gauges and
 // the admin API (which must not hold on to a config's context).
 var currentEngine atomic.Pointer[delivery.Engine]
 
-// currentDB is the database of the running config, for the free-space
-// gauge.
+// currentDB is the database of the running config, for the store's
+// gauges.
 var currentDB atomic.Pointer[store.DB]
 
 func registerMetrics(reg *prometheus.Registry) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{ingestPushes, deliveryAttempts, attemptDuration, published, queueDepth, disabledEndpoints, storeFreeBytes} {
+	for _, c := range []prometheus.Collector{ingestPushes, deliveryAttempts, attemptDuration, published, queueDepth, disabledEndpoints, storeFreeBytes, storeBytes} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

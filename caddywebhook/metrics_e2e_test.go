@@ -107,4 +107,9 @@ http://localhost:9080 {
 	// Waiting: down's 3 + endpoint.disabled, gone's 3 + endpoint.disabled.
 	waitFor(t, "the disabled endpoint", func() bool { return metricValue(t, "caddy_webhooks_endpoints_disabled") == 1 })
 	waitFor(t, "the queue to settle", func() bool { return metricValue(t, "caddy_webhooks_queue_depth") == 8 })
+	// The store's files are allocated as badger writes them: tens of KB
+	// here, where their sizes add up to hundreds of MB.
+	if v := metricValue(t, "caddy_webhooks_store_bytes"); !(v > 0 && v < 64<<20) {
+		t.Errorf("caddy_webhooks_store_bytes = %v", v)
+	}
 }
