@@ -5,7 +5,13 @@
 // once and that every push answered 200 is still remembered by its
 // client's push window. It exits 1 if anything acknowledged was lost.
 //
-//	go run ./bench/crash -kills 3
+// With -reloads it then reloads the config that many times at random
+// moments under the same load (through the admin API, as `caddy reload`
+// does), alternating two configs that differ in the webhooks app's
+// settings, and counts every request that failed meanwhile: a graceful
+// reload should fail none. It exits 1 if one did.
+//
+//	go run ./bench/crash -kills 3 -reloads 10
 package main
 
 import (
@@ -30,6 +36,7 @@ func main() {
 	publishers := flag.Int("publishers", 8, "concurrent publishers")
 	clients := flag.Int("clients", 2000, "ingest clients (each pushes once, window 1h)")
 	pushers := flag.Int("pushers", 4, "concurrent pushing clients")
+	reloads := flag.Int("reloads", 0, "how many times to reload the config after the kills")
 	flag.Parse()
 
 	dir, _ := os.MkdirTemp("", "bench-crash")
@@ -44,15 +51,20 @@ func main() {
 	for i := 0; i < *clients; i++ {
 		fmt.Fprintf(&cl, "\t\tclient c%d key-%d\n", i, i)
 	}
-	cfg := caddyrun.Global(admin, dir, fmt.Sprintf(`allow_private_targets
+	config := func(workers int) string {
+		return caddyrun.Global(admin, dir, fmt.Sprintf(`allow_private_targets
+		workers %d
 		retry 200ms 500ms 1s 1s 1s 1s 1s 1s 1s 1s
 		subscription sink {
 			url %s
 			events *
-		}`, sink.url)) + fmt.Sprintf(`
+		}`, workers, sink.url)) + fmt.Sprintf(`
 http://127.0.0.1:%d {
 	handle /publish {
 		webhook_publish
+	}
+	handle /plain {
+		reverse_proxy %s
 	}
 	handle /push {
 		webhook_ingest {
@@ -62,7 +74,9 @@ http://127.0.0.1:%d {
 		reverse_proxy %s
 	}
 }
-`, port, cl.String(), upstream)
+`, port, upstream, cl.String(), upstream)
+	}
+	cfg := config(16)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	p, err := caddyrun.Start(bin, dir, cfg, base+"/publish")
 	if err != nil {
@@ -73,6 +87,9 @@ http://127.0.0.1:%d {
 	var nAcked, nRefused atomic.Int64
 	var pushed sync.Map // client index -> true (answered 200)
 	var nextClient atomic.Int64
+	// While reloading, any failed request is a failure of the reload.
+	var reloading atomic.Bool
+	var reloadFailures, controlFailures failures
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 5 * time.Second}
@@ -90,6 +107,9 @@ http://127.0.0.1:%d {
 				res, err := client.Post(base+"/publish", "application/json",
 					strings.NewReader(`{"event":"order.status","id":"`+id+`","data":{"n":`+fmt.Sprint(n)+`}}`))
 				if err != nil {
+					if reloading.Load() {
+						reloadFailures.connFailed(err)
+					}
 					nRefused.Add(1)
 					time.Sleep(20 * time.Millisecond) // Caddy is down
 					continue
@@ -99,6 +119,8 @@ http://127.0.0.1:%d {
 				if res.StatusCode == http.StatusAccepted {
 					acked.Store(id, true)
 					nAcked.Add(1)
+				} else if reloading.Load() {
+					reloadFailures.answered(fmt.Sprintf("publish: %d", res.StatusCode))
 				}
 			}
 		}(g)
@@ -119,8 +141,50 @@ http://127.0.0.1:%d {
 				if i >= int64(*clients) {
 					return
 				}
-				if status, _ := push(client, base, int(i)); status == 200 {
+				status, body, err := push(client, base, int(i))
+				switch {
+				case status == 200:
 					pushed.Store(i, true)
+				case !reloading.Load():
+				case err != nil:
+					reloadFailures.connFailed(err)
+				default:
+					reloadFailures.answered(fmt.Sprintf("push: %d %s", status, body))
+				}
+			}
+		}()
+	}
+
+	// The control: plain reverse_proxy under the same load, to tell what
+	// a reload does to any Caddy route from what it does to ours.
+	controlDone := make(chan struct{})
+	var nControl atomic.Int64
+	for range *publishers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-controlDone:
+					return
+				default:
+				}
+				if !reloading.Load() {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				res, err := client.Post(base+"/plain", "application/json", strings.NewReader(`{"n":1}`))
+				if err != nil {
+					controlFailures.connFailed(err)
+					continue
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				nControl.Add(1)
+				if res.StatusCode != http.StatusNoContent {
+					controlFailures.answered(fmt.Sprintf("%d", res.StatusCode))
 				}
 			}
 		}()
@@ -136,6 +200,25 @@ http://127.0.0.1:%d {
 			log.Fatal(err)
 		}
 		restarts = append(restarts, time.Since(t0))
+	}
+	var reloadTimes []time.Duration
+	if *reloads > 0 {
+		time.Sleep(time.Second) // past the last restart
+		before, pushesBefore := nAcked.Load(), nextClient.Load()
+		reloading.Store(true)
+		for r := 0; r < *reloads; r++ {
+			time.Sleep(time.Duration(200+rand.IntN(800)) * time.Millisecond)
+			t0 := time.Now()
+			if err := reload(admin, config(8+8*(r%2))); err != nil {
+				log.Fatalf("reload #%d: %v", r+1, err)
+			}
+			reloadTimes = append(reloadTimes, time.Since(t0))
+		}
+		time.Sleep(time.Second)
+		reloading.Store(false)
+		close(controlDone)
+		fmt.Printf("reloads: %v (each until the admin API answered); meanwhile %d publishes acknowledged, %d pushes made, %d plain requests answered\n",
+			roundAll(reloadTimes), nAcked.Load()-before, min(nextClient.Load(), int64(*clients))-pushesBefore, nControl.Load())
 	}
 	time.Sleep(time.Second)
 	close(stop)
@@ -163,16 +246,28 @@ http://127.0.0.1:%d {
 	forgotten, nPushed := 0, 0
 	pushed.Range(func(k, _ any) bool {
 		nPushed++
-		if status, body := push(client, base, int(k.(int64))); status != 400 || !strings.Contains(body, "next push not allowed") {
+		if status, body, _ := push(client, base, int(k.(int64))); status != 400 || !strings.Contains(body, "next push not allowed") {
 			forgotten++
 		}
 		return true
 	})
 
-	fmt.Printf("restarts: %v (until Caddy answered again)\n", restarts)
+	fmt.Printf("restarts: %v (until Caddy answered again)\n", roundAll(restarts))
 	fmt.Printf("publish: %d acknowledged (202), %d refused while down; delivered %d distinct, missing %d, duplicates %d\n",
 		nAcked.Load(), nRefused.Load(), distinct, missing, total-distinct)
 	fmt.Printf("ingest: %d pushes acknowledged (200), windows forgotten after the kills: %d\n", nPushed, forgotten)
+	failed := false
+	if *reloads > 0 {
+		// A connection the old server closed as the request went out is
+		// HTTP keep-alive's race, which clients of any Caddy route meet
+		// (the control shows how often); a wrong answer is ours.
+		fmt.Printf("reloads: our routes: %s\n", reloadFailures.report())
+		fmt.Printf("reloads: plain reverse_proxy (control): %s\n", controlFailures.report())
+		if reloadFailures.answers > 0 {
+			fmt.Println("FAIL: requests to our routes were answered with an error while reloading")
+			failed = true
+		}
+	}
 	if missing > 0 || forgotten > 0 {
 		var sample []string
 		acked.Range(func(k, _ any) bool {
@@ -189,8 +284,11 @@ http://127.0.0.1:%d {
 				fmt.Printf("admin %s: %s\n", path, b)
 			}
 		}
-		fmt.Println("data kept in", dir)
 		fmt.Println("FAIL: acknowledged data was lost")
+		failed = true
+	}
+	if failed {
+		fmt.Println("data kept in", dir)
 		os.Exit(1)
 	}
 	p.Stop() // before its data goes: badger retries a flush forever
@@ -198,17 +296,80 @@ http://127.0.0.1:%d {
 	fmt.Println("PASS")
 }
 
-func push(c *http.Client, base string, i int) (int, string) {
+// reload loads a Caddyfile through the admin API, as `caddy reload` does;
+// the API answers once the new config runs (or was rolled back).
+func reload(admin int, caddyfile string) error {
+	res, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/load", admin), "text/caddyfile", strings.NewReader(caddyfile))
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(res.Body)
+		return fmt.Errorf("%d %s", res.StatusCode, b)
+	}
+	return nil
+}
+
+func roundAll(ds []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = d.Round(time.Millisecond)
+	}
+	return out
+}
+
+// failures counts failed requests, those that got no answer (the
+// connection failed) apart from those answered with an error, and keeps
+// the first few answers.
+type failures struct {
+	mu           sync.Mutex
+	conn         int
+	answers      int
+	firstConn    string
+	answerSample []string
+}
+
+func (f *failures) connFailed(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conn++; f.firstConn == "" {
+		f.firstConn = err.Error()
+	}
+}
+
+func (f *failures) answered(what string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.answers++; len(f.answerSample) < 5 {
+		f.answerSample = append(f.answerSample, what)
+	}
+}
+
+func (f *failures) report() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := fmt.Sprintf("%d connections failed, %d error answers", f.conn, f.answers)
+	if f.firstConn != "" {
+		s += fmt.Sprintf("; first connection failure: %s", f.firstConn)
+	}
+	if f.answers > 0 {
+		s += fmt.Sprintf("; answers: %q", f.answerSample)
+	}
+	return s
+}
+
+func push(c *http.Client, base string, i int) (int, string, error) {
 	req, _ := http.NewRequest("POST", base+"/push", strings.NewReader(`{"menu":[]}`))
 	req.Header.Set("Authorization", "Token crash-key")
 	req.Header.Set("X-Webhook-Token", fmt.Sprintf("key-%d", i))
 	res, err := c.Do(req)
 	if err != nil {
-		return 0, ""
+		return 0, "", err
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
-	return res.StatusCode, string(b)
+	return res.StatusCode, string(b), nil
 }
 
 type sink struct {
