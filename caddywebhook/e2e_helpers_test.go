@@ -223,7 +223,7 @@ type received struct {
 }
 
 // testUpstream is the legacy backend: it records every request and answers
-// as the request's X-Test-* headers ask.
+// as the request's X-Test-* headers ask, after X-Test-Delay if given.
 type testUpstream struct {
 	*httptest.Server
 	mu  sync.Mutex
@@ -234,6 +234,9 @@ func newTestUpstream(t *testing.T) *testUpstream {
 	u := &testUpstream{}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
+		if d, err := time.ParseDuration(r.Header.Get("X-Test-Delay")); err == nil {
+			time.Sleep(d) // a slow backend, which goes on after its client left
+		}
 		u.mu.Lock()
 		u.got = append(u.got, received{Header: r.Header.Clone(), Body: string(body)})
 		u.mu.Unlock()

@@ -2,6 +2,7 @@ package caddywebhook
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -34,7 +35,9 @@ func init() {
 // goes upstream; the upstream gets `X-Webhook-Client: <client name>`. A push
 // consumes the client's window only when the upstream answers 2xx. The
 // upstream may move the window itself with the response headers
-// `Webhook-Last-Used` and `Webhook-Next-Push-After` (RFC 3339).
+// `Webhook-Last-Used` and `Webhook-Next-Push-After` (RFC 3339). A client
+// that goes away before its answer does not cut the push short: the
+// upstream gets up to 30s more, and its answer settles the window.
 type Ingest struct {
 	// Access keys accepted in `Authorization: Token <key>`. Several keys
 	// allow rotation. Placeholders such as {env.DIVVY_ACCESS_KEY} are
@@ -60,10 +63,11 @@ type Ingest struct {
 	// Changing a handler's scope starts its clients with open windows.
 	Scope string `json:"scope,omitempty"`
 
-	gate   *ingest.Gate
-	scope  string // Scope with its placeholders replaced
-	shared *sharedStore
-	logger *zap.Logger
+	gate            *ingest.Gate
+	scope           string        // Scope with its placeholders replaced
+	clientGoneGrace time.Duration // see outlastClient
+	shared          *sharedStore
+	logger          *zap.Logger
 }
 
 // IngestClient is one client allowed to push.
@@ -87,6 +91,7 @@ func (Ingest) CaddyModule() caddy.ModuleInfo {
 // Provision resolves the keys and joins the webhooks app's store.
 func (h *Ingest) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.clientGoneGrace = defaultClientGoneGrace
 	cfg, err := h.gateConfig()
 	if err != nil {
 		return err
@@ -217,7 +222,12 @@ func forward(r *http.Request, next caddyhttp.Handler, settle func(ingest.Upstrea
 	err := next.ServeHTTP(c, r)
 	up := ingest.Upstream{Status: c.status, Header: c.header, Body: c.body.Bytes(), Err: err}
 	var herr caddyhttp.HandlerError
-	if errors.As(err, &herr) {
+	switch {
+	case err != nil && r.Context().Err() != nil:
+		// Cut short by outlastClient: reverse_proxy calls that 499, but
+		// it is no answer from the upstream, not a rejection.
+		up.Status = 0
+	case errors.As(err, &herr):
 		up.Status = herr.StatusCode
 	}
 	settle(up) // before the capture goes back to the pool
@@ -228,18 +238,22 @@ func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	defer recoverPanic(w, r, h.logger, ingest.Envelope{Error: ingest.MsgInternal}, &err)
 	start := time.Now()
 	if _, err := h.shared.await(r.Context()); err != nil {
-		h.log(r, ingest.Settled{Answer: unavailableAnswer}, 0, nil, start)
+		h.log(r, ingest.Settled{Answer: unavailableAnswer}, 0, nil, start, false)
 		w.Header().Set("Retry-After", "1")
 		return writeAnswer(w, unavailableAnswer)
 	}
 	push, ans := h.gate.Admit(r)
 	if ans != nil {
-		h.log(r, ingest.Settled{Answer: *ans}, 0, nil, start)
+		h.log(r, ingest.Settled{Answer: *ans}, 0, nil, start, false)
 		return writeAnswer(w, *ans)
 	}
 	// Settle releases the lease; this covers a panic in the next handler.
 	defer push.Release()
 
+	client := r.Context()
+	ctx, stop := outlastClient(client, h.clientGoneGrace)
+	defer stop()
+	r = r.WithContext(ctx)
 	ingest.ForwardHeader(r.Header, push.Client.Name)
 	r.Body = io.NopCloser(bytes.NewReader(push.Body))
 	r.ContentLength = int64(len(push.Body))
@@ -251,8 +265,57 @@ func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	forward(r, next, func(u ingest.Upstream) {
 		settled, up = push.Settle(u), ingest.Upstream{Status: u.Status, Err: u.Err}
 	})
-	h.log(r, settled, up.Status, up.Err, start)
+	h.log(r, settled, up.Status, up.Err, start, client.Err() != nil)
 	return writeAnswer(w, settled.Answer)
+}
+
+// defaultClientGoneGrace bounds how long a forwarded push goes on after its
+// client has gone (see outlastClient).
+const defaultClientGoneGrace = 30 * time.Second
+
+// outlastClient returns the context of a forwarded push: it is canceled
+// grace after the client's, not with it. reverse_proxy cancels its
+// upstream request when the client goes away (a client timeout, say),
+// but a slow backend has often taken the push by then; the window would
+// stay open, and the client's retry would reach the backend a second time
+// inside its window. Waiting for the upstream's answer settles the window
+// by what the upstream did. stop releases the context once the push is
+// settled.
+func outlastClient(client context.Context, grace time.Duration) (ctx context.Context, stop func()) {
+	o := &outlasting{grace: grace}
+	o.Context, o.cancel = context.WithCancel(context.WithoutCancel(client))
+	o.unwatch = context.AfterFunc(client, o.clientGone) // may run at once
+	return o, o.stop
+}
+
+type outlasting struct {
+	context.Context
+	cancel  context.CancelFunc
+	unwatch func() bool
+	grace   time.Duration
+
+	mu    sync.Mutex
+	timer *time.Timer // runs from the client's going until cancel
+	done  bool
+}
+
+func (o *outlasting) clientGone() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.done {
+		o.timer = time.AfterFunc(o.grace, o.cancel)
+	}
+}
+
+func (o *outlasting) stop() {
+	o.unwatch()
+	o.cancel()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.done = true
+	if o.timer != nil {
+		o.timer.Stop()
+	}
 }
 
 // unavailableAnswer is given when the store never opened (see await).
@@ -292,12 +355,14 @@ func writeAnswer(w http.ResponseWriter, a ingest.Answer) error {
 // log writes one line per push: accepted ones at debug (like Caddy's own
 // per-request lines; metrics count them), refusals at info, what points at
 // an attack or a fault above that. Keys never appear.
-func (h *Ingest) log(r *http.Request, s ingest.Settled, upstreamStatus int, upErr error, start time.Time) {
+func (h *Ingest) log(r *http.Request, s ingest.Settled, upstreamStatus int, upErr error, start time.Time, clientGone bool) {
 	observePush(s.Outcome, h.scope)
 	level := zapcore.InfoLevel
 	switch s.Outcome {
 	case ingest.OutcomeAccepted:
-		level = zapcore.DebugLevel
+		if !clientGone { // else the client never learns it was accepted
+			level = zapcore.DebugLevel
+		}
 	case ingest.OutcomeNotAuthorized, ingest.OutcomeUnknownToken:
 		level = zapcore.WarnLevel
 	case ingest.OutcomeUpstreamError, ingest.OutcomeStoreError:
@@ -326,6 +391,9 @@ func (h *Ingest) log(r *http.Request, s ingest.Settled, upstreamStatus int, upEr
 	}
 	if upErr != nil {
 		fields = append(fields, zap.NamedError("upstream_error", upErr))
+	}
+	if clientGone {
+		fields = append(fields, zap.Bool("client_gone", true))
 	}
 	if s.Detail != "" {
 		fields = append(fields, zap.String("detail", s.Detail))
