@@ -21,11 +21,7 @@ import (
 // not get a second push through inside its window: the push goes on
 // without the client, and the backend's 2xx consumes the window.
 func TestIngestOutlastsItsClient(t *testing.T) {
-	t.Setenv("E2E_ACCESS_KEY", e2eAccessKey)
-	t.Setenv("E2E_ALICE_KEY", e2eAliceKey)
-	up := newTestUpstream(t)
-	cfg, logFile := ingestConfig(t, t.TempDir(), up.addr())
-	tester := startCaddy(t, cfg)
+	up, tester, logFile := startIngest(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddytest"
+
 	"github.com/hookgate/caddy-webhook/ingest"
 )
 
@@ -21,7 +23,11 @@ const (
 
 // ingestConfig lists reverse_proxy before webhook_ingest on purpose: the
 // registered directive order must put webhook_ingest first anyway.
+// ingestConfig is a site with webhook_ingest in front of upstream; it sets
+// the environment variables the config takes its keys from.
 func ingestConfig(t *testing.T, storageDir, upstream string) (string, string) {
+	t.Setenv("E2E_ACCESS_KEY", e2eAccessKey)
+	t.Setenv("E2E_ALICE_KEY", e2eAliceKey)
 	global, logFile := globalOptions(t, storageDir, "")
 	return global + fmt.Sprintf(`
 http://localhost:9080 {
@@ -46,6 +52,13 @@ http://localhost:9080 {
 `, logFile, upstream, e2eRotatedKey, e2eBobKey), logFile
 }
 
+// startIngest runs ingestConfig in front of a fresh test upstream.
+func startIngest(t *testing.T) (up *testUpstream, tester *caddytest.Tester, logFile string) {
+	up = newTestUpstream(t)
+	cfg, logFile := ingestConfig(t, t.TempDir(), up.addr())
+	return up, startCaddy(t, cfg), logFile
+}
+
 func authHeaders(access, token string) map[string]string {
 	h := map[string]string{"Content-Type": "application/json"}
 	if access != "" {
@@ -65,11 +78,7 @@ func with(h map[string]string, kv ...string) map[string]string {
 }
 
 func TestIngestEndToEnd(t *testing.T) {
-	t.Setenv("E2E_ACCESS_KEY", e2eAccessKey)
-	t.Setenv("E2E_ALICE_KEY", e2eAliceKey)
-	up := newTestUpstream(t)
-	cfg, logFile := ingestConfig(t, t.TempDir(), up.addr())
-	tester := startCaddy(t, cfg)
+	up, tester, logFile := startIngest(t)
 	const path = "/api/v1/webhook"
 
 	rows := []struct {
@@ -155,8 +164,6 @@ func TestIngestEndToEnd(t *testing.T) {
 }
 
 func TestIngestUpstreamUnreachable(t *testing.T) {
-	t.Setenv("E2E_ACCESS_KEY", e2eAccessKey)
-	t.Setenv("E2E_ALICE_KEY", e2eAliceKey)
 	up := newTestUpstream(t)
 	addr := up.addr()
 	up.Close() // nothing listens there any more
@@ -178,11 +185,7 @@ func TestIngestUpstreamUnreachable(t *testing.T) {
 }
 
 func TestIngestConcurrentPushesOneClient(t *testing.T) {
-	t.Setenv("E2E_ACCESS_KEY", e2eAccessKey)
-	t.Setenv("E2E_ALICE_KEY", e2eAliceKey)
-	up := newTestUpstream(t)
-	cfg, _ := ingestConfig(t, t.TempDir(), up.addr())
-	tester := startCaddy(t, cfg)
+	up, tester, _ := startIngest(t)
 
 	const n = 24
 	var (
@@ -227,8 +230,6 @@ func TestIngestConcurrentPushesOneClient(t *testing.T) {
 // the old one still holds badger's directory lock) and survives the app
 // being stopped and started again.
 func TestIngestSurvivesReloadAndRestart(t *testing.T) {
-	t.Setenv("E2E_ACCESS_KEY", e2eAccessKey)
-	t.Setenv("E2E_ALICE_KEY", e2eAliceKey)
 	up := newTestUpstream(t)
 	dir := t.TempDir()
 	cfg, _ := ingestConfig(t, dir, up.addr())

@@ -93,101 +93,72 @@ http://127.0.0.1:%d {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 5 * time.Second}
-	for g := 0; g < *publishers; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			for n := 0; ; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id := fmt.Sprintf("p%d-m%d", g, n)
-				res, err := client.Post(base+"/publish", "application/json",
-					strings.NewReader(`{"event":"order.status","id":"`+id+`","data":{"n":`+fmt.Sprint(n)+`}}`))
-				if err != nil {
-					if reloading.Load() {
-						reloadFailures.connFailed(err)
-					}
-					nRefused.Add(1)
-					time.Sleep(20 * time.Millisecond) // Caddy is down
-					continue
-				}
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				if res.StatusCode == http.StatusAccepted {
-					acked.Store(id, true)
-					nAcked.Add(1)
-				} else if reloading.Load() {
-					reloadFailures.answered(fmt.Sprintf("publish: %d", res.StatusCode))
-				}
+	workers(&wg, *publishers, stop, func(g, n int) bool {
+		id := fmt.Sprintf("p%d-m%d", g, n)
+		res, err := client.Post(base+"/publish", "application/json",
+			strings.NewReader(`{"event":"order.status","id":"`+id+`","data":{"n":`+fmt.Sprint(n)+`}}`))
+		if err != nil {
+			if reloading.Load() {
+				reloadFailures.connFailed(err)
 			}
-		}(g)
-	}
+			nRefused.Add(1)
+			time.Sleep(20 * time.Millisecond) // Caddy is down
+			return true
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode == http.StatusAccepted {
+			acked.Store(id, true)
+			nAcked.Add(1)
+		} else if reloading.Load() {
+			reloadFailures.answered(fmt.Sprintf("publish: %d", res.StatusCode))
+		}
+		return true
+	})
 	// One push per client, spread over the run by several pushers at once,
 	// so that window saves share group commits when Caddy is killed.
-	for range *pushers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(time.Duration(*pushers) * 2 * time.Millisecond):
-				}
-				i := nextClient.Add(1) - 1
-				if i >= int64(*clients) {
-					return
-				}
-				status, body, err := push(client, base, int(i))
-				switch {
-				case status == 200:
-					pushed.Store(i, true)
-				case !reloading.Load():
-				case err != nil:
-					reloadFailures.connFailed(err)
-				default:
-					reloadFailures.answered(fmt.Sprintf("push: %d %s", status, body))
-				}
-			}
-		}()
-	}
+	workers(&wg, *pushers, stop, func(int, int) bool {
+		time.Sleep(time.Duration(*pushers) * 2 * time.Millisecond)
+		i := nextClient.Add(1) - 1
+		if i >= int64(*clients) {
+			return false
+		}
+		status, body, err := push(client, base, int(i))
+		switch {
+		case status == 200:
+			pushed.Store(i, true)
+		case !reloading.Load():
+		case err != nil:
+			reloadFailures.connFailed(err)
+		default:
+			reloadFailures.answered(fmt.Sprintf("push: %d %s", status, body))
+		}
+		return true
+	})
 
 	// The control: plain reverse_proxy under the same load, to tell what
 	// a reload does to any Caddy route from what it does to ours.
 	controlDone := make(chan struct{})
 	var nControl atomic.Int64
-	for range *publishers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-controlDone:
-					return
-				default:
-				}
-				if !reloading.Load() {
-					time.Sleep(10 * time.Millisecond)
-					continue
-				}
-				res, err := client.Post(base+"/plain", "application/json", strings.NewReader(`{"n":1}`))
-				if err != nil {
-					controlFailures.connFailed(err)
-					continue
-				}
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				nControl.Add(1)
-				if res.StatusCode != http.StatusNoContent {
-					controlFailures.answered(fmt.Sprintf("%d", res.StatusCode))
-				}
+	if *reloads > 0 {
+		workers(&wg, *publishers, controlDone, func(int, int) bool {
+			if !reloading.Load() {
+				time.Sleep(10 * time.Millisecond)
+				return true
 			}
-		}()
+			res, err := client.Post(base+"/plain", "application/json", strings.NewReader(`{"n":1}`))
+			if err != nil {
+				controlFailures.connFailed(err)
+				return true
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			nControl.Add(1)
+			if res.StatusCode != http.StatusNoContent {
+				controlFailures.answered(fmt.Sprintf("%d", res.StatusCode))
+			}
+			return true
+		})
 	}
 
 	var restarts []time.Duration
@@ -357,6 +328,27 @@ func (f *failures) report() string {
 		s += fmt.Sprintf("; answers: %q", f.answerSample)
 	}
 	return s
+}
+
+// workers runs n goroutines that call work with their number and a count
+// of calls until stop is closed or work returns false.
+func workers(wg *sync.WaitGroup, n int, stop <-chan struct{}, work func(worker, call int) bool) {
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for call := 0; ; call++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if !work(w, call) {
+					return
+				}
+			}
+		}()
+	}
 }
 
 func push(c *http.Client, base string, i int) (int, string, error) {
