@@ -37,6 +37,7 @@ func main() {
 	clients := flag.Int("clients", 2000, "ingest clients (each pushes once, window 1h)")
 	pushers := flag.Int("pushers", 4, "concurrent pushing clients")
 	reloads := flag.Int("reloads", 0, "how many times to reload the config after the kills")
+	graceful := flag.Bool("graceful", false, "stop Caddy with SIGTERM instead of SIGKILL")
 	flag.Parse()
 
 	dir, _ := os.MkdirTemp("", "bench-crash")
@@ -164,8 +165,14 @@ http://127.0.0.1:%d {
 	var restarts []time.Duration
 	for k := 0; k < *kills; k++ {
 		time.Sleep(time.Duration(500+rand.IntN(2500)) * time.Millisecond)
-		p.Kill()
-		fmt.Printf("kill -9 #%d after %d acknowledged publishes\n", k+1, nAcked.Load())
+		how := "kill -9"
+		if *graceful {
+			how = "SIGTERM"
+			p.Stop()
+		} else {
+			p.Kill()
+		}
+		fmt.Printf("%s #%d after %d acknowledged publishes\n", how, k+1, nAcked.Load())
 		t0 := time.Now()
 		if p, err = caddyrun.Start(bin, dir, cfg, base+"/publish"); err != nil {
 			log.Fatal(err)
