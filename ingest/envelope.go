@@ -20,6 +20,7 @@ const (
 	MsgInProgress       = "another push for this client is in progress"
 	MsgBodyTooLarge     = "request body too large"
 	MsgBodyNotObject    = "request body must be a JSON object"
+	MsgBodyUnreadable   = "request body could not be read"
 	MsgUpstreamPrefix   = "upstream error: "
 	MsgInternal         = "internal error"
 	MsgUnavailable      = "service unavailable"
@@ -57,6 +58,9 @@ const (
 	OutcomeInProgress       Outcome = "in_progress"
 	OutcomeBodyTooLarge     Outcome = "body_too_large"
 	OutcomeBodyNotObject    Outcome = "body_not_object"
+	// OutcomeBodyUnreadable: the body broke off (the client went away, a
+	// read timeout) before it ended. Answered 400.
+	OutcomeBodyUnreadable   Outcome = "body_unreadable"
 	OutcomeUpstreamRejected Outcome = "upstream_rejected"
 	OutcomeUpstreamError    Outcome = "upstream_error"
 	OutcomeStoreError       Outcome = "store_error"

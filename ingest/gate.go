@@ -223,7 +223,9 @@ func (g *Gate) readBody(r *http.Request) ([]byte, *Answer) {
 	switch {
 	case errors.As(err, &tooLarge) || int64(len(body)) > g.maxBody:
 		return nil, reject(http.StatusRequestEntityTooLarge, OutcomeBodyTooLarge, MsgBodyTooLarge)
-	case err != nil, !isJSONObject(body):
+	case err != nil:
+		return nil, reject(http.StatusBadRequest, OutcomeBodyUnreadable, MsgBodyUnreadable)
+	case !isJSONObject(body):
 		return nil, reject(http.StatusBadRequest, OutcomeBodyNotObject, MsgBodyNotObject)
 	}
 	return body, nil

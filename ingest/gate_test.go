@@ -103,6 +103,13 @@ func pushReq(method, auth, token, body string) *http.Request {
 	return r
 }
 
+// brokenOff makes r's body fail after its first byte, as when the client
+// goes away while sending it.
+func brokenOff(r *http.Request) *http.Request {
+	r.Body = io.NopCloser(io.MultiReader(io.LimitReader(r.Body, 1), iotest.ErrReader(io.ErrUnexpectedEOF)))
+	return r
+}
+
 func TestAdmitRejections(t *testing.T) {
 	big := `{"x":"` + strings.Repeat("a", 64) + `"}`
 	cases := []struct {
@@ -128,6 +135,7 @@ func TestAdmitRejections(t *testing.T) {
 		{"body array", pushReq("POST", "Token "+accessKey, aliceKey, "[1]"), 400, MsgBodyNotObject, OutcomeBodyNotObject},
 		{"body broken", pushReq("POST", "Token "+accessKey, aliceKey, `{"a":`), 400, MsgBodyNotObject, OutcomeBodyNotObject},
 		{"body two objects", pushReq("POST", "Token "+accessKey, aliceKey, `{}{}`), 400, MsgBodyNotObject, OutcomeBodyNotObject},
+		{"body broken off", brokenOff(pushReq("POST", "Token "+accessKey, aliceKey, `{"a":1}`)), 400, MsgBodyUnreadable, OutcomeBodyUnreadable},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
