@@ -228,12 +228,18 @@ type testUpstream struct {
 	*httptest.Server
 	mu  sync.Mutex
 	got []received
+	// onArrival, if set before the first request, runs as each request
+	// has been read, before X-Test-Delay.
+	onArrival func()
 }
 
 func newTestUpstream(t *testing.T) *testUpstream {
 	u := &testUpstream{}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
+		if u.onArrival != nil {
+			u.onArrival()
+		}
 		if d, err := time.ParseDuration(r.Header.Get("X-Test-Delay")); err == nil {
 			time.Sleep(d) // a slow backend, which goes on after its client left
 		}
