@@ -296,13 +296,12 @@ type outlasting struct {
 
 	mu    sync.Mutex
 	timer *time.Timer // runs from the client's going until cancel
-	done  bool
 }
 
 func (o *outlasting) clientGone() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if !o.done {
+	if o.Err() == nil { // else the push is already settled
 		o.timer = time.AfterFunc(o.grace, o.cancel)
 	}
 }
@@ -312,7 +311,6 @@ func (o *outlasting) stop() {
 	o.cancel()
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.done = true
 	if o.timer != nil {
 		o.timer.Stop()
 	}
