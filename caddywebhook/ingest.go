@@ -48,7 +48,9 @@ type Ingest struct {
 	Clients []IngestClient `json:"clients,omitempty"`
 
 	// Default push window: after an accepted push, the client may not push
-	// again for this long. 0 (the default) means no window.
+	// again for this long. 0 (the default) means no window. A shorter
+	// interval in a new config also shortens the windows already running;
+	// a longer one applies from each client's next accepted push.
 	Interval caddy.Duration `json:"interval,omitempty"`
 
 	// Largest accepted push body in bytes. Default: 10 MiB.

@@ -228,7 +228,8 @@ func TestIngestConcurrentPushesOneClient(t *testing.T) {
 
 // The store is shared across reloads (the new config is provisioned while
 // the old one still holds badger's directory lock) and survives the app
-// being stopped and started again.
+// being stopped and started again; a reload that shortens an interval
+// shortens the windows running under it.
 func TestIngestSurvivesReloadAndRestart(t *testing.T) {
 	up := newTestUpstream(t)
 	dir := t.TempDir()
@@ -254,6 +255,20 @@ func TestIngestSurvivesReloadAndRestart(t *testing.T) {
 	res = doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")
 	if res.Status != 400 || res.Envelope.Error != tooEarly {
 		t.Fatalf("after restart: %d %s", res.Status, res.Raw)
+	}
+
+	// A reload that shortens the interval shortens the running window (the
+	// interval that set it was stored with it); interval 0 lets alice in.
+	loadConfig(t, strings.Replace(cfg, "interval 1h", "interval 30m", 1))
+	res = doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")
+	lastUsed, err := time.Parse(time.RFC3339, res.Envelope.LastUsed)
+	if err != nil || res.Status != 400 || res.Envelope.NextPushAfter != ingest.FormatTime(lastUsed.Add(30*time.Minute)) {
+		t.Fatalf("interval shortened to 30m: %d %s", res.Status, res.Raw)
+	}
+	loadConfig(t, strings.Replace(cfg, "interval 1h", "interval 0", 1))
+	res = doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")
+	if res.Status != 200 {
+		t.Fatalf("interval turned off: %d %s", res.Status, res.Raw)
 	}
 }
 

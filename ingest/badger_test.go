@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
 	"sync"
@@ -83,21 +84,29 @@ func TestBadgerConcurrentClients(t *testing.T) {
 
 func TestWindowRecord(t *testing.T) {
 	for _, w := range []Window{
-		{LastUsed: t0, NextPushAfter: t0.Add(90 * time.Minute)},
-		{LastUsed: t0},
+		{LastUsed: t0, NextPushAfter: t0.Add(90 * time.Minute), Interval: 90 * time.Minute},
+		{LastUsed: t0, Interval: notByInterval},
 		{},
 	} {
 		var got Window
 		if err := decodeWindow(encodeWindow(w), &got); err != nil || !got.LastUsed.Equal(w.LastUsed) ||
-			!got.NextPushAfter.Equal(w.NextPushAfter) || got.LastUsed.IsZero() != w.LastUsed.IsZero() {
+			!got.NextPushAfter.Equal(w.NextPushAfter) || got.LastUsed.IsZero() != w.LastUsed.IsZero() || got.Interval != w.Interval {
 			t.Fatalf("round trip of %+v: %+v %v", w, got, err)
 		}
 	}
-	// Windows stored as JSON by earlier versions are still read.
+	// Windows stored by earlier versions, as JSON or without their
+	// interval, are still read, and no interval shortens them.
 	var legacy Window
 	if err := decodeWindow([]byte(`{"last_used":"2026-11-23T10:00:00Z","next_push_after":"2026-11-23T11:00:00Z"}`), &legacy); err != nil ||
-		!legacy.LastUsed.Equal(t0) || !legacy.NextPushAfter.Equal(t0.Add(time.Hour)) {
+		!legacy.LastUsed.Equal(t0) || !legacy.NextPushAfter.Equal(t0.Add(time.Hour)) || legacy.Interval != notByInterval {
 		t.Fatalf("JSON window read as %+v, %v", legacy, err)
+	}
+	v1 := binary.AppendVarint(binary.AppendVarint([]byte{windowV1}, t0.UnixNano()), t0.Add(time.Hour).UnixNano())
+	if err := decodeWindow(v1, &legacy); err != nil || !legacy.NextPushAfter.Equal(t0.Add(time.Hour)) || legacy.Interval != notByInterval {
+		t.Fatalf("version 1 window read as %+v, %v", legacy, err)
+	}
+	if got := legacy.under(0); got != legacy {
+		t.Fatalf("interval 0 shortened a window of unknown interval: %+v", got)
 	}
 	b := encodeWindow(Window{LastUsed: t0, NextPushAfter: t0})
 	for n := 0; n < len(b); n++ {

@@ -325,6 +325,67 @@ func TestUpstreamOverridesWindow(t *testing.T) {
 	}
 }
 
+// A reload that shortens a client's interval (or turns it off) lets the
+// client in by the new interval; one that lengthens it leaves the running
+// window alone; a window the upstream set is the upstream's.
+func TestChangedIntervalAndRunningWindow(t *testing.T) {
+	windows, leases := newMemWindows(), NewLeases()
+	clock := testclock.New(t0)
+	gateWith := func(interval time.Duration) *Gate {
+		t.Helper()
+		g, err := NewGate(Config{AccessKeys: []string{accessKey}, Clients: []Client{{Name: "alice", Key: aliceKey, Interval: interval}}},
+			windows, leases, clock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	admit := func(g *Gate) *Answer {
+		t.Helper()
+		push, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+		if push != nil {
+			push.Release()
+		}
+		return ans
+	}
+	accept := func(g *Gate, h http.Header) {
+		t.Helper()
+		push, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+		if ans != nil {
+			t.Fatalf("refused: %+v", ans)
+		}
+		if s := push.Settle(Upstream{Status: 204, Header: h}); s.Status != 200 {
+			t.Fatalf("not accepted: %+v", s)
+		}
+	}
+
+	accept(gateWith(time.Hour), http.Header{})
+	shorter := gateWith(10 * time.Minute)
+	clock.Advance(9 * time.Minute)
+	ans := admit(shorter)
+	want := FormatTime(t0.Add(10 * time.Minute))
+	if ans == nil || ans.Status != 400 || ans.Envelope.NextPushAfter != want || ans.Envelope.Error != MsgTooEarlyPrefix+want {
+		t.Fatalf("9 minutes in under a 10m interval: %+v, want 400 until %s", ans, want)
+	}
+	if ans := admit(gateWith(2 * time.Hour)); ans == nil || ans.Envelope.NextPushAfter != FormatTime(t0.Add(time.Hour)) {
+		t.Fatalf("a longer interval moved the running window: %+v", ans)
+	}
+	if ans := admit(gateWith(0)); ans != nil {
+		t.Fatalf("interval 0 kept the client out: %+v", ans)
+	}
+	if w := windows.m["alice"]; !w.NextPushAfter.Equal(t0.Add(time.Hour)) || w.Interval != time.Hour {
+		t.Fatalf("admitting changed the stored window: %+v", w)
+	}
+
+	clock.Advance(time.Minute)
+	h := http.Header{}
+	h.Set(HeaderUpstreamNextAfter, FormatTime(clock.Now().Add(3*time.Hour)))
+	accept(gateWith(0), h)
+	if ans := admit(gateWith(0)); ans == nil || ans.Status != 400 {
+		t.Fatalf("interval 0 opened a window the upstream set: %+v", ans)
+	}
+}
+
 func TestStoreFailures(t *testing.T) {
 	windows := newMemWindows()
 	g, _ := newTestGate(t, windows)

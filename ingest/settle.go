@@ -46,7 +46,7 @@ func (p *Push) Settle(up Upstream) Settled {
 
 func (p *Push) accepted(h http.Header) Settled {
 	now := p.gate.clock.Now().UTC().Truncate(time.Second)
-	w := Window{LastUsed: now, NextPushAfter: now.Add(p.Client.Interval)}
+	w := Window{LastUsed: now, NextPushAfter: now.Add(p.Client.Interval), Interval: p.Client.Interval}
 	w, detail := overrideWindow(w, h)
 	if err := p.Client.lease.save(p.gate.windows, w); err != nil {
 		// The upstream already has the data: answering an error now would
@@ -83,21 +83,25 @@ func (p *Push) settled(status int, o Outcome, w Window, msg string) Settled {
 func overrideWindow(w Window, h http.Header) (Window, string) {
 	var detail string
 	overrideTime(&w.LastUsed, h, HeaderUpstreamLastUsed, &detail)
-	overrideTime(&w.NextPushAfter, h, HeaderUpstreamNextAfter, &detail)
+	if overrideTime(&w.NextPushAfter, h, HeaderUpstreamNextAfter, &detail) {
+		w.Interval = notByInterval // the upstream's word, whatever the interval
+	}
 	return w, detail
 }
 
-func overrideTime(field *time.Time, h http.Header, name string, detail *string) {
+// overrideTime sets *field from header name and reports whether it did.
+func overrideTime(field *time.Time, h http.Header, name string, detail *string) bool {
 	v := strings.TrimSpace(h.Get(name))
 	if v == "" {
-		return
+		return false
 	}
 	t, err := time.Parse(time.RFC3339Nano, v)
 	if err != nil {
 		*detail = joinDetail(*detail, fmt.Sprintf("ignoring malformed %s header %q", name, v))
-		return
+		return false
 	}
 	*field = t.UTC()
+	return true
 }
 
 // upstreamReason finds the upstream's own words for a rejection: the

@@ -12,6 +12,7 @@ import (
 	"weak"
 
 	"github.com/dgraph-io/badger/v4"
+
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
@@ -20,11 +21,33 @@ import (
 type Window struct {
 	LastUsed      time.Time `json:"last_used"`
 	NextPushAfter time.Time `json:"next_push_after"`
+	// Interval is the client interval that NextPushAfter was set from, so
+	// that a shorter interval configured later shortens the window too.
+	// Negative when no interval set it: the upstream did, or a version
+	// that did not record it stored the window.
+	Interval time.Duration `json:"-"`
 }
+
+// notByInterval marks a window whose NextPushAfter no interval set.
+const notByInterval time.Duration = -1
 
 // Open reports whether a push at now falls outside the window.
 func (w Window) Open(now time.Time) bool {
 	return !now.Before(w.NextPushAfter)
+}
+
+// under returns the window as a client with the given interval sees it. An
+// operator who shortens an interval (or turns it off with 0) and reloads
+// expects the clients waiting out the old one to be let in by the new one;
+// a longer interval waits for the next accepted push, since the client has
+// been told when it may push next. Windows that the upstream set stay as
+// they are.
+func (w Window) under(interval time.Duration) Window {
+	if w.Interval > interval {
+		w.NextPushAfter = w.NextPushAfter.Add(interval - w.Interval)
+		w.Interval = interval
+	}
+	return w
 }
 
 // WindowStore keeps windows durably, one per client, found by the ID that
@@ -141,19 +164,24 @@ func (l *Lease) TryAcquire() bool { return l.taken.CompareAndSwap(false, true) }
 // Release gives back a lease taken with TryAcquire.
 func (l *Lease) Release() { l.taken.Store(false) }
 
-// A stored window is a version byte and the two times as Unix nanoseconds
-// (varints): written on every accepted push, it is kept small. Windows
-// stored as JSON by earlier versions start with '{' and are still read.
-const windowV1 = 1
+// A stored window is a version byte, the two times as Unix nanoseconds
+// and the interval in nanoseconds (varints): written on every accepted
+// push, it is kept small. Windows stored by earlier versions, as JSON
+// (starting with '{') or without the interval (version 1), are still read.
+const (
+	windowV1 = 1
+	windowV2 = 2
+)
 
 func encodeWindow(w Window) []byte {
-	return appendWindow(make([]byte, 0, 1+2*binary.MaxVarintLen64), w)
+	return appendWindow(make([]byte, 0, 1+3*binary.MaxVarintLen64), w)
 }
 
 func appendWindow(b []byte, w Window) []byte {
-	b = append(b, windowV1)
+	b = append(b, windowV2)
 	b = binary.AppendVarint(b, unixNano(w.LastUsed))
-	return binary.AppendVarint(b, unixNano(w.NextPushAfter))
+	b = binary.AppendVarint(b, unixNano(w.NextPushAfter))
+	return binary.AppendVarint(b, int64(w.Interval))
 }
 
 // unixNano is 0 for the zero time, whose UnixNano is out of range.
@@ -172,21 +200,33 @@ func fromUnixNano(n int64) time.Time {
 }
 
 func decodeWindow(v []byte, w *Window) error {
+	w.Interval = notByInterval
 	if len(v) > 0 && v[0] == '{' {
 		return json.Unmarshal(v, w)
 	}
-	if len(v) == 0 || v[0] != windowV1 {
+	if len(v) == 0 || (v[0] != windowV1 && v[0] != windowV2) {
 		return errors.New("stored push window of an unknown format")
 	}
-	last, n := binary.Varint(v[1:])
-	if n <= 0 {
-		return errors.New("truncated push window")
+	fields := 2
+	if v[0] == windowV2 {
+		fields = 3
 	}
-	next, m := binary.Varint(v[1+n:])
-	if m <= 0 || 1+n+m != len(v) {
+	var n [3]int64
+	rest := v[1:]
+	for i := range fields {
+		x, size := binary.Varint(rest)
+		if size <= 0 {
+			return errors.New("truncated push window")
+		}
+		n[i], rest = x, rest[size:]
+	}
+	if len(rest) != 0 {
 		return errors.New("malformed push window")
 	}
-	w.LastUsed, w.NextPushAfter = fromUnixNano(last), fromUnixNano(next)
+	w.LastUsed, w.NextPushAfter = fromUnixNano(n[0]), fromUnixNano(n[1])
+	if fields == 3 {
+		w.Interval = max(time.Duration(n[2]), notByInterval)
+	}
 	return nil
 }
 
