@@ -50,10 +50,11 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 }
 
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	eng := currentEngine.Load()
-	if eng == nil {
+	o := current.Load()
+	if o == nil {
 		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errors.New("the webhooks app is not running")}
 	}
+	eng := o.engine
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.EscapedPath(), "/webhooks/"), "/"), "/")
 	for i, p := range parts {
 		u, err := url.PathUnescape(p)

@@ -301,8 +301,7 @@ func (a *App) Start() error {
 		return fmt.Errorf("webhooks: %w", err)
 	}
 	s.running = append(s.running, a)
-	currentEngine.Store(o.engine)
-	currentDB.Store(o.db)
+	current.Store(o)
 	// How durable and how private the store is, for the operator to see.
 	a.logger.Info("webhook store ready", zap.String("dir", s.dir), zap.Bool("reused", reused),
 		zap.Bool("sync_writes", s.syncWrites), zap.Bool("encrypted", len(s.key) > 0))

@@ -62,8 +62,8 @@ var (
 // 0 while none runs.
 func engineGauge(name, help string, read func(*delivery.Engine) int64) prometheus.GaugeFunc {
 	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "caddy", Subsystem: "webhooks", Name: name, Help: help}, func() float64 {
-		if e := currentEngine.Load(); e != nil {
-			return float64(read(e))
+		if o := current.Load(); o != nil {
+			return float64(read(o.engine))
 		}
 		return 0
 	})
@@ -73,8 +73,8 @@ func engineGauge(name, help string, read func(*delivery.Engine) int64) prometheu
 // none is open or when read cannot tell (a negative result).
 func storeGauge(name, help string, read func(*store.DB) int64) prometheus.GaugeFunc {
 	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "caddy", Subsystem: "webhooks", Name: name, Help: help}, func() float64 {
-		if db := currentDB.Load(); db != nil {
-			if v := read(db); v >= 0 {
+		if o := current.Load(); o != nil {
+			if v := read(o.db); v >= 0 {
 				return float64(v)
 			}
 		}
@@ -82,13 +82,9 @@ func storeGauge(name, help string, read func(*store.DB) int64) prometheus.GaugeF
 	})
 }
 
-// currentEngine is the engine of the running config, for the gauges and
-// the admin API (which must not hold on to a config's context).
-var currentEngine atomic.Pointer[delivery.Engine]
-
-// currentDB is the database of the running config, for the store's
-// gauges.
-var currentDB atomic.Pointer[store.DB]
+// current is the store of the running config, for the gauges and the
+// admin API (which must not hold on to a config's context).
+var current atomic.Pointer[openStore]
 
 func registerMetrics(reg *prometheus.Registry) error {
 	if reg == nil {

@@ -265,11 +265,11 @@ func TestSyncWritesThroughCaddy(t *testing.T) {
 		}
 	}
 	syncWrites := func() bool {
-		db := currentDB.Load()
-		if db == nil {
+		o := current.Load()
+		if o == nil {
 			t.Fatal("no open database")
 		}
-		return db.Opts().SyncWrites
+		return o.db.Opts().SyncWrites
 	}
 
 	tester := startCaddy(t, publishTo(synced))

@@ -54,6 +54,7 @@ type sharedStore struct {
 type openStore struct {
 	db      *store.DB
 	windows *ingest.BadgerWindows
+	leases  *ingest.Leases // the shared store's
 	engine  *delivery.Engine
 }
 
@@ -129,6 +130,7 @@ func (s *sharedStore) openFor(a *App) (*openStore, error) {
 	o := &openStore{
 		db:      db,
 		windows: ingest.NewBadgerWindows(db.DB),
+		leases:  s.leases,
 		engine:  delivery.NewEngine(queue, a.logger, nil),
 	}
 	o.windows.SetWritable(db.Writable)
@@ -152,8 +154,7 @@ func (s *sharedStore) Destruct() error {
 	if o == nil {
 		return nil
 	}
-	currentEngine.CompareAndSwap(o.engine, nil)
-	currentDB.CompareAndSwap(o.db, nil)
+	current.CompareAndSwap(o, nil)
 	o.engine.Stop()
 	return o.db.Close()
 }
