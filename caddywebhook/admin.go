@@ -31,6 +31,9 @@ func init() {
 //	POST /webhooks/subscriptions/{id}/redeliver   queue its failed deliveries again
 //	GET  /webhooks/queues                         pending deliveries per subscription, removed ones included
 //	POST /webhooks/subscriptions/{id}/discard     fail the backlog of a removed or disabled subscription
+//	GET  /webhooks/windows[?scope=s]              push windows on record
+//	GET  /webhooks/windows/{client}[?scope=s]     one client's push window
+//	POST /webhooks/windows/{client}/open[?scope=s]  let a client push at once
 //
 // Admin modules are provisioned before apps and are not rolled back with a
 // failed reload, so the running engine is looked up on every request.
@@ -80,6 +83,8 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		})
 	case len(parts) == 3 && parts[0] == "subscriptions":
 		return a.act(w, r, eng, parts[1], parts[2])
+	case parts[0] == "windows":
+		return a.windows(w, r, o, parts[1:])
 	}
 	return apiErr(http.StatusNotFound, "no such route")
 }

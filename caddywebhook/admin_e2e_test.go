@@ -196,3 +196,61 @@ func TestAdminQueuesAndDiscard(t *testing.T) {
 		}
 	}
 }
+
+// Push windows are listed, and an operator opens one so that a client may
+// push again at once.
+func TestAdminPushWindows(t *testing.T) {
+	_, tester, logFile := startIngest(t)
+	push := func(key string) pushResult {
+		return doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, key), "{}")
+	}
+	first := push(e2eAliceKey)
+	if first.Status != 200 || push(e2eAliceKey).Status != 400 || push(e2eBobKey).Status != 200 {
+		t.Fatal("pushes before the admin API was asked")
+	}
+
+	st, body := admin(t, "GET", "/webhooks/windows")
+	var list []windowJSON
+	if err := json.Unmarshal([]byte(body), &list); st != 200 || err != nil || len(list) != 2 {
+		t.Fatalf("list: %d %s", st, body)
+	}
+	alice := windowJSON{Client: "alice", LastUsed: first.Envelope.LastUsed, NextPushAfter: first.Envelope.NextPushAfter, Interval: "1h0m0s"}
+	if list[0] != alice || list[1].Client != "bob" || list[1].Interval != "0s" {
+		t.Fatalf("listed %+v, want alice as %+v and bob", list, alice)
+	}
+	if st, body := admin(t, "GET", "/webhooks/windows/alice"); st != 200 || !strings.Contains(body, `"next_push_after":"`+alice.NextPushAfter+`"`) {
+		t.Fatalf("alice's window: %d %s", st, body)
+	}
+
+	st, body = admin(t, "POST", "/webhooks/windows/alice/open")
+	var opened windowJSON
+	if err := json.Unmarshal([]byte(body), &opened); st != 200 || err != nil || opened.LastUsed != alice.LastUsed ||
+		opened.NextPushAfter >= alice.NextPushAfter || opened.Interval != "" {
+		t.Fatalf("open: %d %s", st, body)
+	}
+	if res := push(e2eAliceKey); res.Status != 200 {
+		t.Fatalf("push after opening: %d %s", res.Status, res.Raw)
+	}
+
+	for _, c := range []struct {
+		method, path string
+		status       int
+	}{
+		{"GET", "/webhooks/windows/carol", 404},
+		{"POST", "/webhooks/windows/carol/open", 404},
+		{"POST", "/webhooks/windows/alice/open?scope=staging", 404},
+		{"GET", "/webhooks/windows/alice/open", 405},
+		{"POST", "/webhooks/windows", 405},
+		{"POST", "/webhooks/windows/alice/close", 404},
+	} {
+		if st, body := admin(t, c.method, c.path); st != c.status {
+			t.Errorf("%s %s: %d %s, want %d", c.method, c.path, st, body, c.status)
+		}
+	}
+	if st, body := admin(t, "GET", "/webhooks/windows?scope=staging"); st != 200 || body != "[]" {
+		t.Errorf("windows of an empty scope: %d %s", st, body)
+	}
+	waitFor(t, "the opening to be logged", func() bool {
+		return strings.Contains(readFile(t, logFile), `"push window opened by an operator","scope":"","client":"alice"`)
+	})
+}

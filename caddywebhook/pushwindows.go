@@ -1,0 +1,94 @@
+package caddywebhook
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/hookgate/caddy-webhook/ingest"
+)
+
+// windowJSON is what operators see of a client's push window.
+type windowJSON struct {
+	Scope         string `json:"scope"`
+	Client        string `json:"client"`
+	LastUsed      string `json:"last_used,omitempty"`
+	NextPushAfter string `json:"next_push_after,omitempty"`
+	// The interval that set next_push_after, which a shorter configured
+	// one shortens; absent when the backend or an operator set it.
+	Interval string `json:"interval,omitempty"`
+}
+
+func windowView(scope, client string, w ingest.Window) windowJSON {
+	v := windowJSON{Scope: scope, Client: client, LastUsed: ingest.FormatTime(w.LastUsed), NextPushAfter: ingest.FormatTime(w.NextPushAfter)}
+	if w.Interval >= 0 {
+		v.Interval = w.Interval.String()
+	}
+	return v
+}
+
+// windows serves /webhooks/windows and what is below it. The scope is a
+// query parameter: the default scope is "", which a path cannot name.
+func (a adminAPI) windows(w http.ResponseWriter, r *http.Request, o *openStore, rest []string) error {
+	scope, scoped := r.URL.Query().Get("scope"), r.URL.Query().Has("scope")
+	switch {
+	case len(rest) == 0:
+		return onlyGet(r, func() error { return listWindows(w, o, scope, scoped) })
+	case len(rest) == 1 && rest[0] != "":
+		return onlyGet(r, func() error {
+			win, ok, err := o.leases.Window(o.windows, scope, rest[0])
+			if err != nil {
+				return apiErr(http.StatusInternalServerError, err.Error())
+			}
+			if !ok {
+				return apiErr(http.StatusNotFound, "no push window on record for client "+rest[0]+inScope(scope))
+			}
+			return writeAdmin(w, windowView(scope, rest[0], win))
+		})
+	case len(rest) == 2 && rest[0] != "" && rest[1] == "open":
+		if r.Method != http.MethodPost {
+			return apiErr(http.StatusMethodNotAllowed, "method not allowed; use POST")
+		}
+		return openWindow(w, o, scope, rest[0])
+	}
+	return apiErr(http.StatusNotFound, "no such route")
+}
+
+func listWindows(w http.ResponseWriter, o *openStore, scope string, scoped bool) error {
+	all, err := o.windows.Windows()
+	if err != nil {
+		return apiErr(http.StatusInternalServerError, err.Error())
+	}
+	out := make([]windowJSON, 0, len(all))
+	for _, sw := range all {
+		if !scoped || sw.Scope == scope {
+			out = append(out, windowView(sw.Scope, sw.Client, sw.Window))
+		}
+	}
+	return writeAdmin(w, out)
+}
+
+// openWindow lets a client push at once, through the lease the running
+// handlers answer from, and says so in the log: it overrides the window
+// the client was told.
+func openWindow(w http.ResponseWriter, o *openStore, scope, client string) error {
+	win, ok, err := o.leases.OpenNow(o.windows, scope, client, time.Now())
+	switch {
+	case err != nil:
+		return apiErr(writeFailure(err), err.Error())
+	case !ok:
+		return apiErr(http.StatusNotFound, "no push window on record for client "+client+inScope(scope)+": it may push")
+	}
+	caddy.Log().Named("admin.api.webhooks").Info("push window opened by an operator",
+		zap.String("scope", scope), zap.String("client", client), zap.String("next_push_after", ingest.FormatTime(win.NextPushAfter)))
+	return writeAdmin(w, windowView(scope, client, win))
+}
+
+func inScope(scope string) string {
+	if scope == "" {
+		return ""
+	}
+	return " in scope " + scope
+}
