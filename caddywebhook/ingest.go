@@ -35,9 +35,11 @@ func init() {
 // goes upstream; the upstream gets `X-Webhook-Client: <client name>`. A push
 // consumes the client's window only when the upstream answers 2xx. The
 // upstream may move the window itself with the response headers
-// `Webhook-Last-Used` and `Webhook-Next-Push-After` (RFC 3339). A client
-// that goes away before its answer does not cut the push short: the
-// upstream gets up to 30s more, and its answer settles the window.
+// `Webhook-Last-Used` and `Webhook-Next-Push-After` (RFC 3339). A body
+// must be a JSON object; one compressed with gzip or deflate is checked
+// decoded and forwarded as it came. A client that goes away before its
+// answer does not cut the push short: the upstream gets up to 30s more,
+// and its answer settles the window.
 type Ingest struct {
 	// Access keys accepted in `Authorization: Token <key>`. Several keys
 	// allow rotation. Placeholders such as {env.DIVVY_ACCESS_KEY} are
@@ -340,6 +342,8 @@ func writeAnswer(w http.ResponseWriter, a ingest.Answer) error {
 		hdr.Set("Allow", http.MethodPost)
 	case ingest.OutcomeStoreFull:
 		hdr.Set("Retry-After", delivery.LowSpaceRetryAfter)
+	case ingest.OutcomeUnsupportedEncoding:
+		hdr.Set("Accept-Encoding", ingest.AcceptedEncodings)
 	}
 	// One backing array for the three values, each capped so that a later
 	// Add copies instead of writing into its neighbour.

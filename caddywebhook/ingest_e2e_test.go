@@ -1,6 +1,7 @@
 package caddywebhook
 
 import (
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -96,6 +97,7 @@ func TestIngestEndToEnd(t *testing.T) {
 		{"unknown client key", "POST", authHeaders(e2eAccessKey, "who-knows"), "{}", 403, "unknown webhook token"},
 		{"body too large", "POST", authHeaders(e2eAccessKey, e2eBobKey), `{"a":"` + strings.Repeat("x", 1000) + `"}`, 413, "request body too large"},
 		{"body not an object", "POST", authHeaders(e2eAccessKey, e2eBobKey), `["menu"]`, 400, "request body must be a JSON object"},
+		{"body in brotli", "POST", with(authHeaders(e2eAccessKey, e2eBobKey), "Content-Encoding", "br"), "{}", 415, "unsupported content encoding"},
 		{"upstream 4xx", "POST", with(authHeaders(e2eAccessKey, e2eBobKey), "X-Test-Status", "422", "X-Test-Body", `{"error":"menu has no items"}`), "{}", 422, "menu has no items"},
 		{"upstream 5xx", "POST", with(authHeaders(e2eAccessKey, e2eBobKey), "X-Test-Status", "500", "X-Test-Body", "stack trace at 10.1.2.3"), "{}", 502, "upstream error: upstream answered 500 Internal Server Error"},
 	}
@@ -106,6 +108,9 @@ func TestIngestEndToEnd(t *testing.T) {
 		}
 		if row.status == 405 && res.Header.Get("Allow") != "POST" {
 			t.Errorf("%s: Allow = %q", row.name, res.Header.Get("Allow"))
+		}
+		if row.status == 415 && res.Header.Get("Accept-Encoding") != "gzip, deflate" {
+			t.Errorf("%s: Accept-Encoding = %q", row.name, res.Header.Get("Accept-Encoding"))
 		}
 		assertEnvelopeHeaders(t, row.name, res)
 	}
@@ -139,6 +144,19 @@ func TestIngestEndToEnd(t *testing.T) {
 	}
 	if n := len(up.requests()); n != 3 {
 		t.Fatalf("a refused push reached the upstream (%d requests)", n)
+	}
+
+	// A gzipped body is checked decoded and goes upstream as it came.
+	var gz strings.Builder
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write([]byte(body))
+	_ = zw.Close()
+	res = doPush(t, tester, "POST", path, with(authHeaders(e2eAccessKey, e2eBobKey), "Content-Encoding", "gzip"), gz.String())
+	if res.Status != 200 {
+		t.Fatalf("gzipped push: %d %s", res.Status, res.Raw)
+	}
+	if got := up.requests()[3]; got.Body != gz.String() || got.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("upstream got the gzipped push as %q, Content-Encoding %q", got.Body, got.Header.Get("Content-Encoding"))
 	}
 
 	// bob has no window; the upstream moves it with its override headers,

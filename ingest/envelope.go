@@ -21,9 +21,12 @@ const (
 	MsgBodyTooLarge     = "request body too large"
 	MsgBodyNotObject    = "request body must be a JSON object"
 	MsgBodyUnreadable   = "request body could not be read"
-	MsgUpstreamPrefix   = "upstream error: "
-	MsgInternal         = "internal error"
-	MsgUnavailable      = "service unavailable"
+	// MsgUnsupportedEncoding: a Content-Encoding other than gzip or
+	// deflate, or more than two of them.
+	MsgUnsupportedEncoding = "unsupported content encoding"
+	MsgUpstreamPrefix      = "upstream error: "
+	MsgInternal            = "internal error"
+	MsgUnavailable         = "service unavailable"
 )
 
 // Header names of the protocol.
@@ -60,10 +63,13 @@ const (
 	OutcomeBodyNotObject    Outcome = "body_not_object"
 	// OutcomeBodyUnreadable: the body broke off (the client went away, a
 	// read timeout) before it ended. Answered 400.
-	OutcomeBodyUnreadable   Outcome = "body_unreadable"
-	OutcomeUpstreamRejected Outcome = "upstream_rejected"
-	OutcomeUpstreamError    Outcome = "upstream_error"
-	OutcomeStoreError       Outcome = "store_error"
+	OutcomeBodyUnreadable Outcome = "body_unreadable"
+	// OutcomeUnsupportedEncoding: a body in a Content-Encoding that
+	// cannot be undone to check it.
+	OutcomeUnsupportedEncoding Outcome = "unsupported_encoding"
+	OutcomeUpstreamRejected    Outcome = "upstream_rejected"
+	OutcomeUpstreamError       Outcome = "upstream_error"
+	OutcomeStoreError          Outcome = "store_error"
 	// OutcomeStoreFull: the store cannot take the window now (low on disk
 	// space), so the push was not forwarded. Answered 503.
 	OutcomeStoreFull Outcome = "store_full"

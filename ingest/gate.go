@@ -214,7 +214,7 @@ func (g *Gate) openWindow(c Client) (*Push, *Answer) {
 }
 
 // readBody reads the whole body once, bounded by maxBody, and checks that
-// it is a JSON object.
+// it is a JSON object, compressed or not.
 func (g *Gate) readBody(r *http.Request) ([]byte, *Answer) {
 	if r.ContentLength > g.maxBody {
 		return nil, reject(http.StatusRequestEntityTooLarge, OutcomeBodyTooLarge, MsgBodyTooLarge)
@@ -226,7 +226,12 @@ func (g *Gate) readBody(r *http.Request) ([]byte, *Answer) {
 		return nil, reject(http.StatusRequestEntityTooLarge, OutcomeBodyTooLarge, MsgBodyTooLarge)
 	case err != nil:
 		return nil, reject(http.StatusBadRequest, OutcomeBodyUnreadable, MsgBodyUnreadable)
-	case !isJSONObject(body):
+	}
+	plain, ans := decodeBody(r.Header, body, g.maxBody)
+	if ans != nil {
+		return nil, ans
+	}
+	if !isJSONObject(plain) {
 		return nil, reject(http.StatusBadRequest, OutcomeBodyNotObject, MsgBodyNotObject)
 	}
 	return body, nil
