@@ -73,10 +73,7 @@ func TestAdminAPI(t *testing.T) {
 		return strings.Contains(body, `"queued":0`)
 	})
 
-	for _, c := range []struct {
-		method, path string
-		status       int
-	}{
+	assertAdminStatuses(t, []adminCase{
 		{"GET", "/webhooks/subscriptions/static:nope", 404},
 		{"POST", "/webhooks/subscriptions/static:nope/enable", 404},
 		{"GET", "/webhooks/subscriptions/static:shop/enable", 405},
@@ -84,7 +81,18 @@ func TestAdminAPI(t *testing.T) {
 		{"GET", "/webhooks/failed?limit=zero", 400},
 		{"GET", "/webhooks/elsewhere", 404},
 		{"POST", "/webhooks/subscriptions/static:shop/launch", 404},
-	} {
+	})
+}
+
+// adminCase is a request the admin API must answer with status.
+type adminCase struct {
+	method, path string
+	status       int
+}
+
+func assertAdminStatuses(t *testing.T, cases []adminCase) {
+	t.Helper()
+	for _, c := range cases {
 		if st, body := admin(t, c.method, c.path); st != c.status {
 			t.Errorf("%s %s: %d %s, want %d", c.method, c.path, st, body, c.status)
 		}
@@ -232,21 +240,14 @@ func TestAdminPushWindows(t *testing.T) {
 		t.Fatalf("push after opening: %d %s", res.Status, res.Raw)
 	}
 
-	for _, c := range []struct {
-		method, path string
-		status       int
-	}{
+	assertAdminStatuses(t, []adminCase{
 		{"GET", "/webhooks/windows/carol", 404},
 		{"POST", "/webhooks/windows/carol/open", 404},
 		{"POST", "/webhooks/windows/alice/open?scope=staging", 404},
 		{"GET", "/webhooks/windows/alice/open", 405},
 		{"POST", "/webhooks/windows", 405},
 		{"POST", "/webhooks/windows/alice/close", 404},
-	} {
-		if st, body := admin(t, c.method, c.path); st != c.status {
-			t.Errorf("%s %s: %d %s, want %d", c.method, c.path, st, body, c.status)
-		}
-	}
+	})
 	if st, body := admin(t, "GET", "/webhooks/windows?scope=staging"); st != 200 || body != "[]" {
 		t.Errorf("windows of an empty scope: %d %s", st, body)
 	}
