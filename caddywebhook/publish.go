@@ -101,6 +101,11 @@ func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		w.Header().Set("Retry-After", delivery.LowSpaceRetryAfter)
 		return writeJSONError(w, http.StatusInsufficientStorage, delivery.MsgLowSpace)
 	}
+	if errors.Is(err, delivery.ErrIDReused) {
+		h.logger.Info("publish refused: id reused for another message",
+			zap.String("id", msg.ID), zap.String("event", msg.Event), zap.String("tenant", msg.Tenant))
+		return writeJSONError(w, http.StatusConflict, err.Error())
+	}
 	if err != nil {
 		h.logger.Error("publishing event", zap.String("event", msg.Event), zap.Error(err))
 		return writeJSONError(w, http.StatusInternalServerError, "internal error")

@@ -161,6 +161,7 @@ func TestPublishEndToEnd(t *testing.T) {
 		{"POST", `{"data":{}}`, 400, "event is required"},
 		{"POST", `{"event":"x","data":"text"}`, 400, "data must be a JSON object or array"},
 		{"POST", `{"event":"x","data":{"a":"` + strings.Repeat("x", 1100) + `"}}`, 413, "request body too large"},
+		{"POST", `{"event":"product.update","id":"p-1949","data":{"sku":"other"}}`, 409, "id was already published with a different event, location or data"},
 	}
 	for _, b := range bad {
 		status, body := publish(t, tester.Client, b.method, b.body)

@@ -154,6 +154,47 @@ func TestIdempotentPublish(t *testing.T) {
 	}
 }
 
+// An ID published again with another message is refused: a backend that
+// reuses, say, an order ID for each event of the order would otherwise see
+// its later events swallowed as repeats.
+func TestPublishIDReusedForAnotherMessage(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL)}})
+	m := msg("x", `{"n":1}`)
+	m.ID, m.Location = "order-42", ""
+	if _, err := te.Publish(m); err != nil {
+		t.Fatal(err)
+	}
+	for name, other := range map[string]func(*Message){
+		"event":    func(m *Message) { m.Event = "y" },
+		"data":     func(m *Message) { m.Data = []byte(`{"n":2}`) },
+		"location": func(m *Message) { m.Location = "store-1" },
+	} {
+		changed := m
+		other(&changed)
+		if res, err := te.Publish(changed); !errors.Is(err, ErrIDReused) {
+			t.Errorf("another %s under the same id: %+v, %v", name, res, err)
+		}
+	}
+	if res, err := te.Publish(m); err != nil || !res.Duplicate {
+		t.Fatalf("the same message again: %+v %v", res, err)
+	}
+
+	// Records stored before they had a digest still answer repeats.
+	legacy := m
+	legacy.ID = "order-43"
+	err := te.db.Update(func(txn *badger.Txn) error {
+		return setJSON(txn, msgKey(legacy.Tenant, legacy.ID), publishRecord{Deliveries: 1, At: t0}, 0)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy.Data = []byte(`{"n":3}`)
+	if res, err := te.Publish(legacy); err != nil || !res.Duplicate || res.Deliveries != 1 {
+		t.Fatalf("repeat of a record without digest: %+v %v", res, err)
+	}
+}
+
 // Failures are retried on the schedule with the same Webhook-Id until a
 // 2xx; 3xx counts as a failure and is not followed.
 func TestRetryScheduleUntilSuccess(t *testing.T) {

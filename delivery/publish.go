@@ -99,7 +99,8 @@ func NewID(prefix string, now time.Time) string {
 
 // Publish stores msg with one delivery per matching subscription and
 // starts delivering. With a message ID that was already published for the
-// tenant, nothing new is stored and the earlier result is returned.
+// tenant, nothing new is stored and the earlier result is returned, or
+// ErrIDReused if the message is not the same.
 func (e *Engine) Publish(msg Message) (PublishResult, error) {
 	settings := e.settings.Load()
 	if settings == nil {
@@ -115,6 +116,9 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 			return PublishResult{}, err
 		}
 		if found {
+			if rec.Digest != nil && !bytes.Equal(rec.Digest, messageDigest(&msg)) {
+				return PublishResult{}, ErrIDReused
+			}
 			return PublishResult{ID: msg.ID, Deliveries: rec.Deliveries, Duplicate: true}, nil
 		}
 	}
@@ -148,6 +152,11 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 	}
 	return PublishResult{ID: msg.ID, Deliveries: len(subs)}, nil
 }
+
+// ErrIDReused refuses a publish whose ID the tenant already published
+// (within retention) with another event, location or data: answering it
+// as a repeat would drop the message without a word.
+var ErrIDReused = errors.New("id was already published with a different event, location or data")
 
 // ErrNotConfigured is returned by Publish before the first Configure.
 var ErrNotConfigured = errors.New("the delivery engine has no configuration yet")

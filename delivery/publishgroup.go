@@ -33,7 +33,7 @@ type pendingPublish struct {
 func (s *Store) newPendingPublish(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (*pendingPublish, error) {
 	p := &pendingPublish{msg: msg, fresh: fresh, retention: retention}
 	var err error
-	if p.record, err = json.Marshal(publishRecord{Deliveries: len(subs), At: now}); err != nil {
+	if p.record, err = json.Marshal(newPublishRecord(&msg, len(subs), fresh, now)); err != nil {
 		return nil, err
 	}
 	p.size = int64(len(prefixMsg)+len(msg.Tenant)+len(msg.ID)+1+len(p.record)) + 16

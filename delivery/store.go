@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -137,6 +138,29 @@ func msgKey(tenant, id string) []byte { return []byte(prefixMsg + tenant + "\x00
 type publishRecord struct {
 	Deliveries int       `json:"deliveries"`
 	At         time.Time `json:"at"`
+	// Digest fingerprints the message of a publish that came with its own
+	// ID, so that the ID given again for another message is refused
+	// instead of swallowing it. Records of earlier versions have none.
+	Digest []byte `json:"digest,omitempty"`
+}
+
+func newPublishRecord(msg *Message, deliveries int, fresh bool, now time.Time) publishRecord {
+	rec := publishRecord{Deliveries: deliveries, At: now}
+	if !fresh {
+		rec.Digest = messageDigest(msg)
+	}
+	return rec
+}
+
+// messageDigest is 128 bits of SHA-256 over what a publish says, tenant
+// and ID aside (they are the record's key): enough to tell a repeated
+// publish from another message under the same ID.
+func messageDigest(msg *Message) []byte {
+	h := sha256.New()
+	for _, part := range [][]byte{[]byte(msg.Event), {0}, []byte(msg.Location), {0}, msg.Data} {
+		h.Write(part)
+	}
+	return h.Sum(nil)[:16]
 }
 
 func getDelivery(txn *badger.Txn, did string, d *Delivery) (bool, error) {
@@ -251,7 +275,7 @@ func (s *Store) enqueueOnce(msg Message, subs []*Subscription, fresh bool, now t
 			return w.stored, err
 		}
 	}
-	rec := publishRecord{Deliveries: len(subs), At: now}
+	rec := newPublishRecord(&msg, len(subs), fresh, now)
 	if err := setJSON(w.txn, msgKey(msg.Tenant, msg.ID), rec, retention); err != nil {
 		return w.stored, err
 	}
