@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 )
@@ -113,6 +114,11 @@ func (g *Gate) addClient(c Client, names map[string]bool) error {
 	d := sha256.Sum256([]byte(c.Key))
 	if other, dup := g.clients[d]; dup {
 		return fmt.Errorf("clients %q and %q have the same key", other.Name, c.Name)
+	}
+	// Every integrator holds the access key; a client key equal to it
+	// would let any of them push as this client.
+	if slices.Contains(g.accessKeys, d) {
+		return fmt.Errorf("client %q: its key is also an access_key; client keys must differ from the access keys", c.Name)
 	}
 	names[c.Name] = true
 	g.clients[d] = c

@@ -504,6 +504,7 @@ func TestNewGateRejectsBadConfig(t *testing.T) {
 		{"empty key", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a"}}}, `client "a" has an empty key`},
 		{"dup name", Config{AccessKeys: []string{"x"}, Clients: []Client{ok, {Name: "a", Key: "k2"}}}, `client "a" is defined twice`},
 		{"dup key", Config{AccessKeys: []string{"x"}, Clients: []Client{ok, {Name: "b", Key: "k1"}}}, `clients "a" and "b" have the same key`},
+		{"client key is the access key", Config{AccessKeys: []string{"x", "k1"}, Clients: []Client{ok}}, `client "a": its key is also an access_key`},
 		{"negative interval", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: "k", Interval: -1}}}, "must not be negative"},
 		{"negative max body", Config{AccessKeys: []string{"x"}, Clients: []Client{ok}, MaxBody: -1}, "max_body"},
 	}
