@@ -179,6 +179,17 @@ func TestPublishIDReusedForAnotherMessage(t *testing.T) {
 	if res, err := te.Publish(m); err != nil || !res.Duplicate {
 		t.Fatalf("the same message again: %+v %v", res, err)
 	}
+	// A publish that got past that look (racing the first) is refused
+	// where it would store, by a shared transaction or a large fan-out.
+	changed := m
+	changed.Data = []byte(`{"n":9}`)
+	subs := []*Subscription{{ID: "static:a"}}
+	if _, err := te.store.enqueue(changed, subs, false, t0, 0); !errors.Is(err, ErrIDReused) {
+		t.Errorf("grouped enqueue of another message under the id: %v", err)
+	}
+	if _, err := te.store.enqueueFanOut(changed, subs, false, t0, 0); !errors.Is(err, ErrIDReused) {
+		t.Errorf("fan-out enqueue of another message under the id: %v", err)
+	}
 
 	// Records stored before they had a digest still answer repeats.
 	legacy := m

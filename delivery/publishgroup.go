@@ -21,6 +21,7 @@ type pendingPublish struct {
 	retention  time.Duration
 	deliveries []entries
 	record     []byte // the publishRecord
+	digest     []byte // its Digest
 	size       int64
 
 	stored int
@@ -33,7 +34,9 @@ type pendingPublish struct {
 func (s *Store) newPendingPublish(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (*pendingPublish, error) {
 	p := &pendingPublish{msg: msg, fresh: fresh, retention: retention}
 	var err error
-	if p.record, err = json.Marshal(newPublishRecord(&msg, len(subs), fresh, now)); err != nil {
+	rec := newPublishRecord(&msg, len(subs), fresh, now)
+	p.digest = rec.Digest
+	if p.record, err = json.Marshal(rec); err != nil {
 		return nil, err
 	}
 	p.size = int64(len(prefixMsg)+len(msg.Tenant)+len(msg.ID)+1+len(p.record)) + 16
@@ -129,6 +132,11 @@ func (s *Store) commitTogether(batch []*pendingPublish) (stored []int, err error
 // already (stored by an earlier, interrupted one, or by another publish
 // of the same ID in this batch) are left alone.
 func (p *pendingPublish) put(txn *badger.Txn) (int, error) {
+	if !p.fresh {
+		if err := idTaken(txn, &p.msg, p.digest); err != nil {
+			return 0, err
+		}
+	}
 	n := 0
 	for _, e := range p.deliveries {
 		if !p.fresh {

@@ -126,3 +126,41 @@ func TestFailedGroupCommitFallsBackToEachPublish(t *testing.T) {
 		t.Fatalf("%d requests, want %d: the failed publish stored nothing", n, want)
 	}
 }
+
+// Two messages under one ID published at once, in one group: one is
+// stored, the other refused, and the stored one answers its repeats.
+func TestConcurrentPublishesOfOneIDWithDifferentMessages(t *testing.T) {
+	te, rcv, msgs := twoSubscribersSixMessages(t)
+	first, second := msg("x", `{"order":9,"v":1}`), msg("x", `{"order":9,"v":2}`)
+	first.ID, second.ID = "order-9", "order-9"
+	msgs = append(msgs, first, second)
+	holdFirstPublishCommit(t, te, len(msgs)-1, func(int64) error { return nil })
+
+	errs := publishAll(te, msgs)
+	for i, err := range errs[:6] {
+		if err != nil {
+			t.Errorf("publish %d: %v", i, err)
+		}
+	}
+	winner := first
+	switch a, b := errs[6], errs[7]; {
+	case a == nil && errors.Is(b, ErrIDReused):
+	case b == nil && errors.Is(a, ErrIDReused):
+		winner = second
+	default:
+		t.Fatalf("the two order-9 publishes: %v and %v, want one stored and one ErrIDReused", a, b)
+	}
+	const want = 7 * 2
+	eventually(t, "every delivery", func() bool { return len(rcv.got()) >= want })
+	for _, r := range rcv.got() {
+		if r.Header.Get("Webhook-Id") == "order-9" && r.Body != string(winner.Data) {
+			t.Fatalf("order-9 delivered as %s, want the stored %s", r.Body, winner.Data)
+		}
+	}
+	if res, err := te.Publish(winner); err != nil || !res.Duplicate {
+		t.Fatalf("the stored message again: %+v %v", res, err)
+	}
+	if n := len(rcv.got()); n != want {
+		t.Fatalf("%d requests, want %d", n, want)
+	}
+}

@@ -144,6 +144,23 @@ type publishRecord struct {
 	Digest []byte `json:"digest,omitempty"`
 }
 
+// idTaken reports ErrIDReused when txn holds the publish record of
+// another message under msg's ID: one committed since Publish looked, or
+// one written earlier in the same transaction (a concurrent publish of the
+// same ID). Without it, the later publish would skip the deliveries the
+// other stored and overwrite its record.
+func idTaken(txn *badger.Txn, msg *Message, digest []byte) error {
+	var rec publishRecord
+	found, err := getJSON(txn, msgKey(msg.Tenant, msg.ID), &rec)
+	if err != nil {
+		return err
+	}
+	if found && rec.Digest != nil && !bytes.Equal(rec.Digest, digest) {
+		return ErrIDReused
+	}
+	return nil
+}
+
 func newPublishRecord(msg *Message, deliveries int, fresh bool, now time.Time) publishRecord {
 	rec := publishRecord{Deliveries: deliveries, At: now}
 	if !fresh {
@@ -258,6 +275,12 @@ func (s *Store) enqueueOnce(msg Message, subs []*Subscription, fresh bool, now t
 	w := newFanOutWriter(s.db)
 	w.fault = s.writeFault
 	defer w.discard()
+	rec := newPublishRecord(&msg, len(subs), fresh, now)
+	if !fresh {
+		if err := idTaken(w.txn, &msg, rec.Digest); err != nil {
+			return 0, err
+		}
+	}
 	for _, sub := range subs {
 		d := &Delivery{
 			ID: deliveryID(msg.ID, sub.ID), SubscriptionID: sub.ID, Message: msg,
@@ -275,7 +298,6 @@ func (s *Store) enqueueOnce(msg Message, subs []*Subscription, fresh bool, now t
 			return w.stored, err
 		}
 	}
-	rec := newPublishRecord(&msg, len(subs), fresh, now)
 	if err := setJSON(w.txn, msgKey(msg.Tenant, msg.ID), rec, retention); err != nil {
 		return w.stored, err
 	}
