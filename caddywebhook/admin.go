@@ -33,6 +33,7 @@ func init() {
 //	POST /webhooks/subscriptions/{id}/discard     fail the backlog of a removed or disabled subscription
 //	GET  /webhooks/windows[?scope=s]              push windows on record
 //	GET  /webhooks/windows/{client}[?scope=s]     one client's push window
+//	DELETE /webhooks/windows/{client}[?scope=s]   forget it (a client no longer configured)
 //	POST /webhooks/windows/{client}/open[?scope=s]  let a client push at once
 //
 // Admin modules are provisioned before apps and are not rolled back with a

@@ -208,7 +208,9 @@ func TestAdminQueuesAndDiscard(t *testing.T) {
 // Push windows are listed, and an operator opens one so that a client may
 // push again at once.
 func TestAdminPushWindows(t *testing.T) {
-	_, tester, logFile := startIngest(t)
+	up, tester, logFile := startIngest(t)
+	arrived := make(chan struct{}, 16)
+	up.onArrival = func() { arrived <- struct{}{} }
 	push := func(key string) pushResult {
 		return doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, key), "{}")
 	}
@@ -240,6 +242,30 @@ func TestAdminPushWindows(t *testing.T) {
 		t.Fatalf("push after opening: %d %s", res.Status, res.Raw)
 	}
 
+	// A window whose client has a push in flight is that push's to settle.
+	for len(arrived) > 0 {
+		<-arrived
+	}
+	done := make(chan pushResult)
+	go func() {
+		done <- doPush(t, tester, "POST", "/api/v1/webhook", with(authHeaders(e2eAccessKey, e2eBobKey), "X-Test-Delay", "500ms"), "{}")
+	}()
+	<-arrived
+	if st, body := admin(t, "DELETE", "/webhooks/windows/bob"); st != 409 {
+		t.Fatalf("deleting during a push: %d %s", st, body)
+	}
+	if res := <-done; res.Status != 200 {
+		t.Fatalf("the push in flight: %d %s", res.Status, res.Raw)
+	}
+
+	// Deleting forgets the window; the listing no longer has it.
+	if st, body := admin(t, "DELETE", "/webhooks/windows/bob"); st != 200 || body != `{"client":"bob","deleted":true,"scope":""}` {
+		t.Fatalf("delete: %d %s", st, body)
+	}
+	if st, body := admin(t, "GET", "/webhooks/windows"); st != 200 || strings.Contains(body, `"bob"`) {
+		t.Fatalf("after deleting bob's window: %d %s", st, body)
+	}
+
 	assertAdminStatuses(t, []adminCase{
 		{"GET", "/webhooks/windows/carol", 404},
 		{"POST", "/webhooks/windows/carol/open", 404},
@@ -247,6 +273,8 @@ func TestAdminPushWindows(t *testing.T) {
 		{"GET", "/webhooks/windows/alice/open", 405},
 		{"POST", "/webhooks/windows", 405},
 		{"POST", "/webhooks/windows/alice/close", 404},
+		{"PUT", "/webhooks/windows/alice", 405},
+		{"DELETE", "/webhooks/windows/bob", 404},
 	})
 	if st, body := admin(t, "GET", "/webhooks/windows?scope=staging"); st != 200 || body != "[]" {
 		t.Errorf("windows of an empty scope: %d %s", st, body)

@@ -1,6 +1,7 @@
 package caddywebhook
 
 import (
+	"errors"
 	"net/http"
 	"time"
 
@@ -37,16 +38,13 @@ func (a adminAPI) windows(w http.ResponseWriter, r *http.Request, o *openStore, 
 	case len(rest) == 0:
 		return onlyGet(r, func() error { return listWindows(w, o, scope, scoped) })
 	case len(rest) == 1 && rest[0] != "":
-		return onlyGet(r, func() error {
-			win, ok, err := o.leases.Window(o.windows, scope, rest[0])
-			if err != nil {
-				return apiErr(http.StatusInternalServerError, err.Error())
-			}
-			if !ok {
-				return apiErr(http.StatusNotFound, "no push window on record for client "+rest[0]+inScope(scope))
-			}
-			return writeAdmin(w, windowView(scope, rest[0], win))
-		})
+		switch r.Method {
+		case http.MethodGet:
+			return showWindow(w, o, scope, rest[0])
+		case http.MethodDelete:
+			return forgetWindow(w, o, scope, rest[0])
+		}
+		return apiErr(http.StatusMethodNotAllowed, "method not allowed; use GET or DELETE")
 	case len(rest) == 2 && rest[0] != "" && rest[1] == "open":
 		if r.Method != http.MethodPost {
 			return apiErr(http.StatusMethodNotAllowed, "method not allowed; use POST")
@@ -54,6 +52,17 @@ func (a adminAPI) windows(w http.ResponseWriter, r *http.Request, o *openStore, 
 		return openWindow(w, o, scope, rest[0])
 	}
 	return apiErr(http.StatusNotFound, "no such route")
+}
+
+func showWindow(w http.ResponseWriter, o *openStore, scope, client string) error {
+	win, ok, err := o.leases.Window(o.windows, scope, client)
+	if err != nil {
+		return apiErr(http.StatusInternalServerError, err.Error())
+	}
+	if !ok {
+		return apiErr(http.StatusNotFound, "no push window on record for client "+client+inScope(scope))
+	}
+	return writeAdmin(w, windowView(scope, client, win))
 }
 
 func listWindows(w http.ResponseWriter, o *openStore, scope string, scoped bool) error {
@@ -76,6 +85,8 @@ func listWindows(w http.ResponseWriter, o *openStore, scope string, scoped bool)
 func openWindow(w http.ResponseWriter, o *openStore, scope, client string) error {
 	win, ok, err := o.leases.OpenNow(o.windows, scope, client, time.Now())
 	switch {
+	case errors.Is(err, ingest.ErrPushInFlight):
+		return apiErr(http.StatusConflict, err.Error())
 	case err != nil:
 		return apiErr(writeFailure(err), err.Error())
 	case !ok:
@@ -84,6 +95,23 @@ func openWindow(w http.ResponseWriter, o *openStore, scope, client string) error
 	caddy.Log().Named("admin.api.webhooks").Info("push window opened by an operator",
 		zap.String("scope", scope), zap.String("client", client), zap.String("next_push_after", ingest.FormatTime(win.NextPushAfter)))
 	return writeAdmin(w, windowView(scope, client, win))
+}
+
+// forgetWindow deletes a client's window, typically one of a client no
+// config names any more.
+func forgetWindow(w http.ResponseWriter, o *openStore, scope, client string) error {
+	ok, err := o.leases.Forget(o.windows, scope, client)
+	switch {
+	case errors.Is(err, ingest.ErrPushInFlight):
+		return apiErr(http.StatusConflict, err.Error())
+	case err != nil:
+		return apiErr(writeFailure(err), err.Error())
+	case !ok:
+		return apiErr(http.StatusNotFound, "no push window on record for client "+client+inScope(scope))
+	}
+	caddy.Log().Named("admin.api.webhooks").Info("push window deleted by an operator",
+		zap.String("scope", scope), zap.String("client", client))
+	return writeAdmin(w, map[string]any{"scope": scope, "client": client, "deleted": true})
 }
 
 func inScope(scope string) string {

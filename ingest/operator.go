@@ -1,11 +1,14 @@
 package ingest
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
 // What an operator may see and do with push windows, outside any push.
@@ -56,13 +59,22 @@ func (l *Leases) Window(ws WindowStore, scope, client string) (w Window, ok bool
 	return l.For(WindowID(scope, client)).load(ws)
 }
 
+// ErrPushInFlight refuses an operator's change to a window while a push of
+// its client is being forwarded: that push settles the window itself.
+var ErrPushInFlight = errors.New("a push of this client is being forwarded; try again once it is answered")
+
 // OpenNow lets a client push at once: its next_push_after becomes now
-// (to the second, as windows are answered), last_used stays. The save goes
-// through the client's lease, whose copy the gates answer from. A push of
-// the client in flight meanwhile still settles the window as usual. ok is
-// false when the client has no window on record, which leaves it open.
+// (to the second, as windows are answered), last_used stays. It holds the
+// client's lease meanwhile, so that no push settles the window at the
+// same time, and saves through it, since the gates answer from its copy.
+// ok is false when the client has no window on record, which leaves it
+// open.
 func (l *Leases) OpenNow(ws WindowStore, scope, client string, now time.Time) (w Window, ok bool, err error) {
 	lease := l.For(WindowID(scope, client))
+	if !lease.TryAcquire() {
+		return w, false, ErrPushInFlight
+	}
+	defer lease.Release()
 	w, ok, err = lease.load(ws)
 	if err != nil || !ok {
 		return w, ok, err
@@ -73,4 +85,34 @@ func (l *Leases) OpenNow(ws WindowStore, scope, client string, now time.Time) (w
 	}
 	w.NextPushAfter, w.Interval = now, notByInterval
 	return w, true, lease.save(ws, w)
+}
+
+// Forget deletes a client's window, as if it had never had a push
+// accepted: windows of clients that no config names any more stay stored
+// otherwise. Like OpenNow it holds the lease, and the lease's copy goes
+// with the stored window. ok is false when there was no window on record.
+func (l *Leases) Forget(ws *BadgerWindows, scope, client string) (ok bool, err error) {
+	lease := l.For(WindowID(scope, client))
+	if !lease.TryAcquire() {
+		return false, ErrPushInFlight
+	}
+	defer lease.Release()
+	if _, ok, err = lease.load(ws); err != nil || !ok {
+		return ok, err
+	}
+	if err := ws.deleteWindow(lease.window); err != nil {
+		return true, err
+	}
+	lease.mu.Lock()
+	lease.w, lease.known, lease.loaded = Window{}, false, true
+	lease.mu.Unlock()
+	return true, nil
+}
+
+func (s *BadgerWindows) deleteWindow(id string) error {
+	err := store.Update(s.db, func(txn *badger.Txn) error { return txn.Delete([]byte(windowPrefix + id)) })
+	if err != nil {
+		return fmt.Errorf("deleting push window: %w", err)
+	}
+	return nil
 }

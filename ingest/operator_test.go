@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -87,5 +88,38 @@ func TestOperatorListsAndOpensWindows(t *testing.T) {
 	}
 	if w, ok, err := leases.Window(ws, "staging", "alice"); err != nil || !ok || !w.LastUsed.Equal(t0.Add(time.Minute)) {
 		t.Fatalf("staging's alice: %+v ok=%v err=%v", w, ok, err)
+	}
+
+	// While a push of the client is being forwarded, its window is that
+	// push's to settle.
+	clock.Advance(time.Minute)
+	inFlight, ans := gates["staging"].Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans != nil {
+		t.Fatal(ans)
+	}
+	if _, _, err := leases.OpenNow(ws, "staging", "alice", clock.Now()); !errors.Is(err, ErrPushInFlight) {
+		t.Fatalf("opening during a push: %v", err)
+	}
+	if _, err := leases.Forget(ws, "staging", "alice"); !errors.Is(err, ErrPushInFlight) {
+		t.Fatalf("forgetting during a push: %v", err)
+	}
+	inFlight.Settle(Upstream{Status: 204})
+	if ans := push("staging", aliceKey); ans.Status != 400 {
+		t.Fatalf("inside the window the push set: %+v", ans)
+	}
+
+	// A forgotten window is gone from the store and from what the gates
+	// answer: the client pushes as if for the first time.
+	if ok, err := leases.Forget(ws, "staging", "alice"); !ok || err != nil {
+		t.Fatalf("forget: ok=%v err=%v", ok, err)
+	}
+	if _, ok, err := ws.LoadWindow(WindowID("staging", "alice")); ok || err != nil {
+		t.Fatalf("forgotten window still stored: ok=%v err=%v", ok, err)
+	}
+	if ans := push("staging", aliceKey); ans.Status != 200 {
+		t.Fatalf("push after forgetting: %+v", ans)
+	}
+	if ok, err := leases.Forget(ws, "", "bob"); ok || err != nil {
+		t.Fatalf("forgetting bob, who has no window: ok=%v err=%v", ok, err)
 	}
 }
