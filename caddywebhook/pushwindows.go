@@ -84,13 +84,8 @@ func listWindows(w http.ResponseWriter, o *openStore, scope string, scoped bool)
 // the client was told.
 func openWindow(w http.ResponseWriter, o *openStore, scope, client string) error {
 	win, ok, err := o.leases.OpenNow(o.windows, scope, client, time.Now())
-	switch {
-	case errors.Is(err, ingest.ErrPushInFlight):
-		return apiErr(http.StatusConflict, err.Error())
-	case err != nil:
-		return apiErr(writeFailure(err), err.Error())
-	case !ok:
-		return apiErr(http.StatusNotFound, "no push window on record for client "+client+inScope(scope)+": it may push")
+	if err := windowUnchanged(ok, err, scope, client); err != nil {
+		return err
 	}
 	caddy.Log().Named("admin.api.webhooks").Info("push window opened by an operator",
 		zap.String("scope", scope), zap.String("client", client), zap.String("next_push_after", ingest.FormatTime(win.NextPushAfter)))
@@ -101,6 +96,18 @@ func openWindow(w http.ResponseWriter, o *openStore, scope, client string) error
 // config names any more.
 func forgetWindow(w http.ResponseWriter, o *openStore, scope, client string) error {
 	ok, err := o.leases.Forget(o.windows, scope, client)
+	if err := windowUnchanged(ok, err, scope, client); err != nil {
+		return err
+	}
+	caddy.Log().Named("admin.api.webhooks").Info("push window deleted by an operator",
+		zap.String("scope", scope), zap.String("client", client))
+	return writeAdmin(w, map[string]any{"scope": scope, "client": client, "deleted": true})
+}
+
+// windowUnchanged is the answer to an opening or forgetting that did not
+// happen, nil if it did: 409 while a push of the client is in flight, 404
+// when the client has no window on record (nothing keeps it out).
+func windowUnchanged(ok bool, err error, scope, client string) error {
 	switch {
 	case errors.Is(err, ingest.ErrPushInFlight):
 		return apiErr(http.StatusConflict, err.Error())
@@ -109,9 +116,7 @@ func forgetWindow(w http.ResponseWriter, o *openStore, scope, client string) err
 	case !ok:
 		return apiErr(http.StatusNotFound, "no push window on record for client "+client+inScope(scope))
 	}
-	caddy.Log().Named("admin.api.webhooks").Info("push window deleted by an operator",
-		zap.String("scope", scope), zap.String("client", client))
-	return writeAdmin(w, map[string]any{"scope": scope, "client": client, "deleted": true})
+	return nil
 }
 
 func inScope(scope string) string {
