@@ -23,8 +23,8 @@ type Window struct {
 	NextPushAfter time.Time `json:"next_push_after"`
 	// Interval is the client interval that NextPushAfter was set from, so
 	// that a shorter interval configured later shortens the window too.
-	// Negative when no interval set it: the upstream did, or a version
-	// that did not record it stored the window.
+	// Negative when no interval set it: the upstream or an operator did,
+	// or a version that did not record it stored the window.
 	Interval time.Duration `json:"-"`
 }
 
