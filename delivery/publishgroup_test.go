@@ -97,11 +97,17 @@ func TestConcurrentPublishesShareATransaction(t *testing.T) {
 	if n := commits.Load(); n != 2 {
 		t.Errorf("%d commits for %d publishes, want the first alone and the rest together", n, len(msgs))
 	}
-	const want = 7 * 2 // order-9 once, to both subscribers
+	deliveredExactly(t, te, rcv, 7*2, "order-9 once, to both subscribers")
+}
+
+// deliveredExactly waits for want deliveries and an empty queue, then
+// checks that no more arrived.
+func deliveredExactly(t *testing.T, te *testEngine, rcv *receiver, want int, why string) {
+	t.Helper()
 	eventually(t, "every delivery", func() bool { return len(rcv.got()) >= want })
 	eventually(t, "an empty queue", func() bool { return storedQueue(t, te.store) == 0 && te.QueueDepth() == 0 })
 	if n := len(rcv.got()); n != want {
-		t.Fatalf("%d requests, want %d", n, want)
+		t.Fatalf("%d requests, want %d: %s", n, want, why)
 	}
 }
 
@@ -133,12 +139,7 @@ func TestFailedGroupCommitFallsBackToEachPublish(t *testing.T) {
 	if n := commits.Load(); n != 1+1+5 {
 		t.Errorf("%d commits, want 7: the first alone, the group, then each of its 5 alone", n)
 	}
-	const want = 5 * 2
-	eventually(t, "every delivery", func() bool { return len(rcv.got()) >= want })
-	eventually(t, "an empty queue", func() bool { return storedQueue(t, te.store) == 0 && te.QueueDepth() == 0 })
-	if n := len(rcv.got()); n != want {
-		t.Fatalf("%d requests, want %d: the failed publish stored nothing", n, want)
-	}
+	deliveredExactly(t, te, rcv, 5*2, "the failed publish stored nothing")
 }
 
 // Two messages under one ID published at once, in one group: one is
