@@ -3,7 +3,6 @@ package caddywebhook
 import (
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strconv"
 
@@ -12,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hookgate/caddy-webhook/delivery"
+	"github.com/hookgate/caddy-webhook/internal/httpbody"
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
@@ -31,8 +31,12 @@ const DefaultPublishMaxBody = 1 << 20
 // Expose it only to the backend (e.g. on a loopback listener or behind
 // authentication): whoever can publish can make the server send requests
 // to every subscriber.
+//
+// A body may come compressed with gzip or deflate (`Content-Encoding`);
+// `max_body` bounds it on the wire and decoded.
 type Publish struct {
-	// Largest accepted request body in bytes. Default: 1 MiB.
+	// Largest accepted request body in bytes, on the wire and decoded.
+	// Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	shared *sharedStore
@@ -79,13 +83,9 @@ func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		w.Header().Set("Allow", http.MethodPost)
 		return writeJSONError(w, http.StatusMethodNotAllowed, "method not allowed")
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
+	body, err := httpbody.Read(w, r, h.MaxBody)
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return writeJSONError(w, http.StatusRequestEntityTooLarge, "request body too large")
-		}
-		return writeJSONError(w, http.StatusBadRequest, "request body could not be read")
+		return writeBodyError(w, err)
 	}
 	msg, err := delivery.ParsePublish(body)
 	if err != nil {
@@ -117,6 +117,19 @@ func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		zap.String("id", res.ID), zap.String("event", msg.Event), zap.String("tenant", msg.Tenant),
 		zap.Int("deliveries", res.Deliveries), zap.Bool("duplicate", res.Duplicate))
 	return writeJSON(w, http.StatusAccepted, res)
+}
+
+// writeBodyError answers a body httpbody.Read refused.
+func writeBodyError(w http.ResponseWriter, err error) error {
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return writeJSONError(w, http.StatusRequestEntityTooLarge, "request body too large")
+	case errors.Is(err, httpbody.ErrUnsupportedEncoding):
+		w.Header().Set("Accept-Encoding", httpbody.Accepted)
+		return writeJSONError(w, http.StatusUnsupportedMediaType, "unsupported content encoding")
+	}
+	return writeJSONError(w, http.StatusBadRequest, "request body could not be read")
 }
 
 func writeJSONError(w http.ResponseWriter, status int, msg string) error {

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -95,7 +96,16 @@ http://localhost:9080 {
 
 func publish(t *testing.T, client *http.Client, method, body string) (int, string) {
 	t.Helper()
+	status, answer, _ := publishWith(t, client, method, body, nil)
+	return status, answer
+}
+
+// publishWith sends a publish with extra headers and returns the answer's
+// headers too.
+func publishWith(t *testing.T, client *http.Client, method, body string, header http.Header) (int, string, http.Header) {
+	t.Helper()
 	req, _ := http.NewRequest(method, testBase+"/events", strings.NewReader(body))
+	maps.Copy(req.Header, header)
 	res, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +115,7 @@ func publish(t *testing.T, client *http.Client, method, body string) (int, strin
 	if ct := res.Header.Get("Content-Type"); ct != "application/json" {
 		t.Fatalf("Content-Type %q", ct)
 	}
-	return res.StatusCode, strings.TrimSpace(string(b))
+	return res.StatusCode, strings.TrimSpace(string(b)), res.Header
 }
 
 func TestPublishEndToEnd(t *testing.T) {
@@ -169,8 +179,26 @@ func TestPublishEndToEnd(t *testing.T) {
 			t.Errorf("%s %.40s: got %d %s, want %d %q", b.method, b.body, status, body, b.status, b.err)
 		}
 	}
+	// A compressed publish is decoded; max_body bounds it decoded too.
+	gz := http.Header{"Content-Encoding": {"gzip"}}
+	status, body, _ = publishWith(t, tester.Client, "POST", gzipString(t, `{"event":"order.status","data":{"orderId":"GZ1"}}`), gz)
+	if status != 202 || !strings.HasSuffix(body, `","deliveries":1}`) {
+		t.Fatalf("gzipped publish: %d %s", status, body)
+	}
+	waitFor(t, "the gzipped event", func() bool { return len(flybuy.received()) == 3 })
+	if got := flybuy.received()[2].Body; got != `{"data":{"orderId":"GZ1"}}` {
+		t.Fatalf("gzipped publish delivered as %q", got)
+	}
+	bomb := gzipString(t, `{"event":"x","data":{"a":"`+strings.Repeat("x", 10<<10)+`"}}`)
+	if status, body, _ := publishWith(t, tester.Client, "POST", bomb, gz); len(bomb) > 1000 || status != 413 || body != `{"error":"request body too large"}` {
+		t.Errorf("%d gzipped bytes decoding past max_body: %d %s", len(bomb), status, body)
+	}
+	status, body, hdr := publishWith(t, tester.Client, "POST", `{"event":"x","data":{}}`, http.Header{"Content-Encoding": {"br"}})
+	if status != 415 || body != `{"error":"unsupported content encoding"}` || hdr.Get("Accept-Encoding") != "gzip, deflate" {
+		t.Errorf("br publish: %d %s, Accept-Encoding %q", status, body, hdr.Get("Accept-Encoding"))
+	}
 	time.Sleep(100 * time.Millisecond)
-	if n := len(flybuy.received()); n != 2 {
+	if n := len(flybuy.received()); n != 3 {
 		t.Fatalf("a refused publish was delivered (%d deliveries)", n)
 	}
 	assertNotInFile(t, logFile, e2eKinguinSecret, e2eFlybuyToken, strings.TrimPrefix(e2eSigningSecret, "whsec_"))

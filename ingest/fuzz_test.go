@@ -1,8 +1,6 @@
 package ingest
 
 import (
-	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -48,36 +46,6 @@ func FuzzAdmit(f *testing.F) {
 		s := push.Settle(Upstream{Status: 204, Header: http.Header{}})
 		if !s.Envelope.Success {
 			t.Fatalf("settle %+v", s)
-		}
-	})
-}
-
-// FuzzDecodeBody throws arbitrary Content-Encoding values and bodies at
-// the decoding that precedes the JSON check: no panic, a refusal is one of
-// the protocol's answers, and nothing decodes past max_body.
-func FuzzDecodeBody(f *testing.F) {
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	zw.Write([]byte(`{"menu":[]}`))
-	zw.Close()
-	f.Add("gzip", gz.Bytes())
-	f.Add("x-gzip, identity", gz.Bytes())
-	f.Add("deflate", []byte{0x78, 0x9c, 0xab, 0xae, 0x05, 0x00, 0x01, 0x75, 0x00, 0xf9})
-	f.Add("gzip, deflate", []byte{})
-	f.Add("br", []byte("{}"))
-	f.Fuzz(func(t *testing.T, encoding string, body []byte) {
-		const max = 64
-		plain, ans := decodeBody(http.Header{"Content-Encoding": {encoding}}, body, max)
-		if ans != nil {
-			switch ans.Outcome {
-			case OutcomeUnsupportedEncoding, OutcomeBodyUnreadable, OutcomeBodyTooLarge:
-			default:
-				t.Fatalf("answer %+v", ans)
-			}
-			return
-		}
-		if len(plain) > max && !bytes.Equal(plain, body) {
-			t.Fatalf("decoded %d bytes, over max_body", len(plain))
 		}
 	})
 }

@@ -5,11 +5,12 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/hookgate/caddy-webhook/internal/httpbody"
 )
 
 // DefaultMaxBody is the largest push body accepted when none is configured.
@@ -225,7 +226,7 @@ func (g *Gate) readBody(r *http.Request) ([]byte, *Answer) {
 	if r.ContentLength > g.maxBody {
 		return nil, reject(http.StatusRequestEntityTooLarge, OutcomeBodyTooLarge, MsgBodyTooLarge)
 	}
-	body, err := readAtMost(r.Body, r.ContentLength, g.maxBody)
+	body, err := httpbody.ReadAtMost(r.Body, r.ContentLength, g.maxBody)
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge) || int64(len(body)) > g.maxBody:
@@ -241,38 +242,6 @@ func (g *Gate) readBody(r *http.Request) ([]byte, *Answer) {
 		return nil, reject(http.StatusBadRequest, OutcomeBodyNotObject, MsgBodyNotObject)
 	}
 	return body, nil
-}
-
-const preallocMax = 64 << 10
-
-// readAtMost reads r to EOF, or to one byte past max so the caller can
-// tell the body was too large. A declared length sizes the buffer once
-// (io.ReadAll would grow it from 512 bytes) up to preallocMax: a client
-// declaring megabytes it never sends gets no more than that.
-func readAtMost(r io.Reader, declared, max int64) ([]byte, error) {
-	limit := max + 1
-	if limit < 0 {
-		limit = max
-	}
-	size := int64(512)
-	if declared >= 0 {
-		size = min(declared+1, preallocMax) // +1: EOF is seen without growing
-	}
-	b := make([]byte, 0, min(size, limit))
-	for int64(len(b)) < limit {
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)]
-		}
-		n, err := r.Read(b[len(b):min(int64(cap(b)), limit)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return b, err
-		}
-	}
-	return b, nil
 }
 
 // authorized checks "Token <key>" against every access key in constant

@@ -533,47 +533,6 @@ func TestForwardHeader(t *testing.T) {
 	}
 }
 
-func TestReadAtMost(t *testing.T) {
-	body := strings.Repeat("x", 1500)
-	for _, tc := range []struct {
-		name          string
-		declared, max int64
-		want          int
-	}{
-		{"declared exactly", 1500, 2000, 1500},
-		{"unknown length", -1, 2000, 1500},
-		{"declared too little", 10, 2000, 1500},
-		{"declared too much", 3000, 4000, 1500},
-		{"over the limit, unknown length", -1, 1000, 1001},
-		{"over the limit, declared", 1500, 1000, 1001},
-		{"at the limit", -1, 1500, 1500},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			for _, r := range []io.Reader{strings.NewReader(body), iotest.OneByteReader(strings.NewReader(body))} {
-				got, err := readAtMost(r, tc.declared, tc.max)
-				if err != nil || len(got) != tc.want || string(got) != body[:tc.want] {
-					t.Fatalf("read %d bytes, err %v; want %d", len(got), err, tc.want)
-				}
-			}
-		})
-	}
-	if _, err := readAtMost(iotest.ErrReader(errors.New("reset")), -1, 10); err == nil {
-		t.Fatal("a read error was swallowed")
-	}
-}
-
-// A client declaring a large body it never sends must not make the gate
-// allocate that much up front.
-func TestReadAtMostDoesNotTrustDeclaredLength(t *testing.T) {
-	got, err := readAtMost(strings.NewReader("{}"), 8<<20, 10<<20)
-	if err != nil || string(got) != "{}" {
-		t.Fatalf("got %q, %v", got, err)
-	}
-	if cap(got) > preallocMax {
-		t.Fatalf("allocated %d bytes for a 2-byte body", cap(got))
-	}
-}
-
 // Two gates on one store, as two webhook_ingest handlers of one Caddy: a
 // client name is one client (one window, one lease) within a scope, and
 // scopes keep the windows of same-named clients apart.

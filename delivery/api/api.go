@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
 	"math"
 	"net/http"
 	"net/url"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hookgate/caddy-webhook/delivery"
+	"github.com/hookgate/caddy-webhook/internal/httpbody"
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
@@ -161,17 +161,22 @@ func (c *call) json(status int, v any) {
 	_, _ = c.w.Write(body)
 }
 
-// decode reads a JSON object body into v; on failure it has answered.
+// decode reads a JSON object body, compressed with gzip or deflate or
+// not, into v; on failure it has answered.
 func (c *call) decode(v any) bool {
 	limit := c.h.MaxBody
 	if limit <= 0 {
 		limit = DefaultMaxBody
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(c.w, c.r.Body, limit))
+	body, err := httpbody.Read(c.w, c.r.Request, limit)
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
 		c.fail(http.StatusRequestEntityTooLarge, "request body too large")
+		return false
+	case errors.Is(err, httpbody.ErrUnsupportedEncoding):
+		c.w.Header().Set("Accept-Encoding", httpbody.Accepted)
+		c.fail(http.StatusUnsupportedMediaType, "unsupported content encoding")
 		return false
 	case err != nil:
 		c.fail(http.StatusBadRequest, "request body could not be read")

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"compress/gzip"
+	"compress/zlib"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -250,6 +252,17 @@ func TestTikiBadInput(t *testing.T) {
 		if got.Status != c.status || got.Body != c.want {
 			t.Errorf("%s %s %s: got %d %s, want %d %s", c.method, c.path, c.body, got.Status, got.Body, c.status, c.want)
 		}
+	}
+	bomb := gzipped(t, `{"uri":"https://a.example","event":"`+strings.Repeat("e", 1000)+`"}`)
+	if len(bomb) > 100 {
+		t.Fatalf("the compressed body is %d bytes, not under max_body", len(bomb))
+	}
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", bomb, "Content-Encoding", "gzip"), 413, `{"error":{"message":"request body too large"}}`)
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", "{}", "Content-Encoding", "gzip"), 400, `{"error":{"message":"request body could not be read"}}`)
+	br := e.do(e.tiki, "s", "POST", "/v1/webhooks", "{}", "Content-Encoding", "br")
+	expect(t, br, 415, `{"error":{"message":"unsupported content encoding"}}`)
+	if got := br.Header.Get("Accept-Encoding"); got != "gzip, deflate" {
+		t.Errorf("415 with Accept-Encoding %q", got)
 	}
 	if got := e.do(e.tiki, "s", "PATCH", "/v1/webhooks", "{}"); got.Header.Get("Allow") != "GET, POST, PUT, DELETE" {
 		t.Errorf("Allow = %q", got.Header.Get("Allow"))
@@ -666,4 +679,47 @@ func TestLowSpaceRefusesWrites(t *testing.T) {
 
 	low.Store(false)
 	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", `{"uri":"`+rcv.URL+`","event":"order.created"}`), 200, "")
+}
+
+// A registration may come compressed, as an HTTP client library that
+// compresses its request bodies sends it, in either dialect.
+func TestCompressedRegistration(t *testing.T) {
+	e := newEnv(t, time.Second)
+	rcv := newReceiver(t)
+	tiki := gzipped(t, `{"uri":"`+rcv.URL+`/tiki","event":"product:request:approved"}`)
+	expect(t, e.do(e.tiki, "seller-1", "POST", "/v1/webhooks", tiki, "Content-Encoding", "gzip"), 200,
+		`{"event":"product:request:approved","seller_id":"seller-1","uri":"`+rcv.URL+`/tiki"}`)
+	doshii := deflated(t, `{"event":"order_created","webhookUrl":"`+rcv.URL+`/doshii"}`)
+	if got := e.do(e.doshii, "partner", "POST", "/partner/v3/webhooks", doshii, "Content-Encoding", "deflate"); got.Status != 201 && got.Status != 200 {
+		t.Fatalf("deflated doshii registration: %d %s", got.Status, got.Body)
+	}
+	if n := len(e.engine.Subscriptions()); n != 2 {
+		t.Fatalf("%d subscriptions stored, want 2", n)
+	}
+}
+
+func gzipped(t *testing.T, s string) string {
+	t.Helper()
+	var b strings.Builder
+	w := gzip.NewWriter(&b)
+	if _, err := w.Write([]byte(s)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func deflated(t *testing.T, s string) string {
+	t.Helper()
+	var b strings.Builder
+	w := zlib.NewWriter(&b)
+	if _, err := w.Write([]byte(s)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }
