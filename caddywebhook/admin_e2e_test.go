@@ -224,8 +224,8 @@ func TestAdminPushWindows(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &list); st != 200 || err != nil || len(list) != 2 {
 		t.Fatalf("list: %d %s", st, body)
 	}
-	alice := windowJSON{Client: "alice", LastUsed: first.Envelope.LastUsed, NextPushAfter: first.Envelope.NextPushAfter, Interval: "1h0m0s"}
-	if list[0] != alice || list[1].Client != "bob" || list[1].Interval != "0s" {
+	alice := windowJSON{Client: "alice", LastUsed: first.Envelope.LastUsed, NextPushAfter: first.Envelope.NextPushAfter, Interval: "1h0m0s", Configured: true}
+	if list[0] != alice || list[1].Client != "bob" || list[1].Interval != "0s" || !list[1].Configured {
 		t.Fatalf("listed %+v, want alice as %+v and bob", list, alice)
 	}
 	if st, body := admin(t, "GET", "/webhooks/windows/alice"); st != 200 || !strings.Contains(body, `"next_push_after":"`+alice.NextPushAfter+`"`) {

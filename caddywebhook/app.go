@@ -172,7 +172,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("webhooks: storage_dir: %w", err)
 	}
 	a.dir, a.shared = dir, val.(*sharedStore)
-	a.windows = &windowClaims{keys: map[string][32]byte{}}
+	a.windows = newWindowClaims()
 	return nil
 }
 
@@ -308,10 +308,12 @@ func (a *App) Start() error {
 	return nil
 }
 
-// configure makes this config's settings and logger the engine's, and
-// its minimum free space the store's.
+// configure makes this config's settings and logger the engine's, its
+// minimum free space the store's, and its handlers' push windows the ones
+// the admin API shows.
 func (a *App) configure(o *openStore) error {
 	o.db.SetMinFreeSpace(a.minFreeSpace())
+	o.claims.Store(a.windows)
 	eng := o.engine
 	eng.SetLogger(a.logger)
 	eng.SetObserver(observeAttempt)

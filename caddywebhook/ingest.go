@@ -117,10 +117,17 @@ func (h *Ingest) Provision(ctx caddy.Context) error {
 }
 
 // windowClaims maps the push windows of one config's webhook_ingest
-// handlers to the digests of their clients' keys.
+// handlers to the digests of their clients' keys and to their intervals.
 type windowClaims struct {
 	mu   sync.Mutex
 	keys map[string][32]byte
+	// intervals holds the shortest interval a handler gives each window:
+	// the one that lets its client in first (see ingest.Window.Under).
+	intervals map[string]time.Duration
+}
+
+func newWindowClaims() *windowClaims {
+	return &windowClaims{keys: map[string][32]byte{}, intervals: map[string]time.Duration{}}
 }
 
 // claim records the key each of cfg's clients uses for its push window,
@@ -133,6 +140,9 @@ func (w *windowClaims) claim(cfg ingest.Config) (clashes []string) {
 	defer w.mu.Unlock()
 	for _, c := range cfg.Clients {
 		id, key := ingest.WindowID(cfg.Scope, c.Name), sha256.Sum256([]byte(c.Key))
+		if i, ok := w.intervals[id]; !ok || c.Interval < i {
+			w.intervals[id] = c.Interval
+		}
 		if seen, ok := w.keys[id]; ok && seen != key {
 			clashes = append(clashes, c.Name)
 			continue
@@ -140,6 +150,18 @@ func (w *windowClaims) claim(cfg ingest.Config) (clashes []string) {
 		w.keys[id] = key
 	}
 	return clashes
+}
+
+// interval returns the shortest interval the config's handlers give a
+// window; ok is false when none of them names its client.
+func (w *windowClaims) interval(id string) (d time.Duration, ok bool) {
+	if w == nil { // no config has started on the store
+		return 0, false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	d, ok = w.intervals[id]
+	return d, ok
 }
 
 // gateConfig replaces placeholders in keys; errors never quote a key.

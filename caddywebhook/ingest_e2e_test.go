@@ -254,6 +254,9 @@ func TestIngestSurvivesReloadAndRestart(t *testing.T) {
 		t.Fatalf("first push: %d %s", res.Status, res.Raw)
 	}
 	tooEarly := "next push not allowed until after " + res.Envelope.NextPushAfter
+	if res := doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, e2eBobKey), "{}"); res.Status != 200 {
+		t.Fatalf("bob's push: %d %s", res.Status, res.Raw)
+	}
 
 	// Reload with a changed config while the first one is running.
 	loadConfig(t, strings.Replace(cfg, "max_body 1KB", "max_body 2KB", 1))
@@ -273,11 +276,25 @@ func TestIngestSurvivesReloadAndRestart(t *testing.T) {
 
 	// A reload that shortens the interval shortens the running window (the
 	// interval that set it was stored with it); interval 0 lets alice in.
-	loadConfig(t, strings.Replace(cfg, "interval 1h", "interval 30m", 1))
+	// The same reload drops bob from the config.
+	withoutBob := strings.Replace(cfg, "client bob "+e2eBobKey+"\n", "", 1)
+	if withoutBob == cfg {
+		t.Fatal("no client bob line to drop")
+	}
+	loadConfig(t, strings.Replace(withoutBob, "interval 1h", "interval 30m", 1))
 	res = doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")
 	lastUsed, err := time.Parse(time.RFC3339, res.Envelope.LastUsed)
 	if err != nil || res.Status != 400 || res.Envelope.NextPushAfter != ingest.FormatTime(lastUsed.Add(30*time.Minute)) {
 		t.Fatalf("interval shortened to 30m: %d %s", res.Status, res.Raw)
+	}
+	// The admin API shows the windows as the running config enforces
+	// them, and bob's as one no handler uses any more.
+	_, body := admin(t, "GET", "/webhooks/windows")
+	alice := windowJSON{Client: "alice", LastUsed: res.Envelope.LastUsed, NextPushAfter: res.Envelope.NextPushAfter, Interval: "30m0s", Configured: true}
+	var shown []windowJSON
+	if err := json.Unmarshal([]byte(body), &shown); err != nil || len(shown) != 2 || shown[0] != alice ||
+		shown[1].Client != "bob" || shown[1].Configured {
+		t.Fatalf("windows after the reload: %s, want alice as %+v and bob unconfigured", body, alice)
 	}
 	loadConfig(t, strings.Replace(cfg, "interval 1h", "interval 0", 1))
 	res = doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")

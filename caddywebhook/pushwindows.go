@@ -11,19 +11,34 @@ import (
 	"github.com/hookgate/caddy-webhook/ingest"
 )
 
-// windowJSON is what operators see of a client's push window.
+// windowJSON is what operators see of a client's push window: as the
+// running config's webhook_ingest handlers enforce it.
 type windowJSON struct {
-	Scope         string `json:"scope"`
-	Client        string `json:"client"`
-	LastUsed      string `json:"last_used,omitempty"`
+	Scope    string `json:"scope"`
+	Client   string `json:"client"`
+	LastUsed string `json:"last_used,omitempty"`
+	// When the client may push again; where the config now gives the
+	// client a shorter interval than the one that set the window, as
+	// that interval shortens it.
 	NextPushAfter string `json:"next_push_after,omitempty"`
-	// The interval that set next_push_after, which a shorter configured
-	// one shortens; absent when the backend or an operator set it.
+	// The interval next_push_after follows from; absent when the backend
+	// or an operator set it.
 	Interval string `json:"interval,omitempty"`
+	// Configured is false for a window whose client no webhook_ingest of
+	// the running config names: nothing uses it any more, and DELETE
+	// removes it.
+	Configured bool `json:"configured"`
 }
 
-func windowView(scope, client string, w ingest.Window) windowJSON {
-	v := windowJSON{Scope: scope, Client: client, LastUsed: ingest.FormatTime(w.LastUsed), NextPushAfter: ingest.FormatTime(w.NextPushAfter)}
+func (o *openStore) windowView(scope, client string, w ingest.Window) windowJSON {
+	interval, configured := o.claims.Load().interval(ingest.WindowID(scope, client))
+	if configured {
+		w = w.Under(interval)
+	}
+	v := windowJSON{
+		Scope: scope, Client: client, Configured: configured,
+		LastUsed: ingest.FormatTime(w.LastUsed), NextPushAfter: ingest.FormatTime(w.NextPushAfter),
+	}
 	if w.Interval >= 0 {
 		v.Interval = w.Interval.String()
 	}
@@ -62,7 +77,7 @@ func showWindow(w http.ResponseWriter, o *openStore, scope, client string) error
 	if !ok {
 		return apiErr(http.StatusNotFound, "no push window on record for client "+client+inScope(scope))
 	}
-	return writeAdmin(w, windowView(scope, client, win))
+	return writeAdmin(w, o.windowView(scope, client, win))
 }
 
 func listWindows(w http.ResponseWriter, o *openStore, scope string, scoped bool) error {
@@ -73,7 +88,7 @@ func listWindows(w http.ResponseWriter, o *openStore, scope string, scoped bool)
 	out := make([]windowJSON, 0, len(all))
 	for _, sw := range all {
 		if !scoped || sw.Scope == scope {
-			out = append(out, windowView(sw.Scope, sw.Client, sw.Window))
+			out = append(out, o.windowView(sw.Scope, sw.Client, sw.Window))
 		}
 	}
 	return writeAdmin(w, out)
@@ -89,7 +104,7 @@ func openWindow(w http.ResponseWriter, o *openStore, scope, client string) error
 	}
 	caddy.Log().Named("admin.api.webhooks").Info("push window opened by an operator",
 		zap.String("scope", scope), zap.String("client", client), zap.String("next_push_after", ingest.FormatTime(win.NextPushAfter)))
-	return writeAdmin(w, windowView(scope, client, win))
+	return writeAdmin(w, o.windowView(scope, client, win))
 }
 
 // forgetWindow deletes a client's window, typically one of a client no

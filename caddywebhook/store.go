@@ -56,6 +56,8 @@ type openStore struct {
 	windows *ingest.BadgerWindows
 	leases  *ingest.Leases // the shared store's
 	engine  *delivery.Engine
+	// claims are the running config's push windows (see App.configure).
+	claims atomic.Pointer[windowClaims]
 }
 
 func newSharedStore(dir string, key []byte, keyID [32]byte, syncWrites bool) *sharedStore {

@@ -105,7 +105,7 @@ func TestWindowRecord(t *testing.T) {
 	if err := decodeWindow(v1, &legacy); err != nil || !legacy.NextPushAfter.Equal(t0.Add(time.Hour)) || legacy.Interval != notByInterval {
 		t.Fatalf("version 1 window read as %+v, %v", legacy, err)
 	}
-	if got := legacy.under(0); got != legacy {
+	if got := legacy.Under(0); got != legacy {
 		t.Fatalf("interval 0 shortened a window of unknown interval: %+v", got)
 	}
 	b := encodeWindow(Window{LastUsed: t0, NextPushAfter: t0})

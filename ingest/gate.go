@@ -200,7 +200,7 @@ func (g *Gate) openWindow(c Client) (*Push, *Answer) {
 		ans.Client = c.Name
 		return nil, ans
 	}
-	w = w.under(c.Interval)
+	w = w.Under(c.Interval)
 	now := g.clock.Now()
 	var ans *Answer
 	switch {

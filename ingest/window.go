@@ -36,13 +36,13 @@ func (w Window) Open(now time.Time) bool {
 	return !now.Before(w.NextPushAfter)
 }
 
-// under returns the window as a client with the given interval sees it. An
+// Under returns the window as a client with the given interval sees it. An
 // operator who shortens an interval (or turns it off with 0) and reloads
 // expects the clients waiting out the old one to be let in by the new one;
 // a longer interval waits for the next accepted push, since the client has
 // been told when it may push next. Windows that the upstream set stay as
 // they are.
-func (w Window) under(interval time.Duration) Window {
+func (w Window) Under(interval time.Duration) Window {
 	if w.Interval > interval {
 		w.NextPushAfter = w.NextPushAfter.Add(interval - w.Interval)
 		w.Interval = interval
