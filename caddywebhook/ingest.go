@@ -263,11 +263,12 @@ func forward(r *http.Request, next caddyhttp.Handler, settle func(ingest.Upstrea
 func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	defer recoverPanic(w, r, h.logger, ingest.Envelope{Error: ingest.MsgInternal}, &err)
 	start := time.Now()
-	if _, err := h.shared.await(r.Context()); err != nil {
+	if _, err := h.shared.await(r.Context()); err != nil || !h.shared.pushes.enter() {
 		h.log(r, ingest.Settled{Answer: unavailableAnswer}, 0, nil, start, false)
 		w.Header().Set("Retry-After", "1")
 		return writeAnswer(w, unavailableAnswer)
 	}
+	defer h.shared.pushes.leave()
 	push, ans := h.gate.Admit(r)
 	if ans != nil {
 		h.log(r, ingest.Settled{Answer: *ans}, 0, nil, start, false)
@@ -342,7 +343,8 @@ func (o *outlasting) stop() {
 	}
 }
 
-// unavailableAnswer is given when the store never opened (see await).
+// unavailableAnswer is given when the store never opened (see await), or
+// is being closed.
 var unavailableAnswer = ingest.Answer{
 	Status:   http.StatusServiceUnavailable,
 	Outcome:  ingest.OutcomeStoreError,

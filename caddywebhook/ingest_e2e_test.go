@@ -359,3 +359,34 @@ func TestIngestScopesKeepEndpointsApart(t *testing.T) {
 	}
 	assertNotInFile(t, logFile, prodKey, stagingKey, otherKey, e2eAccessKey)
 }
+
+// With a finite grace_period (1ns in these tests) Caddy cleans up the
+// webhooks app while a push's handler still runs: the store waits for
+// the push to save its window before it closes, so the window the client
+// was told about is on disk when the store opens again.
+func TestPushInFlightSettlesBeforeStoreCloses(t *testing.T) {
+	up := newTestUpstream(t)
+	cfg, logFile := ingestConfig(t, t.TempDir(), up.addr())
+	tester := startCaddy(t, cfg)
+	arrived := make(chan struct{}, 1)
+	up.onArrival = func() { arrived <- struct{}{} }
+	done := make(chan pushResult)
+	go func() {
+		done <- doPush(t, tester, "POST", "/api/v1/webhook", with(authHeaders(e2eAccessKey, e2eAliceKey), "X-Test-Delay", "500ms"), "{}")
+	}()
+	<-arrived
+	loadConfig(t, emptyConfig) // the last config using the store goes
+	res := <-done
+	if res.Status != 200 {
+		t.Fatalf("the push in flight: %d %s", res.Status, res.Raw)
+	}
+	if logs := readFile(t, logFile); strings.Contains(logs, "saving push window") {
+		t.Fatalf("the push could not save its window:\n%s", logs)
+	}
+
+	loadConfig(t, cfg)
+	again := doPush(t, tester, "POST", "/api/v1/webhook", authHeaders(e2eAccessKey, e2eAliceKey), "{}")
+	if again.Status != 400 || again.Envelope.NextPushAfter != res.Envelope.NextPushAfter {
+		t.Fatalf("after the store reopened: %d %s, want the window %s", again.Status, again.Raw, res.Envelope.NextPushAfter)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
 	"github.com/hookgate/caddy-webhook/delivery"
 	"github.com/hookgate/caddy-webhook/ingest"
@@ -36,6 +37,9 @@ type sharedStore struct {
 	// open, so later configs must agree.
 	syncWrites bool
 	leases     *ingest.Leases
+	// pushes are the webhook_ingest pushes between admission and
+	// settling, which Destruct waits for.
+	pushes inFlight
 
 	open   atomic.Pointer[openStore]
 	opened chan struct{} // closed once open is set
@@ -157,8 +161,28 @@ func (s *sharedStore) Destruct() error {
 		return nil
 	}
 	current.CompareAndSwap(o, nil)
+	s.settlePushes()
 	o.engine.Stop()
 	return o.db.Close()
+}
+
+// settleWait bounds how long closing the store waits for pushes in
+// flight: as long as a push goes on after its client has gone.
+// A variable so that a test can shorten it.
+var settleWait = defaultClientGoneGrace
+
+// settlePushes waits for the pushes in flight to save their windows, and
+// says so when it has to wait or gives up.
+func (s *sharedStore) settlePushes() {
+	logger := caddy.Log().Named("webhooks.store")
+	if n := s.pushes.n.Load(); n > 0 {
+		logger.Info("waiting for pushes in flight to settle their push windows before closing the store",
+			zap.Int64("pushes", n), zap.Duration("at_most", settleWait))
+	}
+	if left := s.pushes.drain(settleWait); left > 0 {
+		logger.Warn("closing the store with pushes still in flight: their windows will not be saved",
+			zap.Int64("pushes", left))
+	}
 }
 
 // storeWindows is the ingest gate's view of the push windows, which exist

@@ -1,0 +1,46 @@
+package caddywebhook
+
+import (
+	"math"
+	"sync/atomic"
+	"time"
+)
+
+// inFlight counts the pushes that have been admitted and not yet settled,
+// so that the database is not closed under them. Caddy stops its HTTP
+// servers before it cleans up the webhooks app, but with a finite
+// grace_period it leaves the handlers still running behind: a push whose
+// upstream answers after that would tell its client it was accepted
+// while its window was never saved, and the client's next push would
+// reach the upstream inside its window.
+type inFlight struct{ n atomic.Int64 }
+
+// closedBias is added to the count once the store closes, which makes it
+// negative: an enter that finds it so backs out.
+const closedBias = math.MinInt64 / 2
+
+// enter counts one more push; false once the store is closing.
+func (f *inFlight) enter() bool {
+	if f.n.Add(1) < 0 {
+		f.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (f *inFlight) leave() { f.n.Add(-1) }
+
+// drain refuses further pushes and waits up to limit for those in flight
+// to settle; it returns how many were still in flight when it gave up.
+// It runs once, when the database closes, so polling is cheap enough.
+func (f *inFlight) drain(limit time.Duration) (left int64) {
+	f.n.Add(closedBias)
+	deadline := time.Now().Add(limit)
+	for {
+		left = f.n.Load() - closedBias
+		if left <= 0 || !time.Now().Before(deadline) {
+			return left
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
