@@ -2,7 +2,6 @@ package caddywebhook
 
 import (
 	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -339,18 +338,4 @@ func readFile(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// gzipString compresses s as a client sending Content-Encoding: gzip does.
-func gzipString(t *testing.T, s string) string {
-	t.Helper()
-	var b strings.Builder
-	zw := gzip.NewWriter(&b)
-	if _, err := zw.Write([]byte(s)); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/hookgate/caddy-webhook/ingest"
+	"github.com/hookgate/caddy-webhook/internal/testcompress"
 )
 
 const (
@@ -146,7 +147,7 @@ func TestIngestEndToEnd(t *testing.T) {
 	}
 
 	// A gzipped body is checked decoded and goes upstream as it came.
-	gz := gzipString(t, body)
+	gz := testcompress.Encode(t, "gzip", body)
 	res = doPush(t, tester, "POST", path, with(authHeaders(e2eAccessKey, e2eBobKey), "Content-Encoding", "gzip"), gz)
 	if res.Status != 200 {
 		t.Fatalf("gzipped push: %d %s", res.Status, res.Raw)

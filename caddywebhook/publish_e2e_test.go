@@ -18,6 +18,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"github.com/hookgate/caddy-webhook/internal/testcompress"
 )
 
 const (
@@ -181,7 +183,7 @@ func TestPublishEndToEnd(t *testing.T) {
 	}
 	// A compressed publish is decoded; max_body bounds it decoded too.
 	gz := http.Header{"Content-Encoding": {"gzip"}}
-	status, body, _ = publishWith(t, tester.Client, "POST", gzipString(t, `{"event":"order.status","data":{"orderId":"GZ1"}}`), gz)
+	status, body, _ = publishWith(t, tester.Client, "POST", testcompress.Encode(t, "gzip", `{"event":"order.status","data":{"orderId":"GZ1"}}`), gz)
 	if status != 202 || !strings.HasSuffix(body, `","deliveries":1}`) {
 		t.Fatalf("gzipped publish: %d %s", status, body)
 	}
@@ -189,7 +191,7 @@ func TestPublishEndToEnd(t *testing.T) {
 	if got := flybuy.received()[2].Body; got != `{"data":{"orderId":"GZ1"}}` {
 		t.Fatalf("gzipped publish delivered as %q", got)
 	}
-	bomb := gzipString(t, `{"event":"x","data":{"a":"`+strings.Repeat("x", 10<<10)+`"}}`)
+	bomb := testcompress.Encode(t, "gzip", `{"event":"x","data":{"a":"`+strings.Repeat("x", 10<<10)+`"}}`)
 	if status, body, _ := publishWith(t, tester.Client, "POST", bomb, gz); len(bomb) > 1000 || status != 413 || body != `{"error":"request body too large"}` {
 		t.Errorf("%d gzipped bytes decoding past max_body: %d %s", len(bomb), status, body)
 	}

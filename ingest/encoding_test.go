@@ -1,36 +1,12 @@
 package ingest
 
 import (
-	"bytes"
-	"compress/flate"
-	"compress/gzip"
-	"compress/zlib"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
-)
 
-func compress(t *testing.T, coding, s string) string {
-	t.Helper()
-	var b bytes.Buffer
-	var w io.WriteCloser
-	switch coding {
-	case "gzip":
-		w = gzip.NewWriter(&b)
-	case "deflate":
-		w = zlib.NewWriter(&b)
-	case "raw deflate":
-		w, _ = flate.NewWriter(&b, flate.BestSpeed)
-	}
-	if _, err := io.WriteString(w, s); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
-}
+	"github.com/hookgate/caddy-webhook/internal/testcompress"
+)
 
 func encodedPush(body string, encodings ...string) *http.Request {
 	r := pushReq("POST", "Token "+accessKey, aliceKey, body)
@@ -48,13 +24,13 @@ func TestCompressedBodies(t *testing.T) {
 		body      string
 		encodings []string
 	}{
-		{"gzip", compress(t, "gzip", menu), []string{"gzip"}},
-		{"x-gzip, any case", compress(t, "gzip", menu), []string{" X-GZIP "}},
-		{"deflate (zlib)", compress(t, "deflate", menu), []string{"deflate"}},
-		{"deflate (raw)", compress(t, "raw deflate", menu), []string{"deflate"}},
+		{"gzip", testcompress.Encode(t, "gzip", menu), []string{"gzip"}},
+		{"x-gzip, any case", testcompress.Encode(t, "gzip", menu), []string{" X-GZIP "}},
+		{"deflate (zlib)", testcompress.Encode(t, "deflate", menu), []string{"deflate"}},
+		{"deflate (raw)", testcompress.Encode(t, "raw deflate", menu), []string{"deflate"}},
 		{"identity", menu, []string{"identity"}},
-		{"gzip then deflate, one header", compress(t, "deflate", compress(t, "gzip", menu)), []string{"gzip, deflate"}},
-		{"gzip then deflate, two headers", compress(t, "deflate", compress(t, "gzip", menu)), []string{"gzip", "identity", "deflate"}},
+		{"gzip then deflate, one header", testcompress.Encode(t, "deflate", testcompress.Encode(t, "gzip", menu)), []string{"gzip, deflate"}},
+		{"gzip then deflate, two headers", testcompress.Encode(t, "deflate", testcompress.Encode(t, "gzip", menu)), []string{"gzip", "identity", "deflate"}},
 	}
 	for _, tc := range accepted {
 		t.Run(tc.name, func(t *testing.T) {
@@ -70,7 +46,7 @@ func TestCompressedBodies(t *testing.T) {
 		})
 	}
 
-	bomb := compress(t, "gzip", `{"x":"`+strings.Repeat("a", 10000)+`"}`)
+	bomb := testcompress.Encode(t, "gzip", `{"x":"`+strings.Repeat("a", 10000)+`"}`)
 	refused := []struct {
 		name      string
 		body      string
@@ -79,12 +55,12 @@ func TestCompressedBodies(t *testing.T) {
 		msg       string
 		outcome   Outcome
 	}{
-		{"not an object once decoded", compress(t, "gzip", "[1]"), []string{"gzip"}, 400, MsgBodyNotObject, OutcomeBodyNotObject},
+		{"not an object once decoded", testcompress.Encode(t, "gzip", "[1]"), []string{"gzip"}, 400, MsgBodyNotObject, OutcomeBodyNotObject},
 		{"not compressed", menu, []string{"gzip"}, 400, MsgBodyUnreadable, OutcomeBodyUnreadable},
-		{"cut short", compress(t, "gzip", menu)[:20], []string{"gzip"}, 400, MsgBodyUnreadable, OutcomeBodyUnreadable},
+		{"cut short", testcompress.Encode(t, "gzip", menu)[:20], []string{"gzip"}, 400, MsgBodyUnreadable, OutcomeBodyUnreadable},
 		{"decoded over max_body", bomb, []string{"gzip"}, 413, MsgBodyTooLarge, OutcomeBodyTooLarge},
 		{"brotli", menu, []string{"br"}, 415, MsgUnsupportedEncoding, OutcomeUnsupportedEncoding},
-		{"unknown among known", compress(t, "gzip", menu), []string{"gzip, zstd"}, 415, MsgUnsupportedEncoding, OutcomeUnsupportedEncoding},
+		{"unknown among known", testcompress.Encode(t, "gzip", menu), []string{"gzip, zstd"}, 415, MsgUnsupportedEncoding, OutcomeUnsupportedEncoding},
 		{"three layers", menu, []string{"gzip, gzip, gzip"}, 415, MsgUnsupportedEncoding, OutcomeUnsupportedEncoding},
 	}
 	if len(bomb) > 64 {

@@ -1,8 +1,6 @@
 package api
 
 import (
-	"compress/gzip"
-	"compress/zlib"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/hookgate/caddy-webhook/delivery"
 	"github.com/hookgate/caddy-webhook/internal/store"
+	"github.com/hookgate/caddy-webhook/internal/testcompress"
 )
 
 // receiver records what it gets and answers with status (default 204).
@@ -253,7 +252,7 @@ func TestTikiBadInput(t *testing.T) {
 			t.Errorf("%s %s %s: got %d %s, want %d %s", c.method, c.path, c.body, got.Status, got.Body, c.status, c.want)
 		}
 	}
-	bomb := gzipped(t, `{"uri":"https://a.example","event":"`+strings.Repeat("e", 1000)+`"}`)
+	bomb := testcompress.Encode(t, "gzip", `{"uri":"https://a.example","event":"`+strings.Repeat("e", 1000)+`"}`)
 	if len(bomb) > 100 {
 		t.Fatalf("the compressed body is %d bytes, not under max_body", len(bomb))
 	}
@@ -686,40 +685,14 @@ func TestLowSpaceRefusesWrites(t *testing.T) {
 func TestCompressedRegistration(t *testing.T) {
 	e := newEnv(t, time.Second)
 	rcv := newReceiver(t)
-	tiki := gzipped(t, `{"uri":"`+rcv.URL+`/tiki","event":"product:request:approved"}`)
+	tiki := testcompress.Encode(t, "gzip", `{"uri":"`+rcv.URL+`/tiki","event":"product:request:approved"}`)
 	expect(t, e.do(e.tiki, "seller-1", "POST", "/v1/webhooks", tiki, "Content-Encoding", "gzip"), 200,
 		`{"event":"product:request:approved","seller_id":"seller-1","uri":"`+rcv.URL+`/tiki"}`)
-	doshii := deflated(t, `{"event":"order_created","webhookUrl":"`+rcv.URL+`/doshii"}`)
+	doshii := testcompress.Encode(t, "deflate", `{"event":"order_created","webhookUrl":"`+rcv.URL+`/doshii"}`)
 	if got := e.do(e.doshii, "partner", "POST", "/partner/v3/webhooks", doshii, "Content-Encoding", "deflate"); got.Status != 201 && got.Status != 200 {
 		t.Fatalf("deflated doshii registration: %d %s", got.Status, got.Body)
 	}
 	if n := len(e.engine.Subscriptions()); n != 2 {
 		t.Fatalf("%d subscriptions stored, want 2", n)
 	}
-}
-
-func gzipped(t *testing.T, s string) string {
-	t.Helper()
-	var b strings.Builder
-	w := gzip.NewWriter(&b)
-	if _, err := w.Write([]byte(s)); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
-}
-
-func deflated(t *testing.T, s string) string {
-	t.Helper()
-	var b strings.Builder
-	w := zlib.NewWriter(&b)
-	if _, err := w.Write([]byte(s)); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
 }

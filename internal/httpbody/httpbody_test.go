@@ -2,9 +2,6 @@ package httpbody
 
 import (
 	"bytes"
-	"compress/flate"
-	"compress/gzip"
-	"compress/zlib"
 	"errors"
 	"io"
 	"net/http"
@@ -12,36 +9,9 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"github.com/hookgate/caddy-webhook/internal/testcompress"
 )
-
-func gzipped(t testing.TB, s string) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	w := gzip.NewWriter(&b)
-	if _, err := io.WriteString(w, s); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
-}
-
-func zlibbed(t testing.TB, raw bool, s []byte) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	var w io.WriteCloser = zlib.NewWriter(&b)
-	if raw {
-		w, _ = flate.NewWriter(&b, flate.BestSpeed)
-	}
-	if _, err := w.Write(s); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
-}
 
 func TestDecode(t *testing.T) {
 	const doc = `{"event":"order.created","data":{"n":1}}`
@@ -57,19 +27,19 @@ func TestDecode(t *testing.T) {
 	}{
 		{"none", nil, []byte(doc), 100, doc, nil},
 		{"identity", []string{"identity"}, []byte(doc), 100, doc, nil},
-		{"gzip", []string{"gzip"}, gzipped(t, doc), 100, doc, nil},
-		{"x-gzip, any case and spaces", []string{" X-Gzip "}, gzipped(t, doc), 100, doc, nil},
-		{"deflate (zlib)", []string{"deflate"}, zlibbed(t, false, []byte(doc)), 100, doc, nil},
-		{"deflate (raw)", []string{"deflate"}, zlibbed(t, true, []byte(doc)), 100, doc, nil},
-		{"two layers in one header", []string{"gzip, deflate"}, zlibbed(t, false, gzipped(t, doc)), 100, doc, nil},
-		{"two layers in two headers", []string{"gzip", "identity", "deflate"}, zlibbed(t, false, gzipped(t, doc)), 100, doc, nil},
+		{"gzip", []string{"gzip"}, []byte(testcompress.Encode(t, "gzip", doc)), 100, doc, nil},
+		{"x-gzip, any case and spaces", []string{" X-Gzip "}, []byte(testcompress.Encode(t, "gzip", doc)), 100, doc, nil},
+		{"deflate (zlib)", []string{"deflate"}, []byte(testcompress.Encode(t, "deflate", doc)), 100, doc, nil},
+		{"deflate (raw)", []string{"deflate"}, []byte(testcompress.Encode(t, "raw deflate", doc)), 100, doc, nil},
+		{"two layers in one header", []string{"gzip, deflate"}, []byte(testcompress.Encode(t, "deflate", testcompress.Encode(t, "gzip", doc))), 100, doc, nil},
+		{"two layers in two headers", []string{"gzip", "identity", "deflate"}, []byte(testcompress.Encode(t, "deflate", testcompress.Encode(t, "gzip", doc))), 100, doc, nil},
 		{"three layers", []string{"gzip, gzip, gzip"}, []byte(doc), 100, "", ErrUnsupportedEncoding},
 		{"brotli", []string{"br"}, []byte(doc), 100, "", ErrUnsupportedEncoding},
-		{"unknown among known", []string{"gzip, zstd"}, gzipped(t, doc), 100, "", ErrUnsupportedEncoding},
-		{"decoded over max", []string{"gzip"}, gzipped(t, big), 999, "", &http.MaxBytesError{}},
-		{"decoded at max", []string{"gzip"}, gzipped(t, big), 1000, big, nil},
+		{"unknown among known", []string{"gzip, zstd"}, []byte(testcompress.Encode(t, "gzip", doc)), 100, "", ErrUnsupportedEncoding},
+		{"decoded over max", []string{"gzip"}, []byte(testcompress.Encode(t, "gzip", big)), 999, "", &http.MaxBytesError{}},
+		{"decoded at max", []string{"gzip"}, []byte(testcompress.Encode(t, "gzip", big)), 1000, big, nil},
 		{"not gzip", []string{"gzip"}, []byte(doc), 100, "", errMalformed},
-		{"truncated gzip", []string{"gzip"}, gzipped(t, doc)[:20], 100, "", errMalformed},
+		{"truncated gzip", []string{"gzip"}, []byte(testcompress.Encode(t, "gzip", doc))[:20], 100, "", errMalformed},
 		{"not deflate", []string{"deflate"}, []byte(doc), 100, "", errMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -113,7 +83,7 @@ func TestRead(t *testing.T) {
 	if got, err := read([]byte(doc), int64(len(doc)), ""); err != nil || string(got) != doc {
 		t.Fatalf("plain: %q, %v", got, err)
 	}
-	if got, err := read(gzipped(t, doc), -1, "gzip"); err != nil || string(got) != doc {
+	if got, err := read([]byte(testcompress.Encode(t, "gzip", doc)), -1, "gzip"); err != nil || string(got) != doc {
 		t.Fatalf("gzip: %q, %v", got, err)
 	}
 	var tooLarge *http.MaxBytesError
@@ -124,7 +94,7 @@ func TestRead(t *testing.T) {
 	}{
 		"declared over max":          {[]byte(doc), 101, ""},
 		"sent over max, unannounced": {[]byte(big), -1, ""},
-		"decoded over max":           {gzipped(t, big), -1, "gzip"},
+		"decoded over max":           {[]byte(testcompress.Encode(t, "gzip", big)), -1, "gzip"},
 	} {
 		if _, err := read(tc.body, tc.declared, tc.encoding); !errors.As(err, &tooLarge) {
 			t.Errorf("%s: err %v, want a MaxBytesError", name, err)
@@ -179,8 +149,8 @@ func TestReadAtMostDoesNotTrustDeclaredLength(t *testing.T) {
 // FuzzDecode throws arbitrary Content-Encoding values and bodies at Decode:
 // no panic, no body along with an error, and nothing decodes past max.
 func FuzzDecode(f *testing.F) {
-	f.Add("gzip", gzipped(f, `{"menu":[]}`))
-	f.Add("x-gzip, identity", gzipped(f, `{"menu":[]}`))
+	f.Add("gzip", []byte(testcompress.Encode(f, "gzip", `{"menu":[]}`)))
+	f.Add("x-gzip, identity", []byte(testcompress.Encode(f, "gzip", `{"menu":[]}`)))
 	f.Add("deflate", []byte{0x78, 0x9c, 0xab, 0xae, 0x05, 0x00, 0x01, 0x75, 0x00, 0xf9})
 	f.Add("gzip, deflate", []byte{})
 	f.Add("br", []byte("{}"))
