@@ -1,6 +1,7 @@
 package caddywebhook
 
 import (
+	"context"
 	"math"
 	"sync/atomic"
 	"time"
@@ -30,17 +31,21 @@ func (f *inFlight) enter() bool {
 
 func (f *inFlight) leave() { f.n.Add(-1) }
 
-// drain refuses further pushes and waits up to limit for those in flight
-// to settle; it returns how many were still in flight when it gave up.
+// drain refuses further pushes and waits until those in flight have
+// settled or ctx ends; it returns how many were still in flight then.
 // It runs once, when the database closes, so polling is cheap enough.
-func (f *inFlight) drain(limit time.Duration) (left int64) {
+func (f *inFlight) drain(ctx context.Context) (left int64) {
 	f.n.Add(closedBias)
-	deadline := time.Now().Add(limit)
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
 	for {
-		left = f.n.Load() - closedBias
-		if left <= 0 || !time.Now().Before(deadline) {
+		if left = f.n.Load() - closedBias; left <= 0 {
 			return left
 		}
-		time.Sleep(5 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return f.n.Load() - closedBias
+		}
 	}
 }

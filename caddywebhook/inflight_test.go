@@ -1,6 +1,7 @@
 package caddywebhook
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -19,7 +20,7 @@ func TestInFlightDrain(t *testing.T) {
 		f.leave()
 	}()
 	drained := make(chan int64)
-	go func() { drained <- f.drain(time.Minute) }()
+	go func() { drained <- f.drain(context.Background()) }()
 	// Draining has begun once enter is refused.
 	for f.enter() {
 		f.leave()
@@ -42,7 +43,9 @@ func TestInFlightDrain(t *testing.T) {
 func TestInFlightDrainGivesUp(t *testing.T) {
 	var f inFlight
 	f.enter()
-	if n := f.drain(10 * time.Millisecond); n != 1 {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if n := f.drain(ctx); n != 1 {
 		t.Fatalf("drain gave up with %d in flight, want 1", n)
 	}
 	f.leave() // a push settling after all must not make the count go wrong

@@ -161,27 +161,35 @@ func (s *sharedStore) Destruct() error {
 		return nil
 	}
 	current.CompareAndSwap(o, nil)
-	s.settlePushes()
-	o.engine.Stop()
+	s.finishInFlight(o.engine)
 	return o.db.Close()
 }
 
-// settleWait bounds how long closing the store waits for pushes in
-// flight: as long as a push goes on after its client has gone.
-// A variable so that a test can shorten it.
-var settleWait = defaultClientGoneGrace
+// closeWait bounds how long closing the store waits for the pushes and
+// delivery attempts in flight: as long as a push goes on after its client
+// has gone.
+const closeWait = defaultClientGoneGrace
 
-// settlePushes waits for the pushes in flight to save their windows, and
-// says so when it has to wait or gives up.
-func (s *sharedStore) settlePushes() {
+// finishInFlight lets the pushes in flight save their windows and the
+// delivery attempts in flight end and be recorded, both at once and for
+// at most closeWait, saying so when it has to wait or gives up. Caddy
+// stops its servers before this, but with a finite grace_period it leaves
+// handlers running behind.
+func (s *sharedStore) finishInFlight(eng *delivery.Engine) {
 	logger := caddy.Log().Named("webhooks.store")
-	if n := s.pushes.n.Load(); n > 0 {
-		logger.Info("waiting for pushes in flight to settle their push windows before closing the store",
-			zap.Int64("pushes", n), zap.Duration("at_most", settleWait))
+	pushes, attempts := s.pushes.n.Load(), eng.AttemptsInFlight()
+	if pushes > 0 || attempts > 0 {
+		logger.Info("waiting for pushes and delivery attempts in flight before closing the store",
+			zap.Int64("pushes", pushes), zap.Int64("delivery_attempts", attempts), zap.Duration("at_most", closeWait))
 	}
-	if left := s.pushes.drain(settleWait); left > 0 {
+	ctx, cancel := context.WithTimeout(context.Background(), closeWait)
+	defer cancel()
+	left := make(chan int64, 1)
+	go func() { left <- s.pushes.drain(ctx) }()
+	eng.Shutdown(ctx) // cancels the attempts still in flight at closeWait
+	if n := <-left; n > 0 {
 		logger.Warn("closing the store with pushes still in flight: their windows will not be saved",
-			zap.Int64("pushes", left))
+			zap.Int64("pushes", n))
 	}
 }
 

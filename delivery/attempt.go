@@ -47,7 +47,10 @@ func (e *Engine) attempter(job attemptJob) {
 
 const attempterIdle = 10 * time.Second
 
+// runAttempt makes the attempt that dispatch counted (attemptBegins) and
+// hands its outcome to the settler, which outlives every counted attempt.
 func (e *Engine) runAttempt(job attemptJob) {
+	defer e.attemptEnds()
 	var out settled
 	recorded := e.attempt(&job.d, &out)
 	<-job.workers
@@ -56,11 +59,7 @@ func (e *Engine) runAttempt(job attemptJob) {
 		e.leave(job.lane, job.d.ID)
 		return
 	}
-	select {
-	case e.settleCh <- settleReq{settled: out, lane: job.lane}:
-	case <-e.ctx.Done():
-		e.leave(job.lane, job.d.ID) // not recorded: attempted again after a restart
-	}
+	e.settleCh <- settleReq{settled: out, lane: job.lane}
 }
 
 type settleReq struct {
@@ -72,7 +71,9 @@ type settleReq struct {
 // allows: whatever queued up while the previous commit ran goes into the
 // next. A crash before a commit only means those deliveries are attempted
 // again (delivery is at least once).
-func (e *Engine) settler() {
+//
+// It ends once stop is closed and nothing is left to record.
+func (e *Engine) settler(stop <-chan struct{}) {
 	defer e.wg.Done()
 	const maxBatch = 512
 	var reqs []settleReq
@@ -82,8 +83,13 @@ func (e *Engine) settler() {
 		select {
 		case r := <-e.settleCh:
 			reqs = append(reqs, r)
-		case <-e.ctx.Done():
-			return
+		case <-stop:
+			select {
+			case r := <-e.settleCh:
+				reqs = append(reqs, r)
+			default:
+				return
+			}
 		}
 	fill:
 		for len(reqs) < maxBatch {
@@ -143,9 +149,9 @@ func (e *Engine) attempt(d *Delivery, out *settled) bool {
 	}
 	s := e.settings.Load()
 	started := e.clock.Now()
-	res := send(e.ctx, s.client, sub, e.targetURL(sub), &d.Message, s.UserAgent, s.Timeout, started)
-	if e.ctx.Err() != nil {
-		return false // shutting down: the queue still has it, it will be retried
+	res := send(e.attemptCtx, s.client, sub, e.targetURL(sub), &d.Message, s.UserAgent, s.Timeout, started)
+	if e.attemptCtx.Err() != nil {
+		return false // cut short by Shutdown: the queue still has it, it will be retried
 	}
 	now := e.clock.Now()
 	queuedAt := d.NextAttempt

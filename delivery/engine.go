@@ -57,6 +57,19 @@ type Engine struct {
 	wg           sync.WaitGroup
 	started      bool
 
+	// Attempts in flight outlive ctx: Shutdown lets them end and be
+	// recorded, and cancels attemptCtx only if its caller runs out of
+	// patience. stopMu orders counting an attempt against Shutdown's
+	// reading of the count; the settler runs until stopSettler closes,
+	// once no attempt is left to record.
+	attemptCtx     context.Context
+	cancelAttempts context.CancelFunc
+	stopMu         sync.RWMutex
+	stopping       bool
+	attempts       atomic.Int64
+	attemptsIdle   chan struct{}
+	stopSettler    chan struct{}
+
 	sched    *scheduler
 	settleCh chan settleReq
 	jobs     chan attemptJob // to idle attempt goroutines
@@ -94,6 +107,7 @@ func NewEngine(store *Store, logger *zap.Logger, clock Clock) *Engine {
 	e.sched = newScheduler(e)
 	e.settleCh = make(chan settleReq, 1024)
 	e.jobs = make(chan attemptJob)
+	e.attemptsIdle = make(chan struct{}, 1)
 	e.SetLogger(logger)
 	return e
 }
@@ -226,13 +240,18 @@ func (e *Engine) Start() error {
 	}
 	e.mu.Lock()
 	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.attemptCtx, e.cancelAttempts = context.WithCancel(context.Background())
+	e.stopSettler = make(chan struct{})
+	e.stopMu.Lock()
+	e.stopping = false
+	e.stopMu.Unlock()
 	e.started = true
 	// Lanes of an earlier run may have ended without going idle.
 	e.lanes, e.activeLanes, e.waitingLanes = map[string]*lane{}, 0, nil
 	e.mu.Unlock()
 	e.wg.Add(2)
 	go e.sched.run(e.ctx)
-	go e.settler()
+	go e.settler(e.stopSettler)
 	e.Kick()
 	return nil
 }
@@ -240,6 +259,18 @@ func (e *Engine) Start() error {
 // Stop cancels attempts in flight (they will be made again after a
 // restart) and waits for the workers to finish.
 func (e *Engine) Stop() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	e.Shutdown(ctx)
+}
+
+// Shutdown stops starting attempts, lets those in flight end (each within
+// the attempt timeout) and records their outcomes, and waits for the
+// workers to finish. If ctx ends first, the attempts still in flight are
+// canceled and made again after a restart. Canceling an attempt whose
+// request the receiver already has means delivering it twice; letting it
+// end does not.
+func (e *Engine) Shutdown(ctx context.Context) {
 	e.mu.Lock()
 	if !e.started {
 		e.mu.Unlock()
@@ -248,7 +279,44 @@ func (e *Engine) Stop() {
 	e.started = false
 	e.cancel()
 	e.mu.Unlock()
+	e.stopMu.Lock()
+	e.stopping = true
+	e.stopMu.Unlock()
+	for e.attempts.Load() > 0 {
+		select {
+		case <-e.attemptsIdle:
+		case <-ctx.Done():
+			e.cancelAttempts()
+			ctx = context.Background()
+		}
+	}
+	e.cancelAttempts()
+	close(e.stopSettler)
 	e.wg.Wait()
+}
+
+// AttemptsInFlight is how many delivery attempts are under way.
+func (e *Engine) AttemptsInFlight() int64 { return e.attempts.Load() }
+
+// attemptBegins counts an attempt about to start; false once Shutdown has
+// begun, when no more may.
+func (e *Engine) attemptBegins() bool {
+	e.stopMu.RLock()
+	defer e.stopMu.RUnlock()
+	if e.stopping {
+		return false
+	}
+	e.attempts.Add(1)
+	return true
+}
+
+func (e *Engine) attemptEnds() {
+	if e.attempts.Add(-1) == 0 {
+		select {
+		case e.attemptsIdle <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Store is the engine's store.

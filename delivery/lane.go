@@ -248,6 +248,12 @@ func (e *Engine) dispatch(l *lane, slots chan struct{}, d Delivery) bool {
 			return false
 		}
 	}
+	if !e.attemptBegins() {
+		<-workers
+		<-slots
+		e.leave(l, d.ID)
+		return false
+	}
 	e.startAttempt(attemptJob{lane: l, d: d, slots: slots, workers: workers})
 	return true
 }
