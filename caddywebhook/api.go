@@ -101,10 +101,11 @@ func (h *API) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			return writeJSON(w, http.StatusUnauthorized, h.errorBody("not authenticated"))
 		}
 	}
-	store, err := h.shared.await(r.Context())
+	store, err := h.shared.acquire(r.Context())
 	if err != nil {
 		return writeUnavailable(w, h.errorBody("service unavailable"))
 	}
+	defer h.shared.release()
 	hd := h.settings
 	hd.Engine = store.engine
 	hd.ServeHTTP(w, api.Request{Request: r, Tenant: tenant, Base: base, Tail: tail})

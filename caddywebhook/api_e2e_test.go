@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -173,5 +175,41 @@ http://localhost:9080 {
 	st, body = call(t, tester.Client, "", "", "GET", "/v1/webhooks", "", "X-Caller", "acme")
 	if st != 200 || body != `{"data":[]}` {
 		t.Fatalf("with tenant: %d %s", st, body)
+	}
+}
+
+// A registration whose verification is under way when the last config
+// using the store goes (grace_period 1ns here) is still stored, as Caddy
+// answers it: the store waits for the requests using it.
+func TestRegistrationInFlightFinishesBeforeStoreCloses(t *testing.T) {
+	doshiiHash := hashPassword(t, "doshii-pass")
+	arrived := make(chan struct{}, 1)
+	verifier := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		time.Sleep(300 * time.Millisecond)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(verifier.Close)
+	cfg := apiConfig(t, t.TempDir(), hashPassword(t, "unused"), doshiiHash)
+	tester := startCaddy(t, cfg)
+
+	type answer struct {
+		status int
+		body   string
+	}
+	done := make(chan answer)
+	go func() {
+		st, body := call(t, tester.Client, "partner-1", "doshii-pass", "POST", "/partner/v3/webhooks",
+			`{"event":"order_created","webhookUrl":"`+verifier.URL+`/hook"}`)
+		done <- answer{st, body}
+	}()
+	<-arrived
+	loadConfig(t, emptyConfig)
+	if a := <-done; a.status != 200 {
+		t.Fatalf("registration in flight: %d %s", a.status, a.body)
+	}
+	loadConfig(t, cfg)
+	if st, body := call(t, tester.Client, "partner-1", "doshii-pass", "GET", "/partner/v3/webhooks/order_created", ""); st != 200 {
+		t.Fatalf("the registration after the store reopened: %d %s", st, body)
 	}
 }

@@ -7,20 +7,19 @@ import (
 	"time"
 )
 
-// inFlight counts the pushes that have been admitted and not yet settled,
-// so that the database is not closed under them. Caddy stops its HTTP
-// servers before it cleans up the webhooks app, but with a finite
-// grace_period it leaves the handlers still running behind: a push whose
-// upstream answers after that would tell its client it was accepted
-// while its window was never saved, and the client's next push would
-// reach the upstream inside its window.
+// inFlight counts the requests using the store, so that the database is
+// not closed under them. Caddy stops its HTTP servers before it cleans up
+// the webhooks app, but with a finite grace_period it leaves the handlers
+// still running behind: a push whose upstream answered after that was
+// told it was accepted while its window was never saved, and the
+// client's next push reached the upstream inside its window.
 type inFlight struct{ n atomic.Int64 }
 
 // closedBias is added to the count once the store closes, which makes it
 // negative: an enter that finds it so backs out.
 const closedBias = math.MinInt64 / 2
 
-// enter counts one more push; false once the store is closing.
+// enter counts one more request; false once the store is closing.
 func (f *inFlight) enter() bool {
 	if f.n.Add(1) < 0 {
 		f.n.Add(-1)
@@ -31,8 +30,8 @@ func (f *inFlight) enter() bool {
 
 func (f *inFlight) leave() { f.n.Add(-1) }
 
-// drain refuses further pushes and waits until those in flight have
-// settled or ctx ends; it returns how many were still in flight then.
+// drain refuses further requests and waits until those in flight have
+// ended or ctx ends; it returns how many were still in flight then.
 // It runs once, when the database closes, so polling is cheap enough.
 func (f *inFlight) drain(ctx context.Context) (left int64) {
 	f.n.Add(closedBias)

@@ -263,12 +263,12 @@ func forward(r *http.Request, next caddyhttp.Handler, settle func(ingest.Upstrea
 func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	defer recoverPanic(w, r, h.logger, ingest.Envelope{Error: ingest.MsgInternal}, &err)
 	start := time.Now()
-	if _, err := h.shared.await(r.Context()); err != nil || !h.shared.pushes.enter() {
+	if _, err := h.shared.acquire(r.Context()); err != nil {
 		h.log(r, ingest.Settled{Answer: unavailableAnswer}, 0, nil, start, false)
 		w.Header().Set("Retry-After", "1")
 		return writeAnswer(w, unavailableAnswer)
 	}
-	defer h.shared.pushes.leave()
+	defer h.shared.release()
 	push, ans := h.gate.Admit(r)
 	if ans != nil {
 		h.log(r, ingest.Settled{Answer: *ans}, 0, nil, start, false)

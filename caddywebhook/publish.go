@@ -91,10 +91,11 @@ func (h *Publish) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if err != nil {
 		return writeJSONError(w, http.StatusBadRequest, err.Error())
 	}
-	o, err := h.shared.await(r.Context())
+	o, err := h.shared.acquire(r.Context())
 	if err != nil {
 		return writeUnavailable(w, publishUnavailableBody)
 	}
+	defer h.shared.release()
 	res, err := o.engine.Publish(msg)
 	if errors.Is(err, store.ErrLowSpace) {
 		// The store's guard logs when this starts and ends.

@@ -37,9 +37,9 @@ type sharedStore struct {
 	// open, so later configs must agree.
 	syncWrites bool
 	leases     *ingest.Leases
-	// pushes are the webhook_ingest pushes between admission and
-	// settling, which Destruct waits for.
-	pushes inFlight
+	// inUse counts the requests using the store (see acquire), which
+	// Destruct waits for.
+	inUse inFlight
 
 	open   atomic.Pointer[openStore]
 	opened chan struct{} // closed once open is set
@@ -107,6 +107,23 @@ func (s *sharedStore) await(ctx context.Context) (*openStore, error) {
 	return nil, errStoreUnavailable
 }
 
+// acquire is await for a request that uses the store: the request counts
+// as using it until it calls release, and closing the store waits for it.
+// Once the store is closing it is unavailable.
+func (s *sharedStore) acquire(ctx context.Context) (*openStore, error) {
+	o, err := s.await(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !s.inUse.enter() {
+		return nil, errStoreUnavailable
+	}
+	return o, nil
+}
+
+// release ends a use that acquire began.
+func (s *sharedStore) release() { s.inUse.leave() }
+
 // openFor opens the database if no config has yet, and makes a's settings
 // the engine's before any request can use it, so that a publish is matched
 // against a's subscriptions. s.mu is held.
@@ -165,31 +182,31 @@ func (s *sharedStore) Destruct() error {
 	return o.db.Close()
 }
 
-// closeWait bounds how long closing the store waits for the pushes and
+// closeWait bounds how long closing the store waits for the requests and
 // delivery attempts in flight: as long as a push goes on after its client
 // has gone.
 const closeWait = defaultClientGoneGrace
 
-// finishInFlight lets the pushes in flight save their windows and the
-// delivery attempts in flight end and be recorded, both at once and for
-// at most closeWait, saying so when it has to wait or gives up. Caddy
-// stops its servers before this, but with a finite grace_period it leaves
-// handlers running behind.
+// finishInFlight lets the requests using the store end (a push saving its
+// window, say) and the delivery attempts in flight end and be recorded,
+// both at once and for at most closeWait, saying so when it has to wait
+// or gives up. Caddy stops its servers before this, but with a finite
+// grace_period it leaves handlers running behind.
 func (s *sharedStore) finishInFlight(eng *delivery.Engine) {
 	logger := caddy.Log().Named("webhooks.store")
-	pushes, attempts := s.pushes.n.Load(), eng.AttemptsInFlight()
-	if pushes > 0 || attempts > 0 {
-		logger.Info("waiting for pushes and delivery attempts in flight before closing the store",
-			zap.Int64("pushes", pushes), zap.Int64("delivery_attempts", attempts), zap.Duration("at_most", closeWait))
+	requests, attempts := s.inUse.n.Load(), eng.AttemptsInFlight()
+	if requests > 0 || attempts > 0 {
+		logger.Info("waiting for requests and delivery attempts in flight before closing the store",
+			zap.Int64("requests", requests), zap.Int64("delivery_attempts", attempts), zap.Duration("at_most", closeWait))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), closeWait)
 	defer cancel()
 	left := make(chan int64, 1)
-	go func() { left <- s.pushes.drain(ctx) }()
+	go func() { left <- s.inUse.drain(ctx) }()
 	eng.Shutdown(ctx) // cancels the attempts still in flight at closeWait
 	if n := <-left; n > 0 {
-		logger.Warn("closing the store with pushes still in flight: their windows will not be saved",
-			zap.Int64("pushes", n))
+		logger.Warn("closing the store with requests still in flight: a push among them will not save its window",
+			zap.Int64("requests", n))
 	}
 }
 
