@@ -40,7 +40,8 @@ type API struct {
 	// on for doshii).
 	Verify bool `json:"verify,omitempty"`
 
-	// Largest accepted request body in bytes. Default: 64 KiB.
+	// Largest accepted request body in bytes, on the wire and decoded
+	// (bodies may come compressed with gzip or deflate). Default: 64 KiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	// settings is the API handler without its engine, which exists
