@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -432,5 +433,49 @@ func TestFailedReloadRestoresEngine(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if n := len(b.received()); n != 0 {
 		t.Fatalf("the rolled-back config's subscription got %d deliveries", n)
+	}
+}
+
+// When the last config using the store goes, a delivery attempt in flight
+// is let end and recorded: the store opening again does not send it twice.
+func TestDeliveryInFlightEndsBeforeStoreCloses(t *testing.T) {
+	t.Setenv("E2E_KINGUIN_SECRET", e2eKinguinSecret)
+	var mu sync.Mutex
+	var events []string
+	arrived := make(chan struct{}, 1)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		events = append(events, r.Header.Get("X-Event-Name"))
+		first := len(events) == 1
+		mu.Unlock()
+		if first {
+			arrived <- struct{}{}
+			time.Sleep(300 * time.Millisecond)
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(slow.Close)
+	got := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), events...)
+	}
+	// Only flybuy (events *) is reachable; kinguin wants no event sent here.
+	cfg, _ := publishConfig(t, t.TempDir(), slow.URL+"/kinguin", slow.URL+"/flybuy")
+	tester := startCaddy(t, cfg)
+	if st, body := publish(t, tester.Client, "POST", `{"event":"order.status","data":{"n":1}}`); st != 202 {
+		t.Fatalf("publish: %d %s", st, body)
+	}
+	<-arrived
+	loadConfig(t, emptyConfig) // returns once the store has closed
+
+	loadConfig(t, cfg)
+	if st, body := publish(t, tester.Client, "POST", `{"event":"order.shipped","data":{"n":2}}`); st != 202 {
+		t.Fatalf("publish after the store reopened: %d %s", st, body)
+	}
+	waitFor(t, "the second event", func() bool { return slices.Contains(got(), "order.shipped") })
+	time.Sleep(200 * time.Millisecond) // a redelivery would start with the engine, before the new event
+	if e := got(); len(e) != 2 {
+		t.Fatalf("the subscriber got %v: the attempt in flight at the close was made again", e)
 	}
 }
