@@ -54,10 +54,11 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 }
 
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	o := current.Load()
+	o := useCurrent()
 	if o == nil {
 		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errors.New("the webhooks app is not running")}
 	}
+	defer o.inUse.leave()
 	eng := o.engine
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.EscapedPath(), "/webhooks/"), "/"), "/")
 	for i, p := range parts {
@@ -88,6 +89,25 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return a.windows(w, r, o, parts[1:])
 	}
 	return apiErr(http.StatusNotFound, "no such route")
+}
+
+// useCurrent returns the running config's store, counted as in use (the
+// caller leaves it), or nil when none runs. Closing the store waits for
+// the uses counted, as for requests to the handlers: a discard of a large
+// backlog, say, would otherwise fail midway on the closed database.
+// Closing takes the store out of current before it refuses uses, so a
+// store found closing has been replaced by a newer one, or by none.
+func useCurrent() *openStore {
+	for range 3 {
+		o := current.Load()
+		if o == nil {
+			return nil
+		}
+		if o.inUse.enter() {
+			return o
+		}
+	}
+	return nil
 }
 
 func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engine, id, action string) error {

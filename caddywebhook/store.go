@@ -60,6 +60,9 @@ type openStore struct {
 	windows *ingest.BadgerWindows
 	leases  *ingest.Leases // the shared store's
 	engine  *delivery.Engine
+	// inUse is the shared store's count, for the admin API, which finds
+	// the store through current rather than through a handler.
+	inUse *inFlight
 	// claims are the running config's push windows (see App.configure).
 	claims atomic.Pointer[windowClaims]
 }
@@ -155,6 +158,7 @@ func (s *sharedStore) openFor(a *App) (*openStore, error) {
 		windows: ingest.NewBadgerWindows(db.DB),
 		leases:  s.leases,
 		engine:  delivery.NewEngine(queue, a.logger, nil),
+		inUse:   &s.inUse,
 	}
 	o.windows.SetWritable(db.Writable)
 	if err := a.configure(o); err != nil {
