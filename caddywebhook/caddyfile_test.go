@@ -101,6 +101,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 			url https://shop.example/hooks
 			events product.update order.status
 			secret_header X-Event-Secret {env.KINGUIN_SECRET}
+			basic id secret
 		}
 		subscription flybuy {
 			url https://flybuy.example/hook
@@ -108,7 +109,6 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 			tenant acme
 			location store-1
 			token FFCPUG2A
-			basic id secret
 			signing_secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
 			envelope data
 		}
@@ -123,9 +123,10 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 		DisableAfter: caddy.Duration(48 * time.Hour), Retention: caddy.Duration(72 * time.Hour),
 		AllowPrivateTargets: true, SyncWrites: true,
 		Subscriptions: []SubscriptionConfig{
-			{Name: "kinguin", URL: "https://shop.example/hooks", Events: []string{"product.update", "order.status"}, SecretHeader: "X-Event-Secret", Secret: "{env.KINGUIN_SECRET}"},
+			{Name: "kinguin", URL: "https://shop.example/hooks", Events: []string{"product.update", "order.status"}, SecretHeader: "X-Event-Secret", Secret: "{env.KINGUIN_SECRET}",
+				BasicUser: "id", BasicPassword: "secret"},
 			{Name: "flybuy", URL: "https://flybuy.example/hook", Events: []string{"*"}, Tenant: "acme", Location: "store-1", Token: "FFCPUG2A",
-				BasicUser: "id", BasicPassword: "secret", SigningSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", Envelope: "data"},
+				SigningSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", Envelope: "data"},
 		},
 	}
 	got, _ := json.Marshal(a)
@@ -202,6 +203,8 @@ func TestDeliveryConfigErrors(t *testing.T) {
 		{SubscriptionConfig{Name: "a", URL: "ftp://x", Events: []string{"*"}}, `subscription "a": url must be an absolute http or https URL`},
 		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, SigningSecret: "hunter2"}, `subscription "a": signing secret must start with "whsec_"`},
 		{SubscriptionConfig{Name: "a", Events: []string{"*"}}, `subscription "a": url is required`},
+		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, Token: "hunter2", BasicUser: "u", BasicPassword: "hunter2"},
+			`subscription "a": token and basic both set the Authorization header: use one`},
 		{SubscriptionConfig{URL: "https://x", Events: []string{"*"}}, "a subscription has no name"},
 	}
 	for _, tc := range cases {

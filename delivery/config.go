@@ -143,6 +143,9 @@ func ValidateSubscription(s *Subscription) error {
 	if (s.Auth.SecretHeader == "") != (s.Auth.Secret == "") {
 		return errors.New("secret_header needs both a header name and a secret")
 	}
+	if s.Auth.Token != "" && (s.Auth.BasicUser != "" || s.Auth.BasicPassword != "") {
+		return errors.New("token and basic both set the Authorization header: use one")
+	}
 	if s.Auth.SigningSecret != "" {
 		if _, err := DecodeSigningSecret(s.Auth.SigningSecret); err != nil {
 			return err

@@ -71,6 +71,7 @@ func TestValidateSubscription(t *testing.T) {
 		{func(s *Subscription) { s.Events = nil }, "at least one event"},
 		{func(s *Subscription) { s.Envelope = "wrap" }, `unknown envelope "wrap"`},
 		{func(s *Subscription) { s.Auth.SecretHeader = "X-Event-Secret" }, "secret_header needs both"},
+		{func(s *Subscription) { s.Auth.Token, s.Auth.BasicUser = "t", "u" }, "token and basic both set the Authorization header"},
 		{func(s *Subscription) { s.Auth.SigningSecret = "not-a-whsec-secret" }, `must start with "whsec_"`},
 		{func(s *Subscription) { s.Auth.SigningSecret = "whsec_c2hvcnQ=" }, "at least 16 bytes"},
 	} {
