@@ -79,7 +79,7 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return onlyGet(r, func() error {
 			sub, ok := eng.Subscription(parts[1])
 			if !ok {
-				return apiErr(http.StatusNotFound, "no subscription "+parts[1])
+				return noSubscription(eng, parts[1], "")
 			}
 			return writeAdmin(w, subscriptionView(eng, sub))
 		})
@@ -121,7 +121,7 @@ func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engi
 		return a.discard(w, eng, id)
 	}
 	if _, ok := eng.Subscription(id); !ok {
-		return apiErr(http.StatusNotFound, "no subscription "+id)
+		return noSubscription(eng, id, "")
 	}
 	if action == "enable" {
 		if err := eng.Enable(id); err != nil {
@@ -136,12 +136,23 @@ func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engi
 	return writeAdmin(w, map[string]any{"subscription": id, "redelivered": n})
 }
 
+// noSubscription is the 404 for an ID that names no subscription. Static
+// subscriptions are configured by name but addressed as static:<name>,
+// so a bare name gets pointed at its ID.
+func noSubscription(eng *delivery.Engine, id, detail string) error {
+	msg := "no subscription " + id + detail
+	if _, ok := eng.Subscription(delivery.StaticID(id)); ok {
+		msg += "; the static subscription " + id + " is " + delivery.StaticID(id)
+	}
+	return apiErr(http.StatusNotFound, msg)
+}
+
 // discard fails the backlog of a subscription that is disabled or no
 // longer configured or registered (its ID comes from GET /webhooks/queues).
 func (a adminAPI) discard(w http.ResponseWriter, eng *delivery.Engine, id string) error {
 	if _, ok := eng.Subscription(id); !ok {
 		if n, err := eng.Store().QueueDepth(id); err == nil && n == 0 {
-			return apiErr(http.StatusNotFound, "no subscription "+id+" and no deliveries queued for it")
+			return noSubscription(eng, id, " and no deliveries queued for it")
 		}
 	}
 	n, err := eng.Discard(id)

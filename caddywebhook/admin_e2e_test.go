@@ -82,6 +82,14 @@ func TestAdminAPI(t *testing.T) {
 		{"GET", "/webhooks/elsewhere", 404},
 		{"POST", "/webhooks/subscriptions/static:shop/launch", 404},
 	})
+	// A static subscription's bare name is pointed at its ID.
+	for _, path := range []string{"/webhooks/subscriptions/shop", "/webhooks/subscriptions/shop/enable"} {
+		method := map[bool]string{true: "POST", false: "GET"}[strings.HasSuffix(path, "/enable")]
+		if st, body := admin(t, method, path); st != 404 ||
+			body != `{"error":"no subscription shop; the static subscription shop is static:shop"}` {
+			t.Errorf("%s %s: %d %s", method, path, st, body)
+		}
+	}
 }
 
 // adminCase is a request the admin API must answer with status.
