@@ -40,6 +40,9 @@ type Engine struct {
 
 	healthMu sync.Mutex
 	health   map[string]*Health
+	// successStored is each endpoint's LastSuccess as last stored; see
+	// recordHealth. Under healthMu.
+	successStored map[string]time.Time
 
 	mu    sync.Mutex
 	lanes map[string]*lane
@@ -99,10 +102,11 @@ func NewEngine(store *Store, logger *zap.Logger, clock Clock) *Engine {
 	}
 	e := &Engine{
 		store: store, clock: clock,
-		registered: map[string]*Subscription{},
-		health:     map[string]*Health{},
-		lanes:      map[string]*lane{},
-		discarding: map[string]bool{},
+		registered:    map[string]*Subscription{},
+		health:        map[string]*Health{},
+		successStored: map[string]time.Time{},
+		lanes:         map[string]*lane{},
+		discarding:    map[string]bool{},
 	}
 	e.sched = newScheduler(e)
 	e.settleCh = make(chan settleReq, 1024)

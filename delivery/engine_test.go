@@ -1010,3 +1010,45 @@ func TestRegisteredSubscriptionsKnownBeforeStart(t *testing.T) {
 		t.Fatalf("after Start the subscription is %+v, want the update", got)
 	}
 }
+
+// An endpoint that keeps succeeding has its last success stored, so the
+// admin API can tell when it last worked after a restart too, but at most
+// once a minute rather than with every delivery.
+func TestLastSuccessOutlivesARestart(t *testing.T) {
+	dir, clock := t.TempDir(), testclock.New(t0)
+	rcv := newReceiver(t, nil)
+	cfg := Config{Subscriptions: []Subscription{sub("s", rcv.URL)}}
+	te := openTestEngine(t, dir, cfg, clock)
+	var writes atomic.Int32
+	te.store.writeFault = func(op string) error {
+		if op == "health" {
+			writes.Add(1)
+		}
+		return nil
+	}
+	deliver := func(n int) {
+		want := len(rcv.got()) + n
+		for range n {
+			if _, err := te.Publish(msg("x", `{}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, "deliveries", func() bool { return len(rcv.got()) == want })
+		eventually(t, "settled", func() bool { return storedQueue(t, te.store) == 0 })
+	}
+	deliver(20)
+	if n := writes.Load(); n != 1 {
+		t.Fatalf("20 successes within a minute stored health %d times, want once", n)
+	}
+	clock.Advance(storeSuccessEvery)
+	deliver(1)
+	if n := writes.Load(); n != 2 {
+		t.Fatalf("a success a minute later: health stored %d times in all, want 2", n)
+	}
+	te.close()
+
+	te = openTestEngine(t, dir, cfg, clock)
+	if h, err := te.Health(StaticID("s")); err != nil || !h.LastSuccess.Equal(t0.Add(storeSuccessEvery)) {
+		t.Fatalf("health after a restart: %+v, %v; want last_success %v", h, err, t0.Add(storeSuccessEvery))
+	}
+}

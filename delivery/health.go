@@ -43,12 +43,19 @@ func (e *Engine) healthOf(subID string) (*Health, error) {
 		return nil, err
 	}
 	e.health[subID] = &h
+	e.successStored[subID] = h.LastSuccess
 	return &h, nil
 }
 
+// storeSuccessEvery is how often an endpoint that keeps succeeding has
+// its LastSuccess stored: often enough that after a restart the admin API
+// still tells when it last worked, seldom enough to cost nothing per
+// delivery.
+const storeSuccessEvery = time.Minute
+
 // recordHealth tracks failures and disables an endpoint that answered 410
-// Gone or failed without a success for DisableAfter. Only transitions are
-// written to the store.
+// Gone or failed without a success for DisableAfter. Transitions are
+// written to the store, and a success at most every storeSuccessEvery.
 func (e *Engine) recordHealth(sub *Subscription, res result, started, now time.Time) {
 	e.healthMu.Lock()
 	defer e.healthMu.Unlock()
@@ -63,7 +70,7 @@ func (e *Engine) recordHealth(sub *Subscription, res result, started, now time.T
 	changed, disabled := false, false
 	if res.success() {
 		h.LastSuccess = now
-		changed = !h.FailingSince.IsZero()
+		changed = !h.FailingSince.IsZero() || now.Sub(e.successStored[sub.ID]) >= storeSuccessEvery
 		h.FailingSince = time.Time{}
 	} else {
 		if h.FailingSince.IsZero() {
@@ -84,6 +91,8 @@ func (e *Engine) recordHealth(sub *Subscription, res result, started, now time.T
 	if changed {
 		if err := e.store.saveHealth(sub.ID, *h); err != nil {
 			e.log().Error("saving endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
+		} else {
+			e.successStored[sub.ID] = h.LastSuccess
 		}
 	}
 	if disabled {
@@ -130,6 +139,7 @@ func (e *Engine) Enable(subID string) error {
 		enabled := Health{LastSuccess: h.LastSuccess, EnabledAt: e.clock.Now()}
 		if err = e.store.saveHealth(subID, enabled); err == nil {
 			*h = enabled
+			e.successStored[subID] = enabled.LastSuccess
 		}
 	}
 	e.healthMu.Unlock()
