@@ -174,7 +174,7 @@ func (e *Engine) attempt(d *Delivery, out *settled) bool {
 		(*f)(att, d.State)
 	}
 	e.logAttempt(sub, d, res)
-	e.recordHealth(sub, res, started, now)
+	out.storeSuccess = e.recordHealth(sub, res, started, now)
 	return true
 }
 

@@ -48,30 +48,37 @@ func (e *Engine) healthOf(subID string) (*Health, error) {
 }
 
 // storeSuccessEvery is how often an endpoint that keeps succeeding has
-// its LastSuccess stored: often enough that after a restart the admin API
-// still tells when it last worked, seldom enough to cost nothing per
-// delivery.
+// its last success stored: often enough that after a restart the admin API
+// still tells when it last worked, seldom enough to cost next to nothing.
 const storeSuccessEvery = time.Minute
 
 // recordHealth tracks failures and disables an endpoint that answered 410
 // Gone or failed without a success for DisableAfter. Transitions are
-// written to the store, and a success at most every storeSuccessEvery.
-func (e *Engine) recordHealth(sub *Subscription, res result, started, now time.Time) {
+// written to the store at once. A success that is no transition is
+// stored, at most every storeSuccessEvery, with the attempt's outcome
+// (storeSuccess), in the settle transactions shared by many attempts:
+// a write of its own for each endpoint would cost a fan-out to thousands
+// of them as many transactions.
+func (e *Engine) recordHealth(sub *Subscription, res result, started, now time.Time) (storeSuccess bool) {
 	e.healthMu.Lock()
 	defer e.healthMu.Unlock()
 	h, err := e.healthOf(sub.ID)
 	if err != nil {
 		e.log().Error("reading endpoint health", zap.String("subscription", sub.ID), zap.Error(err))
-		return
+		return false
 	}
 	if !res.success() && started.Before(h.EnabledAt) {
-		return // the operator re-enabled it since: a later answer decides
+		return false // the operator re-enabled it since: a later answer decides
 	}
 	changed, disabled := false, false
 	if res.success() {
 		h.LastSuccess = now
-		changed = !h.FailingSince.IsZero() || now.Sub(e.successStored[sub.ID]) >= storeSuccessEvery
+		changed = !h.FailingSince.IsZero()
 		h.FailingSince = time.Time{}
+		if !changed && now.Sub(e.successStored[sub.ID]) >= storeSuccessEvery {
+			e.successStored[sub.ID] = now
+			storeSuccess = true
+		}
 	} else {
 		if h.FailingSince.IsZero() {
 			h.FailingSince, changed = now, true
@@ -106,6 +113,7 @@ func (e *Engine) recordHealth(sub *Subscription, res result, started, now time.T
 			e.announceDisabled(sub, snapshot)
 		}()
 	}
+	return storeSuccess
 }
 
 // announceDisabled logs the disabling and publishes endpoint.disabled to

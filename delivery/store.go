@@ -25,17 +25,20 @@ import (
 //	att/<sub id>\x00<at, 16 hex>\x00<delivery id>  attempt record (expires after retention)
 //	failed/<sub id>\x00<delivery id>    failed deliveries, for redelivery (expires after retention)
 //	health/<sub id>                     endpoint health
+//	success/<sub id>                    when a delivery to it last succeeded, stored with
+//	                                    an attempt's outcome at most once a minute
 //	msg/<tenant>\x00<message id>        publish record, for idempotency
 //	cred/<source>\x00<tenant>           credentials a tenant granted (Tiki)
 const (
-	prefixSub    = "delivery/sub/"
-	prefixD      = "delivery/d/"
-	prefixQ      = "delivery/q/"
-	prefixAtt    = "delivery/att/"
-	prefixHealth = "delivery/health/"
-	prefixMsg    = "delivery/msg/"
-	prefixFailed = "delivery/failed/"
-	prefixCred   = "delivery/cred/"
+	prefixSub     = "delivery/sub/"
+	prefixD       = "delivery/d/"
+	prefixQ       = "delivery/q/"
+	prefixAtt     = "delivery/att/"
+	prefixHealth  = "delivery/health/"
+	prefixSuccess = "delivery/success/"
+	prefixMsg     = "delivery/msg/"
+	prefixFailed  = "delivery/failed/"
+	prefixCred    = "delivery/cred/"
 )
 
 // Store keeps the delivery queue in a badger database.
@@ -487,6 +490,9 @@ type settled struct {
 	d        Delivery
 	queuedAt time.Time
 	att      Attempt
+	// storeSuccess: store the attempt's time as the endpoint's last
+	// success (see recordHealth).
+	storeSuccess bool
 }
 
 // settle stores attempt outcomes, several per transaction: the attempt
@@ -552,6 +558,13 @@ func settleOne(txn *badger.Txn, st *settled, retention time.Duration) error {
 	if err := txn.SetEntry(att); err != nil {
 		return err
 	}
+	if st.storeSuccess {
+		var at [8]byte
+		binary.BigEndian.PutUint64(at[:], uint64(st.att.At.UnixNano()))
+		if err := txn.Set([]byte(prefixSuccess+d.SubscriptionID), at[:]); err != nil {
+			return err
+		}
+	}
 	switch d.State {
 	case StatePending:
 		return pendingEntries(d).put(txn)
@@ -604,9 +617,31 @@ func (s *Store) deleteSubscription(id string) error {
 	})
 }
 
+// health reads an endpoint's health record, with the last success stored
+// since the record was written.
 func (s *Store) health(subID string) (Health, error) {
 	var h Health
-	_, err := s.viewJSON([]byte(prefixHealth+subID), &h)
+	err := s.db.View(func(txn *badger.Txn) error {
+		if _, err := getJSON(txn, []byte(prefixHealth+subID), &h); err != nil {
+			return err
+		}
+		item, err := txn.Get([]byte(prefixSuccess + subID))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			if len(v) != 8 {
+				return fmt.Errorf("last success of %s: a record of %d bytes", subID, len(v))
+			}
+			if at := time.Unix(0, int64(binary.BigEndian.Uint64(v))); at.After(h.LastSuccess) {
+				h.LastSuccess = at
+			}
+			return nil
+		})
+	})
 	return h, err
 }
 
