@@ -109,7 +109,8 @@ type SubscriptionConfig struct {
 	// Send Secret in this header (Kinguin: X-Event-Secret).
 	SecretHeader string `json:"secret_header,omitempty"`
 	Secret       string `json:"secret,omitempty"`
-	// Send `Authorization: Token token="<token>"` (FlyBuy).
+	// Send `Authorization: Token token="<token>"` (FlyBuy). Not together
+	// with basic_user/basic_password: both set Authorization.
 	Token string `json:"token,omitempty"`
 	// Send HTTP Basic authentication.
 	BasicUser     string `json:"basic_user,omitempty"`
