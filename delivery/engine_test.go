@@ -1068,3 +1068,101 @@ func TestLastSuccessOutlivesARestart(t *testing.T) {
 		t.Fatalf("health after a restart: %+v, %v; want last_success %v", h, err, t0.Add(storeSuccessEvery))
 	}
 }
+
+// The failures of one URL are not held against another: a subscription
+// registered again, or given a new URL, starts enabled and with no
+// failures counted, so that a tenant who fixes its endpoint is not left
+// disabled without knowing why. The same URL again keeps its record.
+func TestNewURLStartsWithCleanHealth(t *testing.T) {
+	gone := newReceiver(t, status(http.StatusGone))
+	failing := newReceiver(t, status(http.StatusServiceUnavailable))
+	fixed := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Minute, time.Minute}})
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: gone.URL, Events: []string{"*"}}
+	publish := func() string {
+		m := msg("x", `{}`)
+		m.Tenant = "t"
+		res, err := te.Publish(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return deliveryID(res.ID, s.ID)
+	}
+	health := func() Health {
+		h, err := te.Health(s.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	disable := func() {
+		t.Helper()
+		s.URL = gone.URL
+		if err := te.UpdateSubscription(s); err != nil {
+			t.Fatal(err)
+		}
+		publish()
+		eventually(t, "disabled by 410", func() bool { return health().Disabled })
+	}
+
+	if err := te.CreateSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	publish()
+	eventually(t, "disabled by 410", func() bool { return health().Disabled })
+
+	// The same URL again: still disabled.
+	if err := te.UpdateSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	if h := health(); !h.Disabled {
+		t.Fatalf("an update that kept the URL enabled it: %+v", h)
+	}
+
+	// Deleted and registered again with a working URL: delivered.
+	if err := te.DeleteSubscription(s.ID); err != nil {
+		t.Fatal(err)
+	}
+	s.URL = fixed.URL
+	if err := te.CreateSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	if h := health(); h.Disabled || !h.FailingSince.IsZero() {
+		t.Fatalf("a new registration starts with %+v", h)
+	}
+	did := publish()
+	eventually(t, "delivered to the new registration", func() bool { return te.delivery(t, did).State == StateDelivered })
+
+	// Disabled again, then updated to another URL: delivered there.
+	disable()
+	s.URL = fixed.URL
+	if err := te.UpdateSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	did = publish()
+	eventually(t, "delivered after the URL changed", func() bool { return te.delivery(t, did).State == StateDelivered })
+
+	// Failing at one URL, then moved to another that fails too: the first
+	// failure there starts its own count.
+	s.URL = failing.URL
+	if err := te.UpdateSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	publish()
+	eventually(t, "failing", func() bool { return !health().FailingSince.IsZero() })
+	te.clock.Advance(time.Hour)
+	s.URL = failing.URL + "/other"
+	if err := te.UpdateSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	if h := health(); !h.FailingSince.IsZero() {
+		t.Fatalf("failures of the old URL still counted: %+v", h)
+	}
+
+	// The record survives a restart as it is now.
+	te.close()
+	te = openTestEngine(t, te.dir, Config{}, te.clock)
+	if h := health(); h.Disabled || !h.FailingSince.IsZero() {
+		t.Fatalf("after a restart: %+v", h)
+	}
+}

@@ -136,6 +136,17 @@ func (e *Engine) announceDisabled(sub *Subscription, h Health) {
 	}
 }
 
+// cleanHealth returns the endpoint's health record with its failures
+// and any disabling cleared, or nil when there are none; healthMu held.
+// Failures of attempts under way do not count either (EnabledAt).
+func (e *Engine) cleanHealth(subID string) (*Health, error) {
+	h, err := e.healthOf(subID)
+	if err != nil || (!h.Disabled && h.FailingSince.IsZero()) {
+		return nil, err
+	}
+	return &Health{LastSuccess: h.LastSuccess, EnabledAt: e.clock.Now()}, nil
+}
+
 // Enable re-enables a disabled endpoint; its kept deliveries resume.
 // Attempts already under way cannot disable it again by failing.
 func (e *Engine) Enable(subID string) error {

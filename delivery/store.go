@@ -605,8 +605,14 @@ func (s *Store) Subscriptions() ([]Subscription, error) {
 	return out, err
 }
 
-func (s *Store) putSubscription(sub *Subscription) error {
+// putSubscription stores sub and, when not nil, its new health record.
+func (s *Store) putSubscription(sub *Subscription, health *Health) error {
 	return store.Update(s.db, func(txn *badger.Txn) error {
+		if health != nil {
+			if err := setJSON(txn, []byte(prefixHealth+sub.ID), health, 0); err != nil {
+				return err
+			}
+		}
 		return setJSON(txn, []byte(prefixSub+sub.ID), sub, 0)
 	})
 }

@@ -73,7 +73,7 @@ func (e *Engine) putSubscription(sub Subscription, mode putMode) error {
 
 // storeSubscription is putSubscription's part under subsMu.
 func (e *Engine) storeSubscription(sub *Subscription, mode putMode) error {
-	_, exists := e.subscription(sub.ID)
+	old, exists := e.subscription(sub.ID)
 	switch {
 	case mode == putNew && exists:
 		return ErrSubscriptionExists
@@ -87,8 +87,24 @@ func (e *Engine) storeSubscription(sub *Subscription, mode putMode) error {
 	if granted {
 		sub.Auth.BasicUser, sub.Auth.BasicPassword = cred.ID, cred.Secret
 	}
-	if err := e.store.putSubscription(sub); err != nil {
+	// A registration, or one moved to another URL, starts with a clean
+	// health record: the failures of the URL before are not its own, and
+	// a tenant who fixed its endpoint that way would otherwise stay
+	// disabled with nothing in the answer to tell it so.
+	e.healthMu.Lock()
+	defer e.healthMu.Unlock()
+	var clean *Health
+	if !exists || old.URL != sub.URL {
+		if clean, err = e.cleanHealth(sub.ID); err != nil {
+			return err
+		}
+	}
+	if err := e.store.putSubscription(sub, clean); err != nil {
 		return err
+	}
+	if clean != nil {
+		*e.health[sub.ID] = *clean
+		e.successStored[sub.ID] = clean.LastSuccess
 	}
 	e.registered[sub.ID] = sub
 	e.rebuildIndex()
