@@ -44,6 +44,10 @@ type API struct {
 	// (bodies may come compressed with gzip or deflate). Default: 64 KiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
+	// How many webhooks one tenant may register; a registration beyond
+	// it is refused with 400. Default: 1000; negative: no bound.
+	MaxWebhooks int `json:"max_webhooks,omitempty"`
+
 	// settings is the API handler without its engine, which exists
 	// once the store is open (see sharedStore).
 	settings   api.Handler
@@ -76,9 +80,10 @@ func (h *API) Provision(ctx caddy.Context) error {
 	}
 	h.shared = app.shared
 	h.settings = api.Handler{
-		Dialect: h.Dialect,
-		Verify:  h.Verify || h.Dialect == api.Doshii,
-		MaxBody: h.MaxBody,
+		Dialect:     h.Dialect,
+		Verify:      h.Verify || h.Dialect == api.Doshii,
+		MaxBody:     h.MaxBody,
+		MaxWebhooks: h.MaxWebhooks,
 	}
 	return nil
 }

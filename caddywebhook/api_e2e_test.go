@@ -44,6 +44,7 @@ http://localhost:9080 {
 		webhook_api {
 			dialect doshii
 			tenant {http.auth.user.id}
+			max_webhooks 1
 		}
 	}
 	handle /publish {
@@ -107,6 +108,12 @@ func TestAPIEndToEnd(t *testing.T) {
 		`{"event":"order_created","webhookUrl":"`+sub.URL+`/doshii","authenticationKey":"secure_key","authenticationToken":"secure_token"}`)
 	if st != 200 || !strings.Contains(body, `"uri":"http://localhost:9080/partner/v3/webhooks/order_created"`) {
 		t.Fatalf("doshii register: %d %s", st, body)
+	}
+	// max_webhooks 1: a second webhook is refused.
+	st, body = call(t, c, "partner-1", "doshii-pass", "POST", "/partner/v3/webhooks",
+		`{"event":"order_updated","webhookUrl":"`+sub.URL+`/doshii"}`)
+	if st != 400 || body != `{"message":"too many webhooks: at most 1 may be registered"}` {
+		t.Fatalf("doshii register beyond max_webhooks: %d %s", st, body)
 	}
 
 	for _, ev := range []string{

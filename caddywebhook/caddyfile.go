@@ -204,6 +204,7 @@ func parseAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //	    tenant <placeholder>
 //	    verify
 //	    max_body <size>
+//	    max_webhooks <n>|off
 //	}
 func (h *API) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -240,6 +241,12 @@ func (h *API) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.MaxBody = n
+		case "max_webhooks":
+			n, err := maxWebhooksArg(d)
+			if err != nil {
+				return err
+			}
+			h.MaxWebhooks = n
 		default:
 			return d.Errf("unrecognized webhook_api option %q", opt)
 		}
@@ -463,6 +470,17 @@ func sizeArg(d *caddyfile.Dispenser) (int64, error) {
 }
 
 // minFreeSpaceArg reads `min_free_space <size>|off`; off is -1 in JSON.
+// maxWebhooksArg reads a positive number, or off (-1: no bound).
+func maxWebhooksArg(d *caddyfile.Dispenser) (int, error) {
+	if d.CountRemainingArgs() == 1 && d.NextArg() {
+		if d.Val() == "off" {
+			return -1, nil
+		}
+		d.Prev()
+	}
+	return positiveIntArg(d)
+}
+
 func minFreeSpaceArg(d *caddyfile.Dispenser) (int64, error) {
 	if d.CountRemainingArgs() == 1 && d.NextArg() {
 		if d.Val() == "off" {

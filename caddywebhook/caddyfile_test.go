@@ -289,19 +289,27 @@ func TestCaddyfileExampleAdapts(t *testing.T) {
 
 func TestUnmarshalAPI(t *testing.T) {
 	var h API
-	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("webhook_api {\n dialect doshii\n tenant {http.auth.user.id}\n verify\n max_body 16KB\n}"))
-	if err != nil || h.Dialect != "doshii" || h.Tenant != "{http.auth.user.id}" || !h.Verify || h.MaxBody != 16000 {
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("webhook_api {\n dialect doshii\n tenant {http.auth.user.id}\n verify\n max_body 16KB\n max_webhooks 50\n}"))
+	if err != nil || h.Dialect != "doshii" || h.Tenant != "{http.auth.user.id}" || !h.Verify || h.MaxBody != 16000 || h.MaxWebhooks != 50 {
 		t.Fatalf("%+v %v", h, err)
 	}
+	h = API{}
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("webhook_api {\n dialect tiki\n max_webhooks off\n}")); err != nil || h.MaxWebhooks != -1 {
+		t.Fatalf("max_webhooks off: %+v %v", h, err)
+	}
 	for input, want := range map[string]string{
-		"webhook_api":                                      "needs a dialect",
-		"webhook_api tiki":                                 "takes no arguments",
-		"webhook_api {\n dialect svix\n}":                  `unknown dialect "svix" (want tiki or doshii)`,
-		"webhook_api {\n dialect\n}":                       "wrong argument count",
-		"webhook_api {\n dialect tiki\n dialect doshii\n}": "dialect specified more than once",
-		"webhook_api {\n dialect tiki\n verify yes\n}":     "wrong argument count",
-		"webhook_api {\n dialect tiki\n tenant\n}":         "wrong argument count",
-		"webhook_api {\n dialect tiki\n prefix /v1\n}":     `unrecognized webhook_api option "prefix"`,
+		"webhook_api":                                          "needs a dialect",
+		"webhook_api tiki":                                     "takes no arguments",
+		"webhook_api {\n dialect svix\n}":                      `unknown dialect "svix" (want tiki or doshii)`,
+		"webhook_api {\n dialect\n}":                           "wrong argument count",
+		"webhook_api {\n dialect tiki\n dialect doshii\n}":     "dialect specified more than once",
+		"webhook_api {\n dialect tiki\n verify yes\n}":         "wrong argument count",
+		"webhook_api {\n dialect tiki\n tenant\n}":             "wrong argument count",
+		"webhook_api {\n dialect tiki\n prefix /v1\n}":         `unrecognized webhook_api option "prefix"`,
+		"webhook_api {\n dialect tiki\n max_webhooks 0\n}":     `invalid max_webhooks "0": want a positive number`,
+		"webhook_api {\n dialect tiki\n max_webhooks many\n}":  `invalid max_webhooks "many": want a positive number`,
+		"webhook_api {\n dialect tiki\n max_webhooks\n}":       "wrong argument count",
+		"webhook_api {\n dialect tiki\n max_webhooks 5 off\n}": "wrong argument count",
 	} {
 		var h API
 		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))

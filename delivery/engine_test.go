@@ -977,7 +977,7 @@ func TestRegisteredSubscriptionsKnownBeforeStart(t *testing.T) {
 	clock := testclock.New(t0)
 	te := openTestEngine(t, dir, Config{}, clock)
 	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
-	if err := te.CreateSubscription(s); err != nil {
+	if err := te.CreateSubscription(s, 0); err != nil {
 		t.Fatal(err)
 	}
 	te.close()
@@ -1105,7 +1105,7 @@ func TestNewURLStartsWithCleanHealth(t *testing.T) {
 		eventually(t, "disabled by 410", func() bool { return health().Disabled })
 	}
 
-	if err := te.CreateSubscription(s); err != nil {
+	if err := te.CreateSubscription(s, 0); err != nil {
 		t.Fatal(err)
 	}
 	publish()
@@ -1124,7 +1124,7 @@ func TestNewURLStartsWithCleanHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.URL = fixed.URL
-	if err := te.CreateSubscription(s); err != nil {
+	if err := te.CreateSubscription(s, 0); err != nil {
 		t.Fatal(err)
 	}
 	if h := health(); h.Disabled || !h.FailingSince.IsZero() {

@@ -28,17 +28,39 @@ var (
 	ErrNoSubscription     = errors.New("no such subscription")
 )
 
+// ErrTooManySubscriptions refuses a registration beyond its tenant's
+// limit.
+var ErrTooManySubscriptions = errors.New("too many subscriptions registered")
+
 // PutSubscription stores a registered subscription, new or changed.
-func (e *Engine) PutSubscription(sub Subscription) error { return e.putSubscription(sub, putAny) }
+func (e *Engine) PutSubscription(sub Subscription) error { return e.putSubscription(sub, putAny, 0) }
 
 // CreateSubscription stores a new registered subscription;
-// ErrSubscriptionExists if one has its ID.
-func (e *Engine) CreateSubscription(sub Subscription) error { return e.putSubscription(sub, putNew) }
+// ErrSubscriptionExists if one has its ID, ErrTooManySubscriptions if
+// limit > 0 and its tenant has that many of its source already.
+func (e *Engine) CreateSubscription(sub Subscription, limit int) error {
+	return e.putSubscription(sub, putNew, limit)
+}
 
 // UpdateSubscription stores a changed registered subscription;
 // ErrNoSubscription if none has its ID (any more).
 func (e *Engine) UpdateSubscription(sub Subscription) error {
-	return e.putSubscription(sub, putExisting)
+	return e.putSubscription(sub, putExisting, 0)
+}
+
+// Registered counts the subscriptions a tenant registered through source.
+func (e *Engine) Registered(source, tenant string) int {
+	idx := e.index.Load()
+	if idx == nil {
+		return 0
+	}
+	n := 0
+	for _, s := range idx.byTenant[tenant] {
+		if s.Source == source {
+			n++
+		}
+	}
+	return n
 }
 
 type putMode int
@@ -52,7 +74,7 @@ const (
 // putSubscription checks the mode's condition and stores sub with the
 // credentials its tenant granted, all under subsMu, so that neither a
 // concurrent registration nor SetCredentials can slip in between.
-func (e *Engine) putSubscription(sub Subscription, mode putMode) error {
+func (e *Engine) putSubscription(sub Subscription, mode putMode, limit int) error {
 	if err := ValidateSubscription(&sub); err != nil {
 		return err
 	}
@@ -60,7 +82,7 @@ func (e *Engine) putSubscription(sub Subscription, mode putMode) error {
 		return err
 	}
 	e.subsMu.Lock()
-	err := e.storeSubscription(&sub, mode)
+	err := e.storeSubscription(&sub, mode, limit)
 	e.subsMu.Unlock()
 	if err != nil {
 		return err
@@ -72,13 +94,15 @@ func (e *Engine) putSubscription(sub Subscription, mode putMode) error {
 }
 
 // storeSubscription is putSubscription's part under subsMu.
-func (e *Engine) storeSubscription(sub *Subscription, mode putMode) error {
+func (e *Engine) storeSubscription(sub *Subscription, mode putMode, limit int) error {
 	old, exists := e.subscription(sub.ID)
 	switch {
 	case mode == putNew && exists:
 		return ErrSubscriptionExists
 	case mode == putExisting && !exists:
 		return ErrNoSubscription
+	case mode == putNew && limit > 0 && e.Registered(sub.Source, sub.Tenant) >= limit:
+		return ErrTooManySubscriptions
 	}
 	cred, granted, err := e.store.credentials(sub.Source, sub.Tenant)
 	if err != nil {

@@ -33,11 +33,17 @@ const EventVerify = "webhook.verify"
 // DefaultMaxBody bounds request bodies.
 const DefaultMaxBody = 64 << 10
 
+// DefaultMaxWebhooks bounds how many webhooks one tenant may register:
+// each is held in memory and worked on by the engine, so without a bound
+// one caller could register events by the million.
+const DefaultMaxWebhooks = 1000
+
 // Engine is what the API needs of the delivery engine.
 type Engine interface {
 	Subscription(id string) (delivery.Subscription, bool)
 	Subscriptions() []delivery.Subscription
-	CreateSubscription(delivery.Subscription) error
+	CreateSubscription(sub delivery.Subscription, limit int) error
+	Registered(source, tenant string) int
 	UpdateSubscription(delivery.Subscription) error
 	DeleteSubscription(id string) error
 	Probe(sub *delivery.Subscription, event string, data []byte) delivery.ProbeResult
@@ -60,7 +66,10 @@ type Handler struct {
 	// always on for Doshii.
 	Verify  bool
 	MaxBody int64
-	Now     func() time.Time
+	// MaxWebhooks bounds the webhooks of one tenant; 0 is
+	// DefaultMaxWebhooks, negative no bound.
+	MaxWebhooks int
+	Now         func() time.Time
 }
 
 // Request is one API call as the adapter hands it over.
@@ -237,3 +246,33 @@ func millis(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
 
 // timestamp renders times as the seeds do: RFC 3339, UTC, milliseconds.
 func timestamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }
+
+// maxWebhooks is the bound on one tenant's webhooks; 0 for none.
+func (h *Handler) maxWebhooks() int {
+	switch {
+	case h.MaxWebhooks == 0:
+		return DefaultMaxWebhooks
+	case h.MaxWebhooks < 0:
+		return 0
+	}
+	return h.MaxWebhooks
+}
+
+// create registers a new webhook, verifying it first when asked; on
+// failure it has answered. A caller at its bound is refused before its
+// URL is sent anything, and again when storing, which counts under the
+// engine's lock, so concurrent registrations cannot pass it together.
+func (c *call) create(sub *delivery.Subscription, verify bool) bool {
+	limit := c.h.maxWebhooks()
+	if limit > 0 && c.h.Engine.Registered(sub.Source, sub.Tenant) >= limit {
+		c.tooMany()
+		return false
+	}
+	return c.store(sub, verify, func(s delivery.Subscription) error {
+		return c.h.Engine.CreateSubscription(s, limit)
+	})
+}
+
+func (c *call) tooMany() {
+	c.fail(http.StatusBadRequest, "too many webhooks: at most "+strconv.Itoa(c.h.maxWebhooks())+" may be registered")
+}

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -694,5 +695,63 @@ func TestCompressedRegistration(t *testing.T) {
 	}
 	if n := len(e.engine.Subscriptions()); n != 2 {
 		t.Fatalf("%d subscriptions stored, want 2", n)
+	}
+}
+
+// A tenant registers at most MaxWebhooks webhooks: the one beyond is
+// refused before its URL is sent a verification, other tenants are not
+// affected, updates still work, and a delete makes room again.
+func TestMaxWebhooks(t *testing.T) {
+	e := newEnv(t, time.Second)
+	rcv := newReceiver(t)
+	rcv.set(204, 0)
+	e.tiki.MaxWebhooks, e.tiki.Verify = 2, true
+	e.doshii.MaxWebhooks = 2
+	tiki := func(tenant, method, event, path string) reply {
+		return e.do(e.tiki, tenant, method, "/v1/webhooks", `{"uri":"`+rcv.URL+path+`","event":"`+event+`"}`)
+	}
+	expect(t, tiki("s", "POST", "a", "/a"), 200, "")
+	expect(t, tiki("s", "POST", "b", "/b"), 200, "")
+	verifications := len(rcv.requests())
+	expect(t, tiki("s", "POST", "c", "/c"), 400, `{"error":{"message":"too many webhooks: at most 2 may be registered"}}`)
+	if n := len(rcv.requests()); n != verifications {
+		t.Fatalf("a registration over the bound was verified (%d requests, want %d)", n, verifications)
+	}
+	expect(t, tiki("s", "PUT", "b", "/b2"), 200, "")
+	expect(t, tiki("other", "POST", "c", "/c"), 200, "")
+	expect(t, e.do(e.tiki, "s", "DELETE", "/v1/webhooks?event=a", ""), 200, "")
+	expect(t, tiki("s", "POST", "c", "/c"), 200, "")
+
+	// Doshii: location webhooks count too; Tiki's do not.
+	doshii := func(event, location string) reply {
+		return e.do(e.doshii, "s", "POST", "/partner/v3/webhooks", `{"event":"`+event+`","webhookUrl":"`+rcv.URL+`/d"}`,
+			HeaderDoshiiLocation, location)
+	}
+	expect(t, doshii("order_created", ""), 200, "")
+	expect(t, doshii("order_created", "loc-1"), 200, "")
+	expect(t, doshii("order_created", "loc-2"), 400, `{"message":"too many webhooks: at most 2 may be registered"}`)
+
+	// The bound holds against registrations racing each other: it is
+	// counted again when each is stored.
+	e.tiki.Verify = false
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tiki("racer", "POST", fmt.Sprint("e", i), "/r")
+		}()
+	}
+	wg.Wait()
+	if n := e.engine.Registered(Tiki, "racer"); n != 2 {
+		t.Fatalf("racing registrations stored %d webhooks, want 2", n)
+	}
+}
+
+func TestMaxWebhooksDefault(t *testing.T) {
+	for set, want := range map[int]int{0: DefaultMaxWebhooks, 5: 5, -1: 0} {
+		if got := (&Handler{MaxWebhooks: set}).maxWebhooks(); got != want {
+			t.Errorf("MaxWebhooks %d: bound %d, want %d", set, got, want)
+		}
 	}
 }

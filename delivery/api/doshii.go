@@ -87,7 +87,7 @@ func (c *call) doshiiRegister() {
 		c.conflict(sub)
 		return
 	}
-	if !c.doshiiApply(&sub, b) || !c.store(&sub, true, c.h.Engine.CreateSubscription) {
+	if !c.doshiiApply(&sub, b) || !c.create(&sub, true) {
 		return
 	}
 	c.json(http.StatusOK, c.doshiiView(sub))

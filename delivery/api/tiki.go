@@ -92,7 +92,7 @@ func (c *call) tikiRegister() {
 		c.conflict(sub)
 		return
 	}
-	if !c.store(&sub, c.h.Verify, c.h.Engine.CreateSubscription) {
+	if !c.create(&sub, c.h.Verify) {
 		return
 	}
 	c.json(http.StatusOK, map[string]string{"seller_id": c.r.Tenant, "uri": sub.URL, "event": b.Event})
@@ -181,6 +181,9 @@ func (c *call) store(sub *delivery.Subscription, verify bool, put func(delivery.
 		return false
 	case errors.Is(err, delivery.ErrNoSubscription):
 		c.fail(http.StatusNotFound, c.notFoundMessage())
+		return false
+	case errors.Is(err, delivery.ErrTooManySubscriptions):
+		c.tooMany()
 		return false
 	case err != nil:
 		c.storeFailed(err)
