@@ -21,6 +21,8 @@ func FuzzCaddyfile(f *testing.F) {
 		"webhook_publish {\n max_body 1KB\n}",
 		"webhook_api {\n dialect doshii\n tenant {http.auth.user.id}\n verify\n}",
 		"webhook_api {\n dialect\n}",
+		"webhook_api {\n dialect tiki\n max_webhooks off\n max_body 8KB\n}",
+		"webhook_api {\n dialect tiki\n max_webhooks 20\n}",
 	} {
 		f.Add(s)
 	}
