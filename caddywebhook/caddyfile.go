@@ -93,7 +93,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "min_free_space":
-			a.MinFreeSpace, err = minFreeSpaceArg(d)
+			a.MinFreeSpace, err = offOr(d, sizeArg)
 		case "workers":
 			a.Workers, err = positiveIntArg(d)
 		case "endpoint_concurrency":
@@ -242,7 +242,7 @@ func (h *API) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.MaxBody = n
 		case "max_webhooks":
-			n, err := maxWebhooksArg(d)
+			n, err := offOr(d, positiveIntArg)
 			if err != nil {
 				return err
 			}
@@ -469,26 +469,17 @@ func sizeArg(d *caddyfile.Dispenser) (int64, error) {
 	return int64(n), nil
 }
 
-// minFreeSpaceArg reads `min_free_space <size>|off`; off is -1 in JSON.
-// maxWebhooksArg reads a positive number, or off (-1: no bound).
-func maxWebhooksArg(d *caddyfile.Dispenser) (int, error) {
+// offOr reads an option's one argument: off as -1 (off in JSON too),
+// anything else as arg reads it (min_free_space <size>|off,
+// max_webhooks <n>|off).
+func offOr[T int | int64](d *caddyfile.Dispenser, arg func(*caddyfile.Dispenser) (T, error)) (T, error) {
 	if d.CountRemainingArgs() == 1 && d.NextArg() {
 		if d.Val() == "off" {
 			return -1, nil
 		}
 		d.Prev()
 	}
-	return positiveIntArg(d)
-}
-
-func minFreeSpaceArg(d *caddyfile.Dispenser) (int64, error) {
-	if d.CountRemainingArgs() == 1 && d.NextArg() {
-		if d.Val() == "off" {
-			return -1, nil
-		}
-		d.Prev()
-	}
-	return sizeArg(d)
+	return arg(d)
 }
 
 // Interface guards
