@@ -114,11 +114,12 @@ func (e *Engine) storeSubscription(sub *Subscription, mode putMode, limit int) e
 	// A registration, or one moved to another URL, starts with a clean
 	// health record: the failures of the URL before are not its own, and
 	// a tenant who fixed its endpoint that way would otherwise stay
-	// disabled with nothing in the answer to tell it so.
-	e.healthMu.Lock()
-	defer e.healthMu.Unlock()
+	// disabled with nothing in the answer to tell it so. Attempts wait
+	// for healthMu to record their outcome, so it is held only then.
 	var clean *Health
 	if !exists || old.URL != sub.URL {
+		e.healthMu.Lock()
+		defer e.healthMu.Unlock()
 		if clean, err = e.cleanHealth(sub.ID); err != nil {
 			return err
 		}
