@@ -69,7 +69,8 @@ type App struct {
 	Retry []caddy.Duration `json:"retry,omitempty"`
 
 	// A subscription failing without a success for this long is disabled
-	// until re-enabled; its deliveries are kept. Default: 72h.
+	// until re-enabled (through the admin API, or by giving it another
+	// `url`); its deliveries are kept. Default: 72h.
 	DisableAfter caddy.Duration `json:"disable_after,omitempty"`
 
 	// How long delivered and failed messages and attempt records are kept.

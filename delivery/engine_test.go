@@ -1166,3 +1166,101 @@ func TestNewURLStartsWithCleanHealth(t *testing.T) {
 		t.Fatalf("after a restart: %+v", h)
 	}
 }
+
+// A static subscription whose URL changes in the config starts afresh, at
+// the reload or the restart that brings the new URL; one that keeps its
+// URL stays disabled, and its kept deliveries go to the new URL.
+func TestStaticNewURLStartsWithCleanHealth(t *testing.T) {
+	gone := newReceiver(t, status(http.StatusGone))
+	fixed := newReceiver(t, nil)
+	config := func(url string) Config {
+		return Config{
+			Retry: []time.Duration{time.Minute, time.Minute}, AllowPrivateTargets: true,
+			Subscriptions: []Subscription{sub("s", url)},
+		}
+	}
+	te := newTestEngine(t, config(gone.URL))
+	id := StaticID("s")
+	health := func() Health {
+		t.Helper()
+		h, err := te.Health(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	publish := func() string {
+		t.Helper()
+		res, err := te.Publish(msg("x", `{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return deliveryID(res.ID, id)
+	}
+	configure := func(url string) {
+		t.Helper()
+		if err := te.Configure(config(url)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	delivered := func(what, did string) {
+		t.Helper()
+		eventually(t, what, func() bool {
+			te.clock.Advance(time.Minute) // past the retry delay of the 410
+			te.Kick()
+			return te.delivery(t, did).State == StateDelivered
+		})
+	}
+
+	kept := publish()
+	eventually(t, "disabled by 410", func() bool { return health().Disabled })
+	if b, _ := json.Marshal(health()); strings.Contains(string(b), gone.URL) {
+		t.Fatalf("the health shown to operators names the URL: %s", b)
+	}
+
+	// A reload and a restart with the same URL: still disabled.
+	configure(gone.URL)
+	if h := health(); !h.Disabled {
+		t.Fatalf("a reload that kept the URL enabled it: %+v", h)
+	}
+	te.close()
+	te = openTestEngine(t, te.dir, config(gone.URL), te.clock)
+	if h := health(); !h.Disabled {
+		t.Fatalf("a restart that kept the URL enabled it: %+v", h)
+	}
+
+	// A reload with another URL: enabled, and the kept delivery goes there.
+	configure(fixed.URL)
+	if h := health(); h.Disabled || !h.FailingSince.IsZero() || h.URL != "" {
+		t.Fatalf("a reload to a new URL left %+v", h)
+	}
+	delivered("the kept delivery at the new URL", kept)
+
+	// Disabled at the old URL again, then a restart with the new one.
+	configure(gone.URL)
+	kept = publish()
+	eventually(t, "disabled by 410 again", func() bool { return health().Disabled })
+	te.close()
+	te = openTestEngine(t, te.dir, config(fixed.URL), te.clock)
+	if h := health(); h.Disabled || !h.FailingSince.IsZero() {
+		t.Fatalf("a restart with a new URL left %+v", h)
+	}
+	delivered("the kept delivery after the restart", kept)
+
+	// A record that does not say where its failures happened (written by
+	// an earlier version) cannot tell a new URL: it stays.
+	te.close()
+	old := Health{Disabled: true, DisabledAt: t0, Reason: "receiver answered 410 Gone", FailingSince: t0}
+	db, err := store.Open(te.dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := NewStore(db.DB).saveHealth(id, old); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	te = openTestEngine(t, te.dir, config(gone.URL+"/elsewhere"), te.clock)
+	if h := health(); !h.Disabled {
+		t.Fatalf("a record without a URL was cleared: %+v", h)
+	}
+}

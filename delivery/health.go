@@ -74,14 +74,14 @@ func (e *Engine) recordHealth(sub *Subscription, res result, started, now time.T
 	if res.success() {
 		h.LastSuccess = now
 		changed = !h.FailingSince.IsZero()
-		h.FailingSince = time.Time{}
+		h.FailingSince, h.URL = time.Time{}, ""
 		if !changed && now.Sub(e.successStored[sub.ID]) >= storeSuccessEvery {
 			e.successStored[sub.ID] = now
 			storeSuccess = true
 		}
 	} else {
 		if h.FailingSince.IsZero() {
-			h.FailingSince, changed = now, true
+			h.FailingSince, h.URL, changed = now, sub.URL, true
 		}
 		reason := ""
 		switch {
@@ -145,6 +145,52 @@ func (e *Engine) cleanHealth(subID string) (*Health, error) {
 		return nil, err
 	}
 	return &Health{LastSuccess: h.LastSuccess, EnabledAt: e.clock.Now()}, nil
+}
+
+// restartMoved clears the failures and any disabling of the static
+// subscriptions whose URL is not the one those failures happened at: an
+// operator who fixes a failing endpoint's URL in the Caddyfile expects
+// the reload (or restart) to deliver there, as a registration moved to
+// another URL does. Records without a URL (written by earlier versions)
+// cannot tell and are kept.
+func (e *Engine) restartMoved(static []*Subscription) error {
+	ids, err := e.store.healthRecorded()
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	byID := make(map[string]*Subscription, len(static))
+	for _, sub := range static {
+		byID[sub.ID] = sub
+	}
+	e.healthMu.Lock()
+	defer e.healthMu.Unlock()
+	for _, id := range ids {
+		sub := byID[id]
+		if sub == nil {
+			continue
+		}
+		h, err := e.healthOf(id)
+		if err != nil {
+			return err
+		}
+		if h.URL == "" || h.URL == sub.URL {
+			continue
+		}
+		clean, err := e.cleanHealth(id)
+		if err != nil {
+			return err
+		}
+		if clean == nil {
+			continue
+		}
+		if err := e.store.saveHealth(id, *clean); err != nil {
+			return err
+		}
+		*h = *clean
+		e.log().Info("subscription has a new URL: its failures and disabling are cleared",
+			zap.String("subscription", id), zap.String("url", RedactURL(sub.URL)))
+	}
+	return nil
 }
 
 // Enable re-enables a disabled endpoint; its kept deliveries resume.

@@ -125,6 +125,11 @@ type Health struct {
 	// EnabledAt is when an operator last re-enabled the endpoint; failures
 	// of attempts started before it do not count against it.
 	EnabledAt time.Time `json:"enabled_at,omitzero"`
+	// URL is where the failures recorded here happened, so that a static
+	// subscription given another URL starts afresh (see Configure). It is
+	// stored but not part of the JSON shown to operators: a URL may carry
+	// a secret.
+	URL string `json:"-"`
 }
 
 // deliveryID is deterministic so that publishing the same message again

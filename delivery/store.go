@@ -609,7 +609,7 @@ func (s *Store) Subscriptions() ([]Subscription, error) {
 func (s *Store) putSubscription(sub *Subscription, health *Health) error {
 	return store.Update(s.db, func(txn *badger.Txn) error {
 		if health != nil {
-			if err := setJSON(txn, []byte(prefixHealth+sub.ID), health, 0); err != nil {
+			if err := setHealth(txn, sub.ID, *health); err != nil {
 				return err
 			}
 		}
@@ -628,9 +628,11 @@ func (s *Store) deleteSubscription(id string) error {
 func (s *Store) health(subID string) (Health, error) {
 	var h Health
 	err := s.db.View(func(txn *badger.Txn) error {
-		if _, err := getJSON(txn, []byte(prefixHealth+subID), &h); err != nil {
+		var rec storedHealth
+		if _, err := getJSON(txn, []byte(prefixHealth+subID), &rec); err != nil {
 			return err
 		}
+		h, h.URL = rec.Health, rec.URL
 		item, err := txn.Get([]byte(prefixSuccess + subID))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
@@ -658,8 +660,33 @@ func (s *Store) saveHealth(subID string, h Health) error {
 		}
 	}
 	return store.Update(s.db, func(txn *badger.Txn) error {
-		return setJSON(txn, []byte(prefixHealth+subID), h, 0)
+		return setHealth(txn, subID, h)
 	})
+}
+
+// storedHealth is a health record as stored: with the URL its failures
+// happened at, which Health keeps out of its own JSON.
+type storedHealth struct {
+	Health
+	URL string `json:"url,omitempty"`
+}
+
+func setHealth(txn *badger.Txn, subID string, h Health) error {
+	return setJSON(txn, []byte(prefixHealth+subID), storedHealth{h, h.URL}, 0)
+}
+
+// healthRecorded returns the IDs of the subscriptions with a health record.
+func (s *Store) healthRecorded() ([]string, error) {
+	var ids []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixHealth)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			ids = append(ids, string(it.Item().Key()[len(prefixHealth):]))
+		}
+		return nil
+	})
+	return ids, err
 }
 
 // Attempts returns the attempts of one delivery, oldest first.
