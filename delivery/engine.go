@@ -166,7 +166,7 @@ func (e *Engine) Configure(cfg Config) error {
 	e.subsMu.Lock()
 	e.rebuildIndex()
 	e.subsMu.Unlock()
-	if err := e.restartMoved(s.static); err != nil {
+	if err := e.reviewStatic(s.static); err != nil {
 		// The endpoints stay as they were, as before a URL change;
 		// nothing else depends on this.
 		e.log().Error("clearing the health of subscriptions with a new URL", zap.Error(err))

@@ -17,6 +17,9 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/hookgate/caddy-webhook/internal/store"
 	"github.com/hookgate/caddy-webhook/internal/testclock"
@@ -1218,10 +1221,16 @@ func TestStaticNewURLStartsWithCleanHealth(t *testing.T) {
 		t.Fatalf("the health shown to operators names the URL: %s", b)
 	}
 
-	// A reload and a restart with the same URL: still disabled.
+	// A reload and a restart with the same URL: still disabled, and the
+	// reload says so.
+	core, logs := observer.New(zapcore.InfoLevel)
+	te.SetLogger(zap.New(core))
 	configure(gone.URL)
 	if h := health(); !h.Disabled {
 		t.Fatalf("a reload that kept the URL enabled it: %+v", h)
+	}
+	if got := logs.FilterMessageSnippet("static subscription is disabled").FilterField(zap.String("subscription", id)).Len(); got != 1 {
+		t.Fatalf("a reload that kept a disabled subscription logged %d warnings about it: %v", got, logs.All())
 	}
 	te.close()
 	te = openTestEngine(t, te.dir, config(gone.URL), te.clock)
@@ -1230,9 +1239,14 @@ func TestStaticNewURLStartsWithCleanHealth(t *testing.T) {
 	}
 
 	// A reload with another URL: enabled, and the kept delivery goes there.
+	core, logs = observer.New(zapcore.InfoLevel)
+	te.SetLogger(zap.New(core))
 	configure(fixed.URL)
 	if h := health(); h.Disabled || !h.FailingSince.IsZero() || h.URL != "" {
 		t.Fatalf("a reload to a new URL left %+v", h)
+	}
+	if logs.FilterMessageSnippet("new URL").Len() != 1 || logs.FilterMessageSnippet("is disabled").Len() != 0 {
+		t.Fatalf("a reload to a new URL logged %v", logs.All())
 	}
 	delivered("the kept delivery at the new URL", kept)
 

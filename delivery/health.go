@@ -147,13 +147,14 @@ func (e *Engine) cleanHealth(subID string) (*Health, error) {
 	return &Health{LastSuccess: h.LastSuccess, EnabledAt: e.clock.Now()}, nil
 }
 
-// restartMoved clears the failures and any disabling of the static
+// reviewStatic clears the failures and any disabling of the static
 // subscriptions whose URL is not the one those failures happened at: an
 // operator who fixes a failing endpoint's URL in the Caddyfile expects
 // the reload (or restart) to deliver there, as a registration moved to
 // another URL does. Records without a URL (written by earlier versions)
-// cannot tell and are kept.
-func (e *Engine) restartMoved(static []*Subscription) error {
+// cannot tell and are kept. Static subscriptions that stay disabled are
+// logged, since a config load is when an operator looks.
+func (e *Engine) reviewStatic(static []*Subscription) error {
 	ids, err := e.store.healthRecorded()
 	if err != nil || len(ids) == 0 {
 		return err
@@ -165,31 +166,38 @@ func (e *Engine) restartMoved(static []*Subscription) error {
 	e.healthMu.Lock()
 	defer e.healthMu.Unlock()
 	for _, id := range ids {
-		sub := byID[id]
-		if sub == nil {
-			continue
+		if sub := byID[id]; sub != nil {
+			if err := e.reviewOne(sub); err != nil {
+				return err
+			}
 		}
-		h, err := e.healthOf(id)
-		if err != nil {
-			return err
-		}
-		if h.URL == "" || h.URL == sub.URL {
-			continue
-		}
-		clean, err := e.cleanHealth(id)
-		if err != nil {
-			return err
-		}
-		if clean == nil {
-			continue
-		}
-		if err := e.store.saveHealth(id, *clean); err != nil {
-			return err
-		}
-		*h = *clean
-		e.log().Info("subscription has a new URL: its failures and disabling are cleared",
-			zap.String("subscription", id), zap.String("url", RedactURL(sub.URL)))
 	}
+	return nil
+}
+
+// reviewOne is reviewStatic for one subscription; healthMu held.
+func (e *Engine) reviewOne(sub *Subscription) error {
+	h, err := e.healthOf(sub.ID)
+	if err != nil {
+		return err
+	}
+	if h.URL == "" || h.URL == sub.URL {
+		if h.Disabled {
+			e.log().Warn("static subscription is disabled: its deliveries are kept until it is re-enabled or given another url",
+				zap.String("subscription", sub.ID), zap.String("reason", h.Reason), zap.Time("disabled_at", h.DisabledAt))
+		}
+		return nil
+	}
+	clean, err := e.cleanHealth(sub.ID)
+	if err != nil || clean == nil {
+		return err
+	}
+	if err := e.store.saveHealth(sub.ID, *clean); err != nil {
+		return err
+	}
+	*h = *clean
+	e.log().Info("subscription has a new URL: its failures and disabling are cleared",
+		zap.String("subscription", sub.ID), zap.String("url", RedactURL(sub.URL)))
 	return nil
 }
 
