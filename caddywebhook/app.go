@@ -118,6 +118,11 @@ type SubscriptionConfig struct {
 	BasicPassword string `json:"basic_password,omitempty"`
 	// Sign with Standard Webhooks headers; a `whsec_` secret.
 	SigningSecret string `json:"signing_secret,omitempty"`
+	// Secrets that sign every delivery as well while signing_secret is
+	// rotated: webhook-signature lists one signature per secret, and
+	// receivers accept a message when any of them verifies. Remove them
+	// once every receiver has the new secret.
+	PreviousSigningSecrets []string `json:"previous_signing_secrets,omitempty"`
 	// "data" wraps the payload as {"data": …} (FlyBuy).
 	Envelope string `json:"envelope,omitempty"`
 }
@@ -277,6 +282,13 @@ func (sc SubscriptionConfig) subscription(repl *caddy.Replacer) (delivery.Subscr
 			return sub, fmt.Errorf("%s: %v", f.name, err)
 		}
 		*f.to = v
+	}
+	for i, secret := range sc.PreviousSigningSecrets {
+		v, err := repl.ReplaceOrErr(secret, true, true)
+		if err != nil {
+			return sub, fmt.Errorf("previous signing secret #%d: %v", i+1, err)
+		}
+		sub.Auth.PreviousSigningSecrets = append(sub.Auth.PreviousSigningSecrets, v)
 	}
 	sub.Auth.SecretHeader = sc.SecretHeader
 	return sub, nil

@@ -63,7 +63,7 @@ func parseGlobalWebhooks(d *caddyfile.Dispenser, existing any) (any, error) {
 //	        secret_header <header> <secret>
 //	        token <token>
 //	        basic <id> <secret>
-//	        signing_secret <whsec_…>
+//	        signing_secret <whsec_…> [<previous whsec_…>…]
 //	        envelope data
 //	    }
 //	}
@@ -146,7 +146,7 @@ func parseSubscription(d *caddyfile.Dispenser) (SubscriptionConfig, error) {
 		}
 		seen[opt] = true
 		args := d.RemainingArgs()
-		want := map[string]int{"url": 1, "tenant": 1, "location": 1, "secret_header": 2, "token": 1, "basic": 2, "signing_secret": 1, "envelope": 1}
+		want := map[string]int{"url": 1, "tenant": 1, "location": 1, "secret_header": 2, "token": 1, "basic": 2, "envelope": 1}
 		n, known := want[opt]
 		switch {
 		case opt == "events":
@@ -154,6 +154,15 @@ func parseSubscription(d *caddyfile.Dispenser) (SubscriptionConfig, error) {
 				return sc, d.Errf("subscription %q: events needs at least one event (\"*\" for all)", sc.Name)
 			}
 			sc.Events = args
+			continue
+		case opt == "signing_secret":
+			if len(args) == 0 {
+				return sc, d.Errf("subscription %q: signing_secret needs a secret, then any previous ones still signing", sc.Name)
+			}
+			sc.SigningSecret = args[0]
+			if len(args) > 1 {
+				sc.PreviousSigningSecrets = args[1:]
+			}
 			continue
 		case !known:
 			return sc, d.Errf("subscription %q: unrecognized option %q", sc.Name, opt)
@@ -173,8 +182,6 @@ func parseSubscription(d *caddyfile.Dispenser) (SubscriptionConfig, error) {
 			sc.Token = args[0]
 		case "basic":
 			sc.BasicUser, sc.BasicPassword = args[0], args[1]
-		case "signing_secret":
-			sc.SigningSecret = args[0]
 		case "envelope":
 			if args[0] != "data" {
 				return sc, d.Errf("subscription %q: envelope must be \"data\"", sc.Name)

@@ -109,7 +109,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 			tenant acme
 			location store-1
 			token FFCPUG2A
-			signing_secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+			signing_secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw {env.OLD_SIGNING_SECRET}
 			envelope data
 		}
 	}`))
@@ -126,7 +126,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 			{Name: "kinguin", URL: "https://shop.example/hooks", Events: []string{"product.update", "order.status"}, SecretHeader: "X-Event-Secret", Secret: "{env.KINGUIN_SECRET}",
 				BasicUser: "id", BasicPassword: "secret"},
 			{Name: "flybuy", URL: "https://flybuy.example/hook", Events: []string{"*"}, Tenant: "acme", Location: "store-1", Token: "FFCPUG2A",
-				SigningSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", Envelope: "data"},
+				SigningSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", PreviousSigningSecrets: []string{"{env.OLD_SIGNING_SECRET}"}, Envelope: "data"},
 		},
 	}
 	got, _ := json.Marshal(a)
@@ -138,9 +138,16 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 		t.Fatalf("unset placeholder: %v", err)
 	}
 	t.Setenv("KINGUIN_SECRET", "s3cret")
+	if _, err := a.deliveryConfig(); err == nil || !strings.Contains(err.Error(), `subscription "flybuy": previous signing secret #1`) {
+		t.Fatalf("unset placeholder in a previous signing secret: %v", err)
+	}
+	t.Setenv("OLD_SIGNING_SECRET", "whsec_cHJldmlvdXMtc2lnbmluZy1rZXktMjRi")
 	cfg, err := a.deliveryConfig()
 	if err != nil || cfg.Subscriptions[0].Auth.Secret != "s3cret" || cfg.Subscriptions[0].ID != "static:kinguin" {
 		t.Fatalf("delivery config: %+v %v", cfg, err)
+	}
+	if got := cfg.Subscriptions[1].Auth.PreviousSigningSecrets; len(got) != 1 || got[0] != "whsec_cHJldmlvdXMtc2lnbmluZy1rZXktMjRi" {
+		t.Fatalf("previous signing secrets %q", got)
 	}
 }
 
@@ -179,6 +186,8 @@ func TestUnmarshalWebhooksOptionErrors(t *testing.T) {
 		sub("url a b"):                                               `subscription "s": url takes 1 argument(s)`,
 		sub("secret_header X-Event-Secret"):                          `subscription "s": secret_header takes 2 argument(s)`,
 		sub("basic only-id"):                                         `subscription "s": basic takes 2 argument(s)`,
+		sub("signing_secret"):                                        `subscription "s": signing_secret needs a secret`,
+		sub("signing_secret whsec_a\n signing_secret whsec_b"):       `subscription "s": signing_secret specified more than once`,
 		sub("envelope json"):                                         `subscription "s": envelope must be "data"`,
 		sub("url https://a\n url https://b"):                         `subscription "s": url specified more than once`,
 		sub("headers X"):                                             `subscription "s": unrecognized option "headers"`,
@@ -203,6 +212,10 @@ func TestDeliveryConfigErrors(t *testing.T) {
 		{SubscriptionConfig{Name: "a", URL: "ftp://x", Events: []string{"*"}}, `subscription "a": url must be an absolute http or https URL`},
 		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, SigningSecret: "hunter2"}, `subscription "a": signing secret must start with "whsec_"`},
 		{SubscriptionConfig{Name: "a", Events: []string{"*"}}, `subscription "a": url is required`},
+		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, SigningSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", PreviousSigningSecrets: []string{"hunter2"}},
+			`subscription "a": previous signing secret #1: must start with "whsec_"`},
+		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, PreviousSigningSecrets: []string{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}},
+			`subscription "a": previous signing secrets need a current signing secret`},
 		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, Token: "hunter2", BasicUser: "u", BasicPassword: "hunter2"},
 			`subscription "a": token and basic both set the Authorization header: use one`},
 		{SubscriptionConfig{URL: "https://x", Events: []string{"*"}}, "a subscription has no name"},

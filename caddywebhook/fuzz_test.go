@@ -15,6 +15,7 @@ func FuzzCaddyfile(f *testing.F) {
 		"webhook_ingest {\n client acme\n}",
 		"webhooks {\n storage_dir /x\n workers 4\n retry 1s 1m\n subscription s {\n url https://a\n events *\n secret_header X-S v\n envelope data\n }\n}",
 		"webhooks {\n subscription {\n}\n}",
+		"webhooks {\n subscription s {\n url https://a\n events *\n signing_secret whsec_new whsec_old\n }\n}",
 		"webhooks {\n min_free_space off\n workers 2\n}",
 		"webhooks {\n min_free_space 1GiB\n}",
 		"webhooks {\n sync_writes\n allow_private_targets\n}",

@@ -25,6 +25,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 		"doshii token":     "sec-doshii-token-a3b4",
 		"api password":     "sec-api-pass-c5d6",
 		"signing (base64)": base64.StdEncoding.EncodeToString([]byte("sec-signing-key-0123456789abcdef")),
+		"previous signing": base64.StdEncoding.EncodeToString([]byte("sec-previous-key-0123456789abcde")),
 	}
 	var fail atomic.Bool
 	fail.Store(true)
@@ -46,13 +47,13 @@ func TestNoSecretsInLogs(t *testing.T) {
 			events *
 			secret_header X-Event-Secret %[2]s
 			token %[3]s
-			signing_secret whsec_%[4]s
+			signing_secret whsec_%[4]s whsec_%[6]s
 		}
 		subscription basic {
 			url %[1]s/basic
 			events *
 			basic user %[5]s
-		}`, rcv.URL, secrets["secret header"], secrets["token"], secrets["signing (base64)"], secrets["basic password"]))
+		}`, rcv.URL, secrets["secret header"], secrets["token"], secrets["signing (base64)"], secrets["basic password"], secrets["previous signing"]))
 	cfg := global + fmt.Sprintf(`
 http://localhost:9080 {
 	log {

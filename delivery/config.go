@@ -146,8 +146,14 @@ func ValidateSubscription(s *Subscription) error {
 	if s.Auth.Token != "" && (s.Auth.BasicUser != "" || s.Auth.BasicPassword != "") {
 		return errors.New("token and basic both set the Authorization header: use one")
 	}
-	if s.Auth.SigningSecret != "" {
-		if _, err := DecodeSigningSecret(s.Auth.SigningSecret); err != nil {
+	if s.Auth.SigningSecret == "" && len(s.Auth.PreviousSigningSecrets) > 0 {
+		return errors.New("previous signing secrets need a current signing secret")
+	}
+	for i, secret := range s.Auth.signingSecrets() {
+		if _, err := DecodeSigningSecret(secret); err != nil {
+			if i > 0 {
+				return fmt.Errorf("previous signing secret #%d: %s", i, strings.TrimPrefix(err.Error(), "signing secret "))
+			}
 			return err
 		}
 	}

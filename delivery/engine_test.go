@@ -29,6 +29,8 @@ const kinguinPayload = `{"kinguinId":1949,"productId":"5c9b5f6b2539a4e8f172916a"
 
 func TestDeliveryHeadersAndAuthStyles(t *testing.T) {
 	secret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	previous := "whsec_" + base64.StdEncoding.EncodeToString([]byte("fedcba9876543210fedcba9876543210"))
+	unrelated := "whsec_" + base64.StdEncoding.EncodeToString([]byte("not-this-one-0123456789abcdef"))
 	cases := []struct {
 		name  string
 		auth  Auth
@@ -71,6 +73,28 @@ func TestDeliveryHeadersAndAuthStyles(t *testing.T) {
 			}
 			if err := wh.VerifyIgnoringTimestamp([]byte(h.Body+" "), h.Header); err == nil {
 				t.Fatal("a changed body still verifies")
+			}
+		}},
+		// While a signing secret is rotated, each delivery carries a
+		// signature for the new secret and one for the old: receivers still
+		// holding the old one, and those already given the new one, both
+		// accept it.
+		{"signature during a rotation", Auth{SigningSecret: secret, PreviousSigningSecrets: []string{previous}}, "", func(t *testing.T, h hit) {
+			if sigs := strings.Fields(h.Header.Get("Webhook-Signature")); len(sigs) != 2 {
+				t.Fatalf("webhook-signature %q: want two signatures", h.Header.Get("Webhook-Signature"))
+			}
+			for _, key := range []string{secret, previous} {
+				wh, err := standardwebhooks.NewWebhook(key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := wh.VerifyIgnoringTimestamp([]byte(h.Body), h.Header); err != nil {
+					t.Fatalf("a receiver with one of the secrets rejects the message: %v", err)
+				}
+			}
+			wh, _ := standardwebhooks.NewWebhook(unrelated)
+			if err := wh.VerifyIgnoringTimestamp([]byte(h.Body), h.Header); err == nil {
+				t.Fatal("a receiver with another secret accepts the message")
 			}
 		}},
 	}

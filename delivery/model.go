@@ -50,6 +50,20 @@ type Auth struct {
 	// SigningSecret ("whsec_<base64>") adds Standard Webhooks signature
 	// headers.
 	SigningSecret string `json:"signing_secret,omitempty"`
+	// PreviousSigningSecrets sign every delivery as well, for rotation:
+	// webhook-signature then lists one signature per secret, and a
+	// receiver accepts the message when any of them verifies with the
+	// secret it has.
+	PreviousSigningSecrets []string `json:"previous_signing_secrets,omitempty"`
+}
+
+// signingSecrets returns every secret a delivery is signed with, the
+// current one first.
+func (a *Auth) signingSecrets() []string {
+	if a.SigningSecret == "" {
+		return nil
+	}
+	return append([]string{a.SigningSecret}, a.PreviousSigningSecrets...)
 }
 
 // Matches reports whether the subscription wants msg.

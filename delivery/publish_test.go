@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
@@ -60,6 +61,7 @@ func TestNewIDSortsByTime(t *testing.T) {
 }
 
 func TestValidateSubscription(t *testing.T) {
+	validSecret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef"))
 	ok := Subscription{ID: "static:a", URL: "https://example.com/hook", Events: []string{"*"}}
 	for _, tc := range []struct {
 		mut  func(*Subscription)
@@ -74,6 +76,10 @@ func TestValidateSubscription(t *testing.T) {
 		{func(s *Subscription) { s.Auth.Token, s.Auth.BasicUser = "t", "u" }, "token and basic both set the Authorization header"},
 		{func(s *Subscription) { s.Auth.SigningSecret = "not-a-whsec-secret" }, `must start with "whsec_"`},
 		{func(s *Subscription) { s.Auth.SigningSecret = "whsec_c2hvcnQ=" }, "at least 16 bytes"},
+		{func(s *Subscription) { s.Auth.PreviousSigningSecrets = []string{validSecret} }, "need a current signing secret"},
+		{func(s *Subscription) {
+			s.Auth.SigningSecret, s.Auth.PreviousSigningSecrets = validSecret, []string{validSecret, "not-a-whsec-secret"}
+		}, `previous signing secret #2: must start with "whsec_"`},
 	} {
 		s := ok
 		tc.mut(&s)

@@ -145,15 +145,23 @@ func (a *Auth) apply(h http.Header, msgID string, now time.Time, body []byte) er
 	case a.Authorization != "":
 		h.Set("Authorization", a.Authorization)
 	}
-	if a.SigningSecret != "" {
-		key, err := DecodeSigningSecret(a.SigningSecret)
+	if a.SigningSecret == "" {
+		return nil
+	}
+	ts := strconv.FormatInt(now.Unix(), 10)
+	var sigs []byte
+	for i, secret := range a.signingSecrets() {
+		key, err := DecodeSigningSecret(secret)
 		if err != nil {
 			return err
 		}
-		ts := strconv.FormatInt(now.Unix(), 10)
-		h.Set("Webhook-Timestamp", ts)
-		h.Set("Webhook-Signature", "v1,"+Sign(key, msgID, ts, body))
+		if i > 0 {
+			sigs = append(sigs, ' ') // Standard Webhooks: space-delimited
+		}
+		sigs = append(append(sigs, "v1,"...), Sign(key, msgID, ts, body)...)
 	}
+	h.Set("Webhook-Timestamp", ts)
+	h.Set("Webhook-Signature", string(sigs))
 	return nil
 }
 
