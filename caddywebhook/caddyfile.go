@@ -308,7 +308,7 @@ func parseIngest(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //
 //	webhook_ingest {
 //	    access_key <key> [<key>…]
-//	    client <name> <client-key> [interval <duration>]
+//	    client <name> <client-key> [previous <key>]… [interval <duration>]
 //	    interval <duration>
 //	    max_body <size>
 //	    scope <name>
@@ -375,29 +375,40 @@ func (h *Ingest) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// clientSyntax is the form of a client line, quoted in its errors.
+const clientSyntax = "client <name> <client-key> [previous <key>]… [interval <duration>]"
+
 func parseIngestClient(d *caddyfile.Dispenser) (IngestClient, error) {
 	args := d.RemainingArgs()
 	var c IngestClient
-	switch {
-	case len(args) == 0:
-		return c, d.Err("client needs a name and a key: client <name> <client-key> [interval <duration>]")
-	case len(args) == 1:
+	switch len(args) {
+	case 0:
+		return c, d.Err("client needs a name and a key: " + clientSyntax)
+	case 1:
 		return c, d.Errf("client %q: missing client key", args[0])
-	case len(args) == 2:
-	case len(args) == 4 && args[2] == "interval":
-		dur, err := caddy.ParseDuration(args[3])
+	}
+	c.Name, c.Key = args[0], args[1]
+	for rest := args[2:]; len(rest) > 0; rest = rest[2:] {
+		if len(rest) < 2 || (rest[0] != "previous" && rest[0] != "interval") {
+			return c, d.Errf("client %q: expected %s", c.Name, clientSyntax)
+		}
+		if rest[0] == "previous" {
+			c.PreviousKeys = append(c.PreviousKeys, rest[1])
+			continue
+		}
+		if c.Interval != nil {
+			return c, d.Errf("client %q: interval specified more than once", c.Name)
+		}
+		dur, err := caddy.ParseDuration(rest[1])
 		if err != nil {
-			return c, d.Errf("client %q: invalid interval %q: %v", args[0], args[3], err)
+			return c, d.Errf("client %q: invalid interval %q: %v", c.Name, rest[1], err)
 		}
 		if dur < 0 {
-			return c, d.Errf("client %q: interval must not be negative", args[0])
+			return c, d.Errf("client %q: interval must not be negative", c.Name)
 		}
 		iv := caddy.Duration(dur)
 		c.Interval = &iv
-	default:
-		return c, d.Errf("client %q: expected client <name> <client-key> [interval <duration>]", args[0])
 	}
-	c.Name, c.Key = args[0], args[1]
 	return c, nil
 }
 

@@ -18,6 +18,7 @@ func TestUnmarshalIngest(t *testing.T) {
 		access_key third
 		client acme acme-key interval 90s
 		client globex globex-key
+		client initech initech-new previous {env.INITECH_OLD_KEY} interval 1m previous initech-older
 		interval 1h
 		max_body 2MB
 		scope {env.STAGE}
@@ -26,12 +27,13 @@ func TestUnmarshalIngest(t *testing.T) {
 	if err := h.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
-	hour, ninety := caddy.Duration(time.Hour), caddy.Duration(90*time.Second)
+	hour, ninety, minute := caddy.Duration(time.Hour), caddy.Duration(90*time.Second), caddy.Duration(time.Minute)
 	want := Ingest{
 		AccessKeys: []string{"{env.DIVVY_ACCESS_KEY}", "old-key", "third"},
 		Clients: []IngestClient{
 			{Name: "acme", Key: "acme-key", Interval: &ninety},
 			{Name: "globex", Key: "globex-key"},
+			{Name: "initech", Key: "initech-new", PreviousKeys: []string{"{env.INITECH_OLD_KEY}", "initech-older"}, Interval: &minute},
 		},
 		Interval: hour,
 		MaxBody:  2_000_000,
@@ -51,7 +53,10 @@ func TestUnmarshalIngestErrors(t *testing.T) {
 		{"argument", "webhook_ingest foo {\n access_key k\n client a b\n}", "takes no arguments"},
 		{"client without key", "webhook_ingest {\n access_key k\n client acme\n}", `client "acme": missing client key`},
 		{"client without anything", "webhook_ingest {\n access_key k\n client\n}", "client needs a name and a key"},
-		{"client bad option", "webhook_ingest {\n access_key k\n client acme secret-key every 1h\n}", `client "acme": expected client <name> <client-key> [interval <duration>]`},
+		{"client bad option", "webhook_ingest {\n access_key k\n client acme secret-key every 1h\n}", `client "acme": expected client <name> <client-key> [previous <key>]… [interval <duration>]`},
+		{"client key after the key", "webhook_ingest {\n access_key k\n client acme secret-key secret-key2\n}", `client "acme": expected client <name>`},
+		{"client previous without key", "webhook_ingest {\n access_key k\n client acme secret-key previous\n}", `client "acme": expected client <name>`},
+		{"client interval twice", "webhook_ingest {\n access_key k\n client acme secret-key interval 1h interval 2h\n}", `client "acme": interval specified more than once`},
 		{"client bad interval", "webhook_ingest {\n access_key k\n client acme secret-key interval soon\n}", `client "acme": invalid interval "soon"`},
 		{"client negative interval", "webhook_ingest {\n access_key k\n client acme secret-key interval -1h\n}", "must not be negative"},
 		{"access_key empty", "webhook_ingest {\n access_key\n client a b\n}", "access_key needs at least one key"},
@@ -264,6 +269,9 @@ func TestIngestProvisionErrors(t *testing.T) {
 		{Ingest{AccessKeys: []string{"{nope.placeholder}"}, Clients: []IngestClient{{Name: "a", Key: "k"}}}, "access_key #1"},
 		{Ingest{AccessKeys: []string{"x", ""}, Clients: []IngestClient{{Name: "a", Key: "k"}}}, "access_key #2 is empty"},
 		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: ""}}}, `client "a": key is empty`},
+		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "k", PreviousKeys: []string{"{env.WEBHOOK_TEST_UNSET}"}}}},
+			`client "a": previous key #1: evaluated placeholder {env.WEBHOOK_TEST_UNSET} is empty`},
+		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "k", PreviousKeys: []string{"k0", ""}}}}, `client "a": previous key #2 is empty`},
 		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "k"}}, Interval: -1}, "interval must not be negative"},
 		{Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "k"}}, Scope: "{env.WEBHOOK_TEST_UNSET}"}, "scope: evaluated placeholder {env.WEBHOOK_TEST_UNSET} is empty"},
 	}
@@ -272,6 +280,12 @@ func TestIngestProvisionErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("err = %v, want %q", err, tc.want)
 		}
+	}
+	t.Setenv("WEBHOOK_TEST_OLD_KEY", "old-key")
+	h := Ingest{AccessKeys: []string{"x"}, Clients: []IngestClient{{Name: "a", Key: "k", PreviousKeys: []string{"{env.WEBHOOK_TEST_OLD_KEY}"}}}}
+	cfg, err := h.gateConfig()
+	if err != nil || len(cfg.Clients[0].PreviousKeys) != 1 || cfg.Clients[0].PreviousKeys[0] != "old-key" {
+		t.Fatalf("previous keys resolved to %+v, %v", cfg.Clients, err)
 	}
 }
 

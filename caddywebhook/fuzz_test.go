@@ -13,6 +13,7 @@ func FuzzCaddyfile(f *testing.F) {
 	for _, s := range []string{
 		"webhook_ingest {\n access_key k1 k2\n client acme key interval 1m\n interval 1h\n max_body 10MB\n scope staging\n}",
 		"webhook_ingest {\n client acme\n}",
+		"webhook_ingest {\n access_key k\n client acme new previous old previous older interval 1m\n}",
 		"webhooks {\n storage_dir /x\n workers 4\n retry 1s 1m\n subscription s {\n url https://a\n events *\n secret_header X-S v\n envelope data\n }\n}",
 		"webhooks {\n subscription {\n}\n}",
 		"webhooks {\n subscription s {\n url https://a\n events *\n signing_secret whsec_new whsec_old\n }\n}",

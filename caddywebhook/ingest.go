@@ -80,6 +80,11 @@ type IngestClient struct {
 	Name string `json:"name"`
 	// The client's key, sent as X-Webhook-Token. Placeholders are replaced.
 	Key string `json:"key"`
+	// Keys accepted for the client as well while its key is rotated: give
+	// the client the new key, keep the old one here until its pushes
+	// stop using it (they are logged with "previous_key": true), then
+	// remove it. Placeholders are replaced.
+	PreviousKeys []string `json:"previous_keys,omitempty"`
 	// This client's push window, overriding the handler's `interval`.
 	Interval *caddy.Duration `json:"interval,omitempty"`
 }
@@ -194,11 +199,22 @@ func (h *Ingest) gateConfig() (ingest.Config, error) {
 		if key == "" {
 			return cfg, fmt.Errorf("webhook_ingest: client %q: key is empty (an unset environment variable?)", c.Name)
 		}
+		var previous []string
+		for i, k := range c.PreviousKeys {
+			v, err := repl.ReplaceOrErr(k, true, true)
+			if err != nil {
+				return cfg, fmt.Errorf("webhook_ingest: client %q: previous key #%d: %v", c.Name, i+1, err)
+			}
+			if v == "" {
+				return cfg, fmt.Errorf("webhook_ingest: client %q: previous key #%d is empty (an unset environment variable?)", c.Name, i+1)
+			}
+			previous = append(previous, v)
+		}
 		interval := time.Duration(h.Interval)
 		if c.Interval != nil {
 			interval = time.Duration(*c.Interval)
 		}
-		cfg.Clients = append(cfg.Clients, ingest.Client{Name: c.Name, Key: key, Interval: interval})
+		cfg.Clients = append(cfg.Clients, ingest.Client{Name: c.Name, Key: key, PreviousKeys: previous, Interval: interval})
 	}
 	return cfg, nil
 }
@@ -388,7 +404,9 @@ func (h *Ingest) log(r *http.Request, s ingest.Settled, upstreamStatus int, upEr
 	level := zapcore.InfoLevel
 	switch s.Outcome {
 	case ingest.OutcomeAccepted:
-		if !clientGone { // else the client never learns it was accepted
+		// Unless the client never learns it was accepted, or still uses a
+		// key the operator means to retire.
+		if !clientGone && !s.PreviousKey {
 			level = zapcore.DebugLevel
 		}
 	case ingest.OutcomeNotAuthorized, ingest.OutcomeUnknownToken:
@@ -422,6 +440,9 @@ func (h *Ingest) log(r *http.Request, s ingest.Settled, upstreamStatus int, upEr
 	}
 	if clientGone {
 		fields = append(fields, zap.Bool("client_gone", true))
+	}
+	if s.PreviousKey {
+		fields = append(fields, zap.Bool("previous_key", true))
 	}
 	if s.Detail != "" {
 		fields = append(fields, zap.String("detail", s.Detail))

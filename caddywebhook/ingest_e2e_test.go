@@ -20,6 +20,7 @@ const (
 	e2eRotatedKey = "e2e-rotated-key-77aa"
 	e2eAliceKey   = "e2e-alice-key-0b1d"
 	e2eBobKey     = "e2e-bob-key-c4e2"
+	e2eBobOldKey  = "e2e-bob-old-key-9d31"
 )
 
 // ingestConfig lists reverse_proxy before webhook_ingest on purpose: the
@@ -45,12 +46,12 @@ http://localhost:9080 {
 		webhook_ingest {
 			access_key {env.E2E_ACCESS_KEY} %s
 			client alice {env.E2E_ALICE_KEY} interval 1h
-			client bob %s
+			client bob %s previous %s
 			max_body 1KB
 		}
 	}
 }
-`, logFile, upstream, e2eRotatedKey, e2eBobKey), logFile
+`, logFile, upstream, e2eRotatedKey, e2eBobKey, e2eBobOldKey), logFile
 }
 
 // startIngest runs ingestConfig in front of a fresh test upstream.
@@ -156,6 +157,16 @@ func TestIngestEndToEnd(t *testing.T) {
 		t.Fatalf("upstream got the gzipped push as %q, Content-Encoding %q", got.Body, got.Header.Get("Content-Encoding"))
 	}
 
+	// bob's previous key still pushes as bob while the key is rotated, and
+	// the log says which pushes still use it.
+	res = doPush(t, tester, "POST", path, authHeaders(e2eAccessKey, e2eBobOldKey), "{}")
+	if got := up.requests()[4]; res.Status != 200 || got.Header.Get("X-Webhook-Client") != "bob" {
+		t.Fatalf("push by a previous key: %d %s, upstream saw client %q", res.Status, res.Raw, got.Header.Get("X-Webhook-Client"))
+	}
+	if n := strings.Count(readFile(t, logFile), `"previous_key":true`); n != 1 {
+		t.Fatalf("%d log lines mark a push by a previous key, want 1", n)
+	}
+
 	// bob has no window; the upstream moves it with its override headers,
 	// which the client never sees.
 	res = doPush(t, tester, "POST", path, with(authHeaders(e2eAccessKey, e2eBobKey),
@@ -169,7 +180,7 @@ func TestIngestEndToEnd(t *testing.T) {
 	}
 
 	// No key reaches a log line, the access log included.
-	secrets := []string{e2eAccessKey, e2eRotatedKey, e2eAliceKey, e2eBobKey}
+	secrets := []string{e2eAccessKey, e2eRotatedKey, e2eAliceKey, e2eBobKey, e2eBobOldKey}
 	assertNotInFile(t, logFile, secrets...)
 	assertNotInFile(t, logFile+".access", secrets...)
 	logs := readFile(t, logFile)
@@ -278,7 +289,7 @@ func TestIngestSurvivesReloadAndRestart(t *testing.T) {
 	// A reload that shortens the interval shortens the running window (the
 	// interval that set it was stored with it); interval 0 lets alice in.
 	// The same reload drops bob from the config.
-	withoutBob := strings.Replace(cfg, "client bob "+e2eBobKey+"\n", "", 1)
+	withoutBob := strings.Replace(cfg, "client bob "+e2eBobKey+" previous "+e2eBobOldKey+"\n", "", 1)
 	if withoutBob == cfg {
 		t.Fatal("no client bob line to drop")
 	}

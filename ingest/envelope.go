@@ -82,7 +82,13 @@ type Answer struct {
 	Outcome  Outcome
 	// Client is the authenticated client's name, "" before authentication.
 	Client string
+	// PreviousKey: the client authenticated with one of its previous keys,
+	// which the operator wants to know before retiring them.
+	PreviousKey bool
 }
+
+// from names the authenticated client c in the answer.
+func (a *Answer) from(c Client) { a.Client, a.PreviousKey = c.Name, c.previousKey }
 
 // JSON encodes the envelope followed by a newline.
 func (a Answer) JSON() []byte { return a.AppendJSON(nil) }

@@ -19,9 +19,14 @@ const DefaultMaxBody = 10 << 20
 // Client is one pushing client: a name for logs and the upstream, its key
 // (sent as X-Webhook-Token) and its push window length (0 = no window).
 type Client struct {
-	Name     string
-	Key      string
-	Interval time.Duration
+	Name string
+	Key  string
+	// PreviousKeys are accepted as well while the client's key is rotated.
+	PreviousKeys []string
+	Interval     time.Duration
+	// previousKey: this copy of the client is the one found by a previous
+	// key (see Answer.PreviousKey).
+	previousKey bool
 	// window names the client's push window and lease in the store: its
 	// name, qualified by the gate's scope if it has one.
 	window string
@@ -112,16 +117,36 @@ func (g *Gate) addClient(c Client, names map[string]bool) error {
 	case c.Interval < 0:
 		return fmt.Errorf("client %q: interval must not be negative", c.Name)
 	}
-	d := sha256.Sum256([]byte(c.Key))
+	names[c.Name] = true
+	if err := g.addKey(c, c.Key, "its key"); err != nil {
+		return err
+	}
+	c.previousKey = true
+	for i, k := range c.PreviousKeys {
+		if err := g.addKey(c, k, fmt.Sprintf("previous key #%d", i+1)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addKey lets key identify c; which names the key in errors.
+func (g *Gate) addKey(c Client, key, which string) error {
+	if key == "" {
+		return fmt.Errorf("client %q: %s is empty", c.Name, which)
+	}
+	d := sha256.Sum256([]byte(key))
 	if other, dup := g.clients[d]; dup {
+		if other.Name == c.Name {
+			return fmt.Errorf("client %q: %s is given twice", c.Name, which)
+		}
 		return fmt.Errorf("clients %q and %q have the same key", other.Name, c.Name)
 	}
 	// Every integrator holds the access key; a client key equal to it
 	// would let any of them push as this client.
 	if slices.Contains(g.accessKeys, d) {
-		return fmt.Errorf("client %q: its key is also an access_key; client keys must differ from the access keys", c.Name)
+		return fmt.Errorf("client %q: %s is also an access_key; client keys must differ from the access keys", c.Name, which)
 	}
-	names[c.Name] = true
 	g.clients[d] = c
 	return nil
 }
@@ -175,12 +200,13 @@ func (g *Gate) Admit(r *http.Request) (*Push, *Answer) {
 	if g.windows.Writable() != nil {
 		// Forwarded, the push would be in the upstream without its window.
 		push.Release()
-		return nil, &Answer{Status: http.StatusServiceUnavailable, Outcome: OutcomeStoreFull, Client: client.Name,
-			Envelope: push.window.envelope(false, MsgUnavailable)}
+		ans := &Answer{Status: http.StatusServiceUnavailable, Outcome: OutcomeStoreFull, Envelope: push.window.envelope(false, MsgUnavailable)}
+		ans.from(client)
+		return nil, ans
 	}
 	body, ans := g.readBody(r)
 	if ans != nil {
-		ans.Client = client.Name
+		ans.from(client)
 		push.Release()
 		return nil, ans
 	}
@@ -197,7 +223,7 @@ func (g *Gate) openWindow(c Client) (*Push, *Answer) {
 			c.lease.Release()
 		}
 		ans := reject(http.StatusInternalServerError, OutcomeStoreError, MsgInternal)
-		ans.Client = c.Name
+		ans.from(c)
 		return nil, ans
 	}
 	w = w.Under(c.Interval)
@@ -214,7 +240,7 @@ func (g *Gate) openWindow(c Client) (*Push, *Answer) {
 		if free {
 			c.lease.Release()
 		}
-		ans.Client = c.Name
+		ans.from(c)
 		return nil, ans
 	}
 	return &Push{Client: c, window: w, known: known, gate: g}, nil

@@ -216,6 +216,52 @@ func TestAcceptedPushConsumesWindow(t *testing.T) {
 	push.Release()
 }
 
+// While a client's key is rotated, its previous keys push as the client:
+// the same name, window and lease, and the answer says which kind of key
+// was used.
+func TestPreviousClientKeys(t *testing.T) {
+	clock := testclock.New(t0)
+	g, err := NewGate(Config{
+		AccessKeys: []string{accessKey},
+		Clients:    []Client{{Name: "alice", Key: "alice-new", PreviousKeys: []string{aliceKey, "alice-older"}, Interval: time.Hour}},
+	}, newMemWindows(), NewLeases(), clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct {
+		key      string
+		previous bool
+	}{{"alice-new", false}, {aliceKey, true}, {"alice-older", true}} {
+		clock.Advance(time.Hour)
+		push, ans := g.Admit(pushReq("POST", "Token "+accessKey, tc.key, "{}"))
+		if ans != nil {
+			t.Fatalf("key %d refused: %+v", i, ans)
+		}
+		s := push.Settle(Upstream{Status: 204})
+		if s.Status != 200 || s.Client != "alice" || s.PreviousKey != tc.previous {
+			t.Fatalf("key %d: %+v, want alice accepted with PreviousKey %v", i, s, tc.previous)
+		}
+		// One window for all the keys: the next push, by any key, is early.
+		_, ans = g.Admit(pushReq("POST", "Token "+accessKey, "alice-new", "{}"))
+		if ans == nil || ans.Outcome != OutcomeTooEarly {
+			t.Fatalf("after key %d the window is not shared: %+v", i, ans)
+		}
+	}
+	// A lease taken through one key holds off pushes through another.
+	clock.Advance(time.Hour)
+	push, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans != nil {
+		t.Fatal(ans)
+	}
+	if _, ans := g.Admit(pushReq("POST", "Token "+accessKey, "alice-new", "{}")); ans == nil || ans.Outcome != OutcomeInProgress || ans.PreviousKey {
+		t.Fatalf("a second push during one by a previous key: %+v", ans)
+	}
+	push.Release()
+	if _, ans := g.Admit(pushReq("POST", "Token "+accessKey, "alice-gone", "{}")); ans == nil || ans.Outcome != OutcomeUnknownToken {
+		t.Fatalf("an unknown key: %+v", ans)
+	}
+}
+
 func TestNoIntervalMeansNoWindow(t *testing.T) {
 	g, _ := newTestGate(t, newMemWindows())
 	for i := 0; i < 3; i++ {
@@ -505,6 +551,10 @@ func TestNewGateRejectsBadConfig(t *testing.T) {
 		{"dup name", Config{AccessKeys: []string{"x"}, Clients: []Client{ok, {Name: "a", Key: "k2"}}}, `client "a" is defined twice`},
 		{"dup key", Config{AccessKeys: []string{"x"}, Clients: []Client{ok, {Name: "b", Key: "k1"}}}, `clients "a" and "b" have the same key`},
 		{"client key is the access key", Config{AccessKeys: []string{"x", "k1"}, Clients: []Client{ok}}, `client "a": its key is also an access_key`},
+		{"empty previous key", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: "k1", PreviousKeys: []string{"k0", ""}}}}, `client "a": previous key #2 is empty`},
+		{"previous key is the key", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: "k1", PreviousKeys: []string{"k1"}}}}, `client "a": previous key #1 is given twice`},
+		{"previous key is another client's", Config{AccessKeys: []string{"x"}, Clients: []Client{ok, {Name: "b", Key: "k2", PreviousKeys: []string{"k1"}}}}, `clients "a" and "b" have the same key`},
+		{"previous key is the access key", Config{AccessKeys: []string{"x", "k1"}, Clients: []Client{{Name: "a", Key: "k2", PreviousKeys: []string{"k1"}}}}, `client "a": previous key #1 is also an access_key`},
 		{"negative interval", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: "k", Interval: -1}}}, "must not be negative"},
 		{"negative max body", Config{AccessKeys: []string{"x"}, Clients: []Client{ok}, MaxBody: -1}, "max_body"},
 	}

@@ -74,7 +74,9 @@ func (p *Push) rejected(up Upstream) Settled {
 }
 
 func (p *Push) settled(status int, o Outcome, w Window, msg string) Settled {
-	return Settled{Answer: Answer{Status: status, Outcome: o, Client: p.Client.Name, Envelope: w.envelope(false, msg)}}
+	s := Settled{Answer: Answer{Status: status, Outcome: o, Envelope: w.envelope(false, msg)}}
+	s.from(p.Client)
+	return s
 }
 
 // overrideWindow applies Webhook-Last-Used / Webhook-Next-Push-After. Each
