@@ -182,31 +182,22 @@ func (h *Ingest) gateConfig() (ingest.Config, error) {
 	}
 	cfg.Scope = scope
 	for i, k := range h.AccessKeys {
-		v, err := repl.ReplaceOrErr(k, true, true)
+		v, err := resolveKey(repl, k, fmt.Sprintf("access_key #%d", i+1))
 		if err != nil {
-			return cfg, fmt.Errorf("webhook_ingest: access_key #%d: %v", i+1, err)
-		}
-		if v == "" {
-			return cfg, fmt.Errorf("webhook_ingest: access_key #%d is empty (an unset environment variable?)", i+1)
+			return cfg, err
 		}
 		cfg.AccessKeys = append(cfg.AccessKeys, v)
 	}
 	for _, c := range h.Clients {
-		key, err := repl.ReplaceOrErr(c.Key, true, true)
+		key, err := resolveKey(repl, c.Key, fmt.Sprintf("client %q: key", c.Name))
 		if err != nil {
-			return cfg, fmt.Errorf("webhook_ingest: client %q: key: %v", c.Name, err)
-		}
-		if key == "" {
-			return cfg, fmt.Errorf("webhook_ingest: client %q: key is empty (an unset environment variable?)", c.Name)
+			return cfg, err
 		}
 		var previous []string
 		for i, k := range c.PreviousKeys {
-			v, err := repl.ReplaceOrErr(k, true, true)
+			v, err := resolveKey(repl, k, fmt.Sprintf("client %q: previous key #%d", c.Name, i+1))
 			if err != nil {
-				return cfg, fmt.Errorf("webhook_ingest: client %q: previous key #%d: %v", c.Name, i+1, err)
-			}
-			if v == "" {
-				return cfg, fmt.Errorf("webhook_ingest: client %q: previous key #%d is empty (an unset environment variable?)", c.Name, i+1)
+				return cfg, err
 			}
 			previous = append(previous, v)
 		}
@@ -217,6 +208,19 @@ func (h *Ingest) gateConfig() (ingest.Config, error) {
 		cfg.Clients = append(cfg.Clients, ingest.Client{Name: c.Name, Key: key, PreviousKeys: previous, Interval: interval})
 	}
 	return cfg, nil
+}
+
+// resolveKey replaces the placeholders in a key; what names the key in
+// errors, which never quote it.
+func resolveKey(repl *caddy.Replacer, key, what string) (string, error) {
+	v, err := repl.ReplaceOrErr(key, true, true)
+	if err != nil {
+		return "", fmt.Errorf("webhook_ingest: %s: %v", what, err)
+	}
+	if v == "" {
+		return "", fmt.Errorf("webhook_ingest: %s is empty (an unset environment variable?)", what)
+	}
+	return v, nil
 }
 
 // maxCapture bounds how much of the upstream's body is kept: only its

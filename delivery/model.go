@@ -140,7 +140,7 @@ type Health struct {
 	// of attempts started before it do not count against it.
 	EnabledAt time.Time `json:"enabled_at,omitzero"`
 	// URL is where the failures recorded here happened, so that a static
-	// subscription given another URL starts afresh (see Configure). It is
+	// subscription given another URL starts afresh (see reviewStatic). It is
 	// stored but not part of the JSON shown to operators: a URL may carry
 	// a secret.
 	URL string `json:"-"`
