@@ -840,6 +840,128 @@ func TestKeptDeliveriesResumeWhenRegisteredAgain(t *testing.T) {
 	eventually(t, "the kept delivery", func() bool { return te.delivery(t, did).State == StateDelivered })
 }
 
+// Deleting a registration deletes its health record and last success,
+// also when an attempt to it was in flight and fails after the delete.
+func TestDeletedRegistrationLeavesNoHealth(t *testing.T) {
+	release := make(chan struct{})
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		switch n {
+		case 1:
+			w.WriteHeader(http.StatusNoContent) // stores the last success
+		case 2:
+			w.WriteHeader(http.StatusServiceUnavailable) // starts the failure count
+		default:
+			<-release
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
+	if err := te.CreateSubscription(s, 0); err != nil {
+		t.Fatal(err)
+	}
+	publish := func() string {
+		m := msg("x", `{}`)
+		m.Tenant = "t"
+		res, err := te.Publish(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return deliveryID(res.ID, s.ID)
+	}
+	stored := func() (kept []string) {
+		err := te.db.View(func(txn *badger.Txn) error {
+			for _, key := range []string{prefixHealth + s.ID, prefixSuccess + s.ID} {
+				_, err := txn.Get([]byte(key))
+				if err == nil {
+					kept = append(kept, key)
+				} else if !errors.Is(err, badger.ErrKeyNotFound) {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kept
+	}
+	did := publish()
+	eventually(t, "delivered", func() bool { return te.delivery(t, did).State == StateDelivered })
+	did = publish()
+	eventually(t, "failed once", func() bool { return te.delivery(t, did).Attempts == 1 })
+	if kept := stored(); len(kept) != 2 {
+		t.Fatalf("before the delete the store holds %q, want the health record and last success", kept)
+	}
+
+	did = publish()
+	eventually(t, "the held attempt", func() bool { return len(rcv.got()) == 3 })
+	if err := te.DeleteSubscription(s.ID); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	eventually(t, "the held attempt settled", func() bool { return te.delivery(t, did).Attempts == 1 })
+	if kept := stored(); len(kept) != 0 {
+		t.Fatalf("a deleted registration left %q in the store", kept)
+	}
+	te.healthMu.Lock()
+	_, cached := te.health[s.ID]
+	te.healthMu.Unlock()
+	if cached {
+		t.Fatal("a deleted registration's health is still cached")
+	}
+
+	// Registered again, it starts clean and its kept deliveries go out.
+	rcv.mu.Lock()
+	rcv.respond = nil
+	rcv.mu.Unlock()
+	if err := te.CreateSubscription(s, 0); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := te.Health(s.ID); err != nil || h != (Health{}) {
+		t.Fatalf("registered again: health %+v, %v", h, err)
+	}
+	te.clock.Advance(2 * time.Hour) // past the retry and its jitter
+	te.Kick()
+	eventually(t, "the kept delivery", func() bool { return te.delivery(t, did).State == StateDelivered })
+}
+
+// An attempt to a URL the subscription has since left does not count
+// against the URL it has now.
+func TestAnswerFromTheOldURLIsNotHeldAgainstTheNew(t *testing.T) {
+	release := make(chan struct{})
+	old := newReceiver(t, func(_ int, w http.ResponseWriter) {
+		<-release
+		w.WriteHeader(http.StatusGone)
+	})
+	moved := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: old.URL, Events: []string{"*"}}
+	if err := te.CreateSubscription(s, 0); err != nil {
+		t.Fatal(err)
+	}
+	m := msg("x", `{}`)
+	m.Tenant = "t"
+	res, err := te.Publish(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	did := deliveryID(res.ID, s.ID)
+	eventually(t, "the held attempt", func() bool { return len(old.got()) == 1 })
+	s.URL = moved.URL
+	if err := te.UpdateSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	eventually(t, "the old URL's answer settled", func() bool { return te.delivery(t, did).Attempts == 1 })
+	if h, err := te.Health(s.ID); err != nil || h.Disabled || !h.FailingSince.IsZero() {
+		t.Fatalf("the old URL's 410 counted against the new one: %+v, %v", h, err)
+	}
+	te.clock.Advance(2 * time.Hour)
+	te.Kick()
+	eventually(t, "delivered at the new URL", func() bool { return te.delivery(t, did).State == StateDelivered })
+}
+
 // The largest payload a publish accepts (1 MB) is stored and delivered:
 // badger's transaction limit follows its memtable size, which is small.
 func TestLargestPayloadDelivered(t *testing.T) {

@@ -62,6 +62,11 @@ const storeSuccessEvery = time.Minute
 func (e *Engine) recordHealth(sub *Subscription, res result, started, now time.Time) (storeSuccess bool) {
 	e.healthMu.Lock()
 	defer e.healthMu.Unlock()
+	if cur, ok := e.subscription(sub.ID); !ok || cur.URL != sub.URL {
+		// Deleted, or moved to another URL, while the attempt ran: its
+		// answer says nothing about the endpoint there is now.
+		return false
+	}
 	h, err := e.healthOf(sub.ID)
 	if err != nil {
 		e.log().Error("reading endpoint health", zap.String("subscription", sub.ID), zap.Error(err))

@@ -617,9 +617,17 @@ func (s *Store) putSubscription(sub *Subscription, health *Health) error {
 	})
 }
 
+// deleteSubscription removes a registration with its health record: a
+// registration made again starts with a clean one anyway, so the record
+// would only take room.
 func (s *Store) deleteSubscription(id string) error {
 	return store.Update(s.db, func(txn *badger.Txn) error {
-		return txn.Delete([]byte(prefixSub + id))
+		for _, prefix := range []string{prefixSub, prefixHealth, prefixSuccess} {
+			if err := txn.Delete([]byte(prefix + id)); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

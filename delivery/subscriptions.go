@@ -136,16 +136,23 @@ func (e *Engine) storeSubscription(sub *Subscription, mode putMode, limit int) e
 	return nil
 }
 
-// DeleteSubscription removes a registered subscription. Its pending
-// deliveries stay in the queue but are no longer attempted.
+// DeleteSubscription removes a registered subscription and its health
+// record. Its pending deliveries stay in the queue but are no longer
+// attempted.
 func (e *Engine) DeleteSubscription(id string) error {
 	e.subsMu.Lock()
 	defer e.subsMu.Unlock()
+	// Under healthMu, so that an attempt settling now either records its
+	// outcome before the record goes or finds the subscription gone.
+	e.healthMu.Lock()
+	defer e.healthMu.Unlock()
 	if err := e.store.deleteSubscription(id); err != nil {
 		return err
 	}
 	delete(e.registered, id)
 	e.rebuildIndex()
+	delete(e.health, id)
+	delete(e.successStored, id)
 	return nil
 }
 
