@@ -949,7 +949,7 @@ func TestAnswerFromTheOldURLIsNotHeldAgainstTheNew(t *testing.T) {
 	did := deliveryID(res.ID, s.ID)
 	eventually(t, "the held attempt", func() bool { return len(old.got()) == 1 })
 	s.URL = moved.URL
-	if err := te.UpdateSubscription(s); err != nil {
+	if err := te.UpdateSubscription(s, false); err != nil {
 		t.Fatal(err)
 	}
 	close(release)
@@ -1148,7 +1148,7 @@ func TestRegisteredSubscriptionsKnownBeforeStart(t *testing.T) {
 		t.Fatalf("publish before Start: %+v, %v; want 1 delivery", res, err)
 	}
 	s.Events = []string{"y"}
-	if err := e.UpdateSubscription(s); err != nil {
+	if err := e.UpdateSubscription(s, false); err != nil {
 		t.Fatalf("updating before Start: %v", err)
 	}
 	if err := e.Start(); err != nil {
@@ -1247,7 +1247,7 @@ func TestNewURLStartsWithCleanHealth(t *testing.T) {
 	disable := func() {
 		t.Helper()
 		s.URL = gone.URL
-		if err := te.UpdateSubscription(s); err != nil {
+		if err := te.UpdateSubscription(s, false); err != nil {
 			t.Fatal(err)
 		}
 		publish()
@@ -1261,12 +1261,22 @@ func TestNewURLStartsWithCleanHealth(t *testing.T) {
 	eventually(t, "disabled by 410", func() bool { return health().Disabled })
 
 	// The same URL again: still disabled.
-	if err := te.UpdateSubscription(s); err != nil {
+	if err := te.UpdateSubscription(s, false); err != nil {
 		t.Fatal(err)
 	}
 	if h := health(); !h.Disabled {
 		t.Fatalf("an update that kept the URL enabled it: %+v", h)
 	}
+	// The same URL, verified (it answered the API's verification with a
+	// 2xx): enabled, and disabled again by the next 410.
+	if err := te.UpdateSubscription(s, true); err != nil {
+		t.Fatal(err)
+	}
+	if h := health(); h.Disabled || !h.FailingSince.IsZero() || h.EnabledAt.IsZero() {
+		t.Fatalf("a verified update left %+v", h)
+	}
+	publish()
+	eventually(t, "disabled by 410 again", func() bool { return health().Disabled })
 
 	// Deleted and registered again with a working URL: delivered.
 	if err := te.DeleteSubscription(s.ID); err != nil {
@@ -1285,7 +1295,7 @@ func TestNewURLStartsWithCleanHealth(t *testing.T) {
 	// Disabled again, then updated to another URL: delivered there.
 	disable()
 	s.URL = fixed.URL
-	if err := te.UpdateSubscription(s); err != nil {
+	if err := te.UpdateSubscription(s, false); err != nil {
 		t.Fatal(err)
 	}
 	did = publish()
@@ -1294,14 +1304,14 @@ func TestNewURLStartsWithCleanHealth(t *testing.T) {
 	// Failing at one URL, then moved to another that fails too: the first
 	// failure there starts its own count.
 	s.URL = failing.URL
-	if err := te.UpdateSubscription(s); err != nil {
+	if err := te.UpdateSubscription(s, false); err != nil {
 		t.Fatal(err)
 	}
 	publish()
 	eventually(t, "failing", func() bool { return !health().FailingSince.IsZero() })
 	te.clock.Advance(time.Hour)
 	s.URL = failing.URL + "/other"
-	if err := te.UpdateSubscription(s); err != nil {
+	if err := te.UpdateSubscription(s, false); err != nil {
 		t.Fatal(err)
 	}
 	if h := health(); !h.FailingSince.IsZero() {

@@ -33,19 +33,24 @@ var (
 var ErrTooManySubscriptions = errors.New("too many subscriptions registered")
 
 // PutSubscription stores a registered subscription, new or changed.
-func (e *Engine) PutSubscription(sub Subscription) error { return e.putSubscription(sub, putAny, 0) }
+func (e *Engine) PutSubscription(sub Subscription) error {
+	return e.putSubscription(sub, putAny, 0, false)
+}
 
 // CreateSubscription stores a new registered subscription;
 // ErrSubscriptionExists if one has its ID, ErrTooManySubscriptions if
 // limit > 0 and its tenant has that many of its source already.
 func (e *Engine) CreateSubscription(sub Subscription, limit int) error {
-	return e.putSubscription(sub, putNew, limit)
+	return e.putSubscription(sub, putNew, limit, false)
 }
 
 // UpdateSubscription stores a changed registered subscription;
-// ErrNoSubscription if none has its ID (any more).
-func (e *Engine) UpdateSubscription(sub Subscription) error {
-	return e.putSubscription(sub, putExisting, 0)
+// ErrNoSubscription if none has its ID (any more). verified says that its
+// URL has just answered a verification request with a 2xx: the endpoint
+// has been shown to work, so its failures and any disabling are cleared,
+// as when the URL changes.
+func (e *Engine) UpdateSubscription(sub Subscription, verified bool) error {
+	return e.putSubscription(sub, putExisting, 0, verified)
 }
 
 // Registered counts the subscriptions a tenant registered through source.
@@ -74,7 +79,7 @@ const (
 // putSubscription checks the mode's condition and stores sub with the
 // credentials its tenant granted, all under subsMu, so that neither a
 // concurrent registration nor SetCredentials can slip in between.
-func (e *Engine) putSubscription(sub Subscription, mode putMode, limit int) error {
+func (e *Engine) putSubscription(sub Subscription, mode putMode, limit int, verified bool) error {
 	if err := ValidateSubscription(&sub); err != nil {
 		return err
 	}
@@ -82,7 +87,7 @@ func (e *Engine) putSubscription(sub Subscription, mode putMode, limit int) erro
 		return err
 	}
 	e.subsMu.Lock()
-	err := e.storeSubscription(&sub, mode, limit)
+	err := e.storeSubscription(&sub, mode, limit, verified)
 	e.subsMu.Unlock()
 	if err != nil {
 		return err
@@ -94,7 +99,7 @@ func (e *Engine) putSubscription(sub Subscription, mode putMode, limit int) erro
 }
 
 // storeSubscription is putSubscription's part under subsMu.
-func (e *Engine) storeSubscription(sub *Subscription, mode putMode, limit int) error {
+func (e *Engine) storeSubscription(sub *Subscription, mode putMode, limit int, verified bool) error {
 	old, exists := e.subscription(sub.ID)
 	switch {
 	case mode == putNew && exists:
@@ -111,13 +116,14 @@ func (e *Engine) storeSubscription(sub *Subscription, mode putMode, limit int) e
 	if granted {
 		sub.Auth.BasicUser, sub.Auth.BasicPassword = cred.ID, cred.Secret
 	}
-	// A registration, or one moved to another URL, starts with a clean
-	// health record: the failures of the URL before are not its own, and
-	// a tenant who fixed its endpoint that way would otherwise stay
-	// disabled with nothing in the answer to tell it so. Attempts wait
-	// for healthMu to record their outcome, so it is held only then.
+	// A registration, one moved to another URL or one just verified
+	// starts with a clean health record: the failures of the URL before
+	// are not its own, or the endpoint has been fixed since, and a tenant
+	// who fixed it that way would otherwise stay disabled with nothing in
+	// the answer to tell it so. Attempts wait for healthMu to record
+	// their outcome, so it is held only then.
 	var clean *Health
-	if !exists || old.URL != sub.URL {
+	if !exists || old.URL != sub.URL || verified {
 		e.healthMu.Lock()
 		defer e.healthMu.Unlock()
 		if clean, err = e.cleanHealth(sub.ID); err != nil {

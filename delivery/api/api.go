@@ -44,7 +44,7 @@ type Engine interface {
 	Subscriptions() []delivery.Subscription
 	CreateSubscription(sub delivery.Subscription, limit int) error
 	Registered(source, tenant string) int
-	UpdateSubscription(delivery.Subscription) error
+	UpdateSubscription(sub delivery.Subscription, verified bool) error
 	DeleteSubscription(id string) error
 	Probe(sub *delivery.Subscription, event string, data []byte) delivery.ProbeResult
 	RecentAttempts(subID string, limit int) ([]delivery.Attempt, error)
@@ -268,7 +268,7 @@ func (c *call) create(sub *delivery.Subscription, verify bool) bool {
 		c.tooMany()
 		return false
 	}
-	return c.store(sub, verify, func(s delivery.Subscription) error {
+	return c.store(sub, verify, func(s delivery.Subscription, _ bool) error {
 		return c.h.Engine.CreateSubscription(s, limit)
 	})
 }

@@ -302,6 +302,67 @@ func TestTikiVerify(t *testing.T) {
 	}
 }
 
+// An update that passes verification shows the endpoint works: a webhook
+// disabled at that same URL is enabled by it. Without verification (Tiki
+// without verify) it stays disabled until enable.
+func TestVerifiedUpdateEnables(t *testing.T) {
+	e := newEnv(t, time.Second)
+	rcv := newReceiver(t)
+	disable := func(tenant, id, event string) {
+		t.Helper()
+		rcv.set(410, 0)
+		if _, err := e.engine.Publish(delivery.Message{Event: event, Tenant: tenant, Data: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "disabled by 410", func() bool { h, _ := e.engine.Health(id); return h.Disabled })
+		rcv.set(204, 0)
+	}
+	disabled := func(id string) bool {
+		h, err := e.engine.Health(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.Disabled
+	}
+
+	tiki := `{"uri":"` + rcv.URL + `","event":"order.status"}`
+	tikiID := subID(Tiki, "s", "", "order.status")
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks", tiki), 200, "")
+	disable("s", tikiID, "order.status")
+	expect(t, e.do(e.tiki, "s", "PUT", "/v1/webhooks", tiki), 200, "")
+	if !disabled(tikiID) {
+		t.Fatal("an unverified update with the same URL enabled the webhook")
+	}
+	e.tiki.Verify = true
+	expect(t, e.do(e.tiki, "s", "PUT", "/v1/webhooks", tiki), 200, "")
+	if disabled(tikiID) {
+		t.Fatal("a verified update with the same URL left the webhook disabled")
+	}
+
+	doshii := `{"webhookUrl":"` + rcv.URL + `"}`
+	doshiiID := subID(Doshii, "p", "", "order.created")
+	expect(t, e.do(e.doshii, "p", "POST", "/webhooks", `{"event":"order.created","webhookUrl":"`+rcv.URL+`"}`), 200, "")
+	disable("p", doshiiID, "order.created")
+	rcv.set(500, 0)
+	expect(t, e.do(e.doshii, "p", "PUT", "/webhooks/order.created", doshii), 400, "")
+	if !disabled(doshiiID) {
+		t.Fatal("an update that failed verification enabled the webhook")
+	}
+	rcv.set(204, 0)
+	expect(t, e.do(e.doshii, "p", "PUT", "/webhooks/order.created", doshii), 200, "")
+	if disabled(doshiiID) {
+		t.Fatal("a verified Doshii update left the webhook disabled")
+	}
+	// Deliveries go out again.
+	if _, err := e.engine.Publish(delivery.Message{Event: "order.created", Tenant: "p", Data: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a delivery", func() bool {
+		a, _ := e.engine.RecentAttempts(doshiiID, 10)
+		return len(a) == 2 && a[0].Success
+	})
+}
+
 func TestDoshiiSeedExample(t *testing.T) {
 	e := newEnv(t, 2*time.Second)
 	rcv := newReceiver(t)

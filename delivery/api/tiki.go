@@ -159,10 +159,11 @@ func (c *call) tikiCredentials() {
 }
 
 // store verifies (when asked) and saves a registration with put (the
-// engine's Create or UpdateSubscription); on failure it has answered. A
-// verification takes a while: put checks again that the subscription is
-// new, or still there, when it stores it.
-func (c *call) store(sub *delivery.Subscription, verify bool, put func(delivery.Subscription) error) bool {
+// engine's Create or UpdateSubscription), telling it whether the URL was
+// verified; on failure it has answered. A verification takes a while: put
+// checks again that the subscription is new, or still there, when it
+// stores it.
+func (c *call) store(sub *delivery.Subscription, verify bool, put func(s delivery.Subscription, verified bool) error) bool {
 	if err := delivery.ValidateSubscription(sub); err != nil {
 		c.fail(http.StatusBadRequest, err.Error())
 		return false
@@ -175,7 +176,7 @@ func (c *call) store(sub *delivery.Subscription, verify bool, put func(delivery.
 	if verify && !c.verify(sub) {
 		return false
 	}
-	switch err := put(*sub); {
+	switch err := put(*sub, verify); {
 	case errors.Is(err, delivery.ErrSubscriptionExists):
 		c.conflict(*sub)
 		return false
