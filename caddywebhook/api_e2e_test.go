@@ -2,11 +2,13 @@ package caddywebhook
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -164,6 +166,56 @@ func TestAPIEndToEnd(t *testing.T) {
 	if st, body := call(t, c, "", "", "POST", "/publish", `{"event":"product:request:rejected","tenant":"seller-1","data":{}}`); st != 202 || !strings.HasSuffix(body, `"deliveries":0}`) {
 		t.Fatalf("publish after delete: %d %s", st, body)
 	}
+}
+
+// A Doshii webhook disabled by a 410 is enabled by an update to the same
+// URL, since Doshii updates are verified: a tenant who fixed its endpoint
+// and submitted the webhook again gets deliveries without another call.
+func TestVerifiedUpdateEnablesThroughCaddy(t *testing.T) {
+	var gone atomic.Bool
+	var delivered atomic.Int32
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if gone.Load() {
+			w.WriteHeader(http.StatusGone)
+			return
+		}
+		if r.Header.Get("X-Event-Name") == "order_created" {
+			delivered.Add(1)
+		}
+		w.WriteHeader(204)
+	}))
+	defer rcv.Close()
+	tester := startCaddy(t, apiConfig(t, t.TempDir(), hashPassword(t, "tiki-pass"), hashPassword(t, "doshii-pass")))
+	c := tester.Client
+	doshii := func(method, path, body string) {
+		t.Helper()
+		if st, b := call(t, c, "partner-1", "doshii-pass", method, "/partner/v3/webhooks"+path, body); st != 200 {
+			t.Fatalf("%s: %d %s", method, st, b)
+		}
+	}
+	publishOrder := func() {
+		t.Helper()
+		if st, b := call(t, c, "", "", "POST", "/publish", `{"event":"order_created","tenant":"partner-1","data":{}}`); st != 202 {
+			t.Fatalf("publish: %d %s", st, b)
+		}
+	}
+	doshii("POST", "", `{"event":"order_created","webhookUrl":"`+rcv.URL+`"}`)
+	_, list := admin(t, "GET", "/webhooks/subscriptions")
+	var subs []struct{ ID string }
+	if err := json.Unmarshal([]byte(list), &subs); err != nil || len(subs) != 1 {
+		t.Fatalf("subscriptions: %s", list)
+	}
+	gone.Store(true)
+	publishOrder()
+	waitDisabled(t, subs[0].ID)
+
+	gone.Store(false)
+	doshii("PUT", "/order_created", `{"webhookUrl":"`+rcv.URL+`"}`)
+	if _, body := admin(t, "GET", "/webhooks/subscriptions/"+subs[0].ID); strings.Contains(body, `"disabled":true`) || !strings.Contains(body, `"enabled_at"`) {
+		t.Fatalf("not enabled by a verified update: %s", body)
+	}
+	publishOrder()
+	waitFor(t, "deliveries after the update", func() bool { return delivered.Load() >= 1 })
 }
 
 func TestAPIRefusesEmptyTenant(t *testing.T) {
