@@ -82,12 +82,12 @@ type testEngine struct {
 	clock *fakeClock
 }
 
-func newTestEngine(t *testing.T, cfg Config) *testEngine {
+func newTestEngine(t testing.TB, cfg Config) *testEngine {
 	t.Helper()
 	return openTestEngine(t, t.TempDir(), cfg, testclock.New(t0))
 }
 
-func openTestEngine(t *testing.T, dir string, cfg Config, clock *fakeClock) *testEngine {
+func openTestEngine(t testing.TB, dir string, cfg Config, clock *fakeClock) *testEngine {
 	t.Helper()
 	db, err := store.Open(dir, store.Options{})
 	if err != nil {
