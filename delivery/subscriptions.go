@@ -175,6 +175,23 @@ func (e *Engine) Subscriptions() []Subscription {
 	return out
 }
 
+// TenantSubscriptions lists the subscriptions a tenant registered through
+// source. The registration API asks at every call, so it reads the
+// tenant's part of the index rather than copying every subscription.
+func (e *Engine) TenantSubscriptions(source, tenant string) []Subscription {
+	idx := e.index.Load()
+	if idx == nil {
+		return nil
+	}
+	var out []Subscription
+	for _, s := range idx.byTenant[tenant] {
+		if s.Source == source {
+			out = append(out, *s)
+		}
+	}
+	return out
+}
+
 // Subscription returns a static or registered subscription by ID.
 func (e *Engine) Subscription(id string) (Subscription, bool) {
 	s, ok := e.subscription(id)

@@ -41,7 +41,7 @@ const DefaultMaxWebhooks = 1000
 // Engine is what the API needs of the delivery engine.
 type Engine interface {
 	Subscription(id string) (delivery.Subscription, bool)
-	Subscriptions() []delivery.Subscription
+	TenantSubscriptions(source, tenant string) []delivery.Subscription
 	CreateSubscription(sub delivery.Subscription, limit int) error
 	Registered(source, tenant string) int
 	UpdateSubscription(sub delivery.Subscription, verified bool) error
@@ -216,13 +216,7 @@ func subID(dialect, tenant, location, event string) string {
 
 // mine returns the caller's registrations of this dialect.
 func (c *call) mine() []delivery.Subscription {
-	var out []delivery.Subscription
-	for _, s := range c.h.Engine.Subscriptions() {
-		if s.Source == c.h.Dialect && s.Tenant == c.r.Tenant {
-			out = append(out, s)
-		}
-	}
-	return out
+	return c.h.Engine.TenantSubscriptions(c.h.Dialect, c.r.Tenant)
 }
 
 // validURL is the dialects' notion of a usable webhook URL.

@@ -62,20 +62,20 @@ func (r *receiver) requests() []*http.Request {
 }
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	engine *delivery.Engine
 	tiki   *Handler
 	doshii *Handler
 }
 
-func newEnv(t *testing.T, timeout time.Duration) *env {
+func newEnv(t testing.TB, timeout time.Duration) *env {
 	t.Helper()
 	return newEnvWritable(t, timeout, nil)
 }
 
 // newEnvWritable is newEnv with the store asking writable before it adds
 // data (nil: always).
-func newEnvWritable(t *testing.T, timeout time.Duration, writable func() error) *env {
+func newEnvWritable(t testing.TB, timeout time.Duration, writable func() error) *env {
 	t.Helper()
 	db, err := store.Open(t.TempDir(), store.Options{})
 	if err != nil {
@@ -130,7 +130,7 @@ func (e *env) do(h *Handler, tenant, method, target, body string, header ...stri
 	return reply{Status: rec.Code, Body: strings.TrimSpace(rec.Body.String()), Header: rec.Header()}
 }
 
-func expect(t *testing.T, got reply, status int, body string) {
+func expect(t testing.TB, got reply, status int, body string) {
 	t.Helper()
 	if got.Status != status || (body != "" && got.Body != body) {
 		t.Fatalf("got %d %s\nwant %d %s", got.Status, got.Body, status, body)
