@@ -81,7 +81,11 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			if !ok {
 				return noSubscription(eng, parts[1], "")
 			}
-			return writeAdmin(w, subscriptionView(eng, sub))
+			queued, err := eng.Store().QueueDepth(sub.ID)
+			if err != nil {
+				return apiErr(http.StatusInternalServerError, err.Error())
+			}
+			return writeAdmin(w, subscriptionView(eng, sub, queued))
 		})
 	case len(parts) == 3 && parts[0] == "subscriptions":
 		return a.act(w, r, eng, parts[1], parts[2])
@@ -201,10 +205,10 @@ type subscriptionJSON struct {
 	Health   delivery.Health `json:"health"`
 }
 
-func subscriptionView(eng *delivery.Engine, s delivery.Subscription) subscriptionJSON {
+func subscriptionView(eng *delivery.Engine, s delivery.Subscription, queued int) subscriptionJSON {
 	v := subscriptionJSON{
 		ID: s.ID, Name: s.Name, Source: s.Source, URL: delivery.RedactURL(s.URL), Events: s.Events,
-		Tenant: s.Tenant, Location: s.Location, Auth: []string{},
+		Tenant: s.Tenant, Location: s.Location, Auth: []string{}, Queued: queued,
 	}
 	if v.Source == "" {
 		v.Source = "static"
@@ -222,16 +226,21 @@ func subscriptionView(eng *delivery.Engine, s delivery.Subscription) subscriptio
 			v.Auth = append(v.Auth, kind.name)
 		}
 	}
-	v.Queued, _ = eng.Store().QueueDepth(s.ID)
 	v.Health, _ = eng.Health(s.ID)
 	return v
 }
 
 func (a adminAPI) listSubscriptions(w http.ResponseWriter, eng *delivery.Engine) error {
+	// One scan of the queue for every subscription, not one per
+	// subscription.
+	depths, err := eng.Store().QueueDepths()
+	if err != nil {
+		return apiErr(http.StatusInternalServerError, err.Error())
+	}
 	subs := eng.Subscriptions()
 	out := make([]subscriptionJSON, 0, len(subs))
 	for _, s := range subs {
-		out = append(out, subscriptionView(eng, s))
+		out = append(out, subscriptionView(eng, s, depths[s.ID]))
 	}
 	sortByID(out)
 	return writeAdmin(w, out)
