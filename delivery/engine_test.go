@@ -860,15 +860,7 @@ func TestDeletedRegistrationLeavesNoHealth(t *testing.T) {
 	if err := te.CreateSubscription(s, 0); err != nil {
 		t.Fatal(err)
 	}
-	publish := func() string {
-		m := msg("x", `{}`)
-		m.Tenant = "t"
-		res, err := te.Publish(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return deliveryID(res.ID, s.ID)
-	}
+	publish := func() string { return te.publishTo(t, "t", s.ID) }
 	stored := func() (kept []string) {
 		err := te.db.View(func(txn *badger.Txn) error {
 			for _, key := range []string{prefixHealth + s.ID, prefixSuccess + s.ID} {
@@ -940,13 +932,7 @@ func TestAnswerFromTheOldURLIsNotHeldAgainstTheNew(t *testing.T) {
 	if err := te.CreateSubscription(s, 0); err != nil {
 		t.Fatal(err)
 	}
-	m := msg("x", `{}`)
-	m.Tenant = "t"
-	res, err := te.Publish(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	did := deliveryID(res.ID, s.ID)
+	did := te.publishTo(t, "t", s.ID)
 	eventually(t, "the held attempt", func() bool { return len(old.got()) == 1 })
 	s.URL = moved.URL
 	if err := te.UpdateSubscription(s, false); err != nil {
@@ -1228,15 +1214,7 @@ func TestNewURLStartsWithCleanHealth(t *testing.T) {
 	fixed := newReceiver(t, nil)
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Minute, time.Minute}})
 	s := Subscription{ID: "sub_1", Tenant: "t", URL: gone.URL, Events: []string{"*"}}
-	publish := func() string {
-		m := msg("x", `{}`)
-		m.Tenant = "t"
-		res, err := te.Publish(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return deliveryID(res.ID, s.ID)
-	}
+	publish := func() string { return te.publishTo(t, "t", s.ID) }
 	health := func() Health {
 		h, err := te.Health(s.ID)
 		if err != nil {

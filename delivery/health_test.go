@@ -1,17 +1,11 @@
 package delivery
 
-import (
-	"fmt"
-	"testing"
-)
+import "testing"
 
 // BenchmarkDisabledEndpoints is one metrics scrape's count of disabled
 // endpoints among 100,000 subscriptions, one of them disabled.
 func BenchmarkDisabledEndpoints(b *testing.B) {
-	subs := make([]Subscription, 100_000)
-	for i := range subs {
-		subs[i] = sub(fmt.Sprintf("s%d", i), "https://example.com/hook")
-	}
+	subs := manySubscriptions(100_000)
 	te := newTestEngine(b, Config{Subscriptions: subs})
 	te.healthMu.Lock()
 	h, _ := te.healthOf(subs[7].ID)
@@ -40,10 +34,8 @@ func TestDisabledEndpoints(t *testing.T) {
 	if n := te.DisabledEndpoints(); n != 0 {
 		t.Fatalf("%d disabled before any delivery", n)
 	}
-	te.Publish(msg("x", `{}`))
-	m := msg("x", `{}`)
-	m.Tenant = "t"
-	te.Publish(m)
+	te.publishTo(t, "", StaticID("gone"))
+	te.publishTo(t, "t", reg.ID)
 	eventually(t, "two disabled", func() bool { return te.DisabledEndpoints() == 2 })
 	if err := te.DeleteSubscription(reg.ID); err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -139,6 +140,29 @@ func sub(name, url string, events ...string) Subscription {
 
 func msg(event, data string) Message {
 	return Message{Event: event, Data: []byte(data)}
+}
+
+// manySubscriptions makes n static subscriptions to one unreachable URL,
+// for measuring what grows with their number.
+func manySubscriptions(n int) []Subscription {
+	subs := make([]Subscription, n)
+	for i := range subs {
+		subs[i] = sub(fmt.Sprintf("s%d", i), "https://example.com/hook")
+	}
+	return subs
+}
+
+// publishTo publishes an empty event to tenant and returns the ID of its
+// delivery to subID.
+func (te *testEngine) publishTo(t testing.TB, tenant, subID string) string {
+	t.Helper()
+	m := msg("x", `{}`)
+	m.Tenant = tenant
+	res, err := te.Publish(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return deliveryID(res.ID, subID)
 }
 
 // eventually polls cond; the deadline is generous because it only bounds
