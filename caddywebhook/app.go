@@ -315,11 +315,22 @@ func (a *App) Start() error {
 		return fmt.Errorf("webhooks: %w", err)
 	}
 	s.running = append(s.running, a)
-	current.Store(o)
+	if prev := current.Swap(o); prev != nil && prev != o {
+		a.warnMovedStore(prev, o)
+	}
 	// How durable and how private the store is, for the operator to see.
 	a.logger.Info("webhook store ready", zap.String("dir", s.dir), zap.Bool("reused", reused),
 		zap.Bool("sync_writes", s.syncWrites), zap.Bool("encrypted", len(s.key) > 0))
 	return nil
+}
+
+// warnMovedStore tells the operator that a reload moved the store to
+// another storage_dir: what the store before holds stays behind, which
+// nothing else would say.
+func (a *App) warnMovedStore(prev, next *openStore) {
+	a.logger.Warn("storage_dir changed: deliveries queued in the previous directory are not sent, and push windows start empty, until it is used again",
+		zap.String("previous_dir", prev.db.Dir()), zap.String("dir", next.db.Dir()),
+		zap.Int64("queued_there", prev.engine.QueueDepth()))
 }
 
 // configure makes this config's settings and logger the engine's, its

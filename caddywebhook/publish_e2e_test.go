@@ -2,6 +2,7 @@ package caddywebhook
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -392,6 +393,49 @@ func TestDeliveryAcrossReload(t *testing.T) {
 	}
 	if len(seen) != 25 || len(b.received()) != 5 {
 		t.Fatalf("a got %d distinct, b got %d", len(seen), len(b.received()))
+	}
+}
+
+// A reload that moves storage_dir warns that what the old directory
+// holds stays behind; a reload that keeps it says nothing of the kind.
+func TestStorageDirChangeIsWarned(t *testing.T) {
+	down := newSubscriber(t)
+	down.fail.Store(true) // the deliveries stay queued
+	first, second := t.TempDir(), t.TempDir()
+	cfg := func(storage string) (string, string) {
+		global, logFile := globalOptions(t, storage, fmt.Sprintf(`allow_private_targets
+		retry 1h
+		subscription down {
+			url %s
+			events *
+		}`, down.URL))
+		return global + "\nhttp://localhost:9080 {\n\twebhook_publish\n}\n", logFile
+	}
+	firstCfg, _ := cfg(first)
+	tester := startCaddy(t, firstCfg)
+	for range 3 {
+		if st, body := publish(t, tester.Client, "POST", `{"event":"e","data":{}}`); st != 202 {
+			t.Fatalf("publish: %d %s", st, body)
+		}
+	}
+
+	sameCfg, sameLog := cfg(first)
+	loadConfig(t, sameCfg)
+	movedCfg, movedLog := cfg(second)
+	loadConfig(t, movedCfg)
+	if strings.Contains(readFile(t, sameLog), "storage_dir changed") {
+		t.Fatal("a reload that kept storage_dir warned that it changed")
+	}
+	var warning map[string]any
+	for _, line := range strings.Split(readFile(t, movedLog), "\n") {
+		if strings.Contains(line, "storage_dir changed") {
+			if err := json.Unmarshal([]byte(line), &warning); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if warning["level"] != "warn" || warning["previous_dir"] != first || warning["dir"] != second || warning["queued_there"] != float64(3) {
+		t.Fatalf("warning: %v", warning)
 	}
 }
 
