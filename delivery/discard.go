@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"bytes"
 	"errors"
 	"time"
 
@@ -188,17 +187,10 @@ func discardOne(txn *badger.Txn, key []byte, d Delivery, now time.Time, retentio
 // QueueDepths counts the pending deliveries of every subscription that has
 // any, registered or not (a key-only scan).
 func (s *Store) QueueDepths() (map[string]int, error) {
-	out := map[string]int{}
+	var depths map[string]int
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixQ)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().Key()[len(prefixQ):]
-			if i := bytes.IndexByte(k, 0); i > 0 {
-				out[string(k[:i])]++
-			}
-		}
+		_, depths = tallyQueue(txn)
 		return nil
 	})
-	return out, err
+	return depths, err
 }

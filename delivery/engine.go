@@ -156,7 +156,8 @@ func (e *Engine) Configure(cfg Config) error {
 	for i := range cfg.Subscriptions {
 		s.static = append(s.static, &cfg.Subscriptions[i])
 	}
-	if old := e.settings.Swap(s); old != nil {
+	old := e.settings.Swap(s)
+	if old != nil {
 		old.client.CloseIdleConnections()
 	}
 	if w := e.workers.Load(); w == nil || cap(*w) != cfg.Workers {
@@ -166,6 +167,9 @@ func (e *Engine) Configure(cfg Config) error {
 	e.subsMu.Lock()
 	e.rebuildIndex()
 	e.subsMu.Unlock()
+	if old != nil {
+		e.reviewRemoved(old.static)
+	}
 	if err := e.reviewStatic(s.static); err != nil {
 		// The endpoints stay as they were, as before a URL change;
 		// nothing else depends on this.
@@ -173,6 +177,34 @@ func (e *Engine) Configure(cfg Config) error {
 	}
 	e.Kick()
 	return nil
+}
+
+// reviewRemoved warns about the static subscriptions that a new config
+// dropped (renamed, say) and that still have deliveries queued: nothing
+// sends those until the subscription is back, and an operator who
+// renamed one would not know.
+func (e *Engine) reviewRemoved(before []*Subscription) {
+	for _, sub := range before {
+		if _, ok := e.subscription(sub.ID); ok {
+			continue
+		}
+		n, err := e.store.QueueDepth(sub.ID)
+		if err != nil {
+			e.log().Error("counting the queue of a removed subscription", zap.String("subscription", sub.ID), zap.Error(err))
+			continue
+		}
+		e.warnIfUnserved(sub.ID, n)
+	}
+}
+
+// warnIfUnserved warns about a subscription's queued deliveries when no
+// subscription configured or registered will send them.
+func (e *Engine) warnIfUnserved(subID string, queued int) {
+	if _, ok := e.subscription(subID); ok || queued == 0 {
+		return
+	}
+	e.log().Warn("deliveries are queued for a subscription that is neither configured nor registered: they wait until it is back, or are discarded through the admin API",
+		zap.String("subscription", subID), zap.Int("queued", queued))
 }
 
 // loadRegistered reads the registered subscriptions from the store once;
@@ -244,8 +276,12 @@ func (e *Engine) Start() error {
 	}
 	// Counted before the engine counts as started, so that a Start that
 	// fails here can be made again. Callers do not run two Starts at once.
-	if err := e.queue.seed(e.store); err != nil {
+	queued, err := e.queue.seed(e.store)
+	if err != nil {
 		return fmt.Errorf("counting the delivery queue: %w", err)
+	}
+	for id, n := range queued {
+		e.warnIfUnserved(id, n)
 	}
 	e.mu.Lock()
 	e.ctx, e.cancel = context.WithCancel(context.Background())

@@ -191,7 +191,7 @@ func storedQueue(t *testing.T, s *Store) int64 {
 	t.Helper()
 	snap := s.db.NewTransaction(false)
 	defer snap.Discard()
-	n, err := s.countQueued(snap)
+	n, _, err := s.countQueued(snap)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,9 +41,9 @@ func (c *queueCount) change(write func() (int64, error)) error {
 	return err
 }
 
-// seed sets the count from the store's queue. On an error the count is
-// left as it was.
-func (c *queueCount) seed(s *Store) error {
+// seed sets the count from the store's queue and returns the snapshot's
+// count per subscription. On an error the count is left as it was.
+func (c *queueCount) seed(s *Store) (map[string]int, error) {
 	c.mu.Lock()
 	snap := s.db.NewTransaction(false)
 	c.seeding = true
@@ -51,14 +51,14 @@ func (c *queueCount) seed(s *Store) error {
 	c.mu.Unlock()
 	defer snap.Discard()
 
-	n, err := s.countQueued(snap)
+	n, bySub, err := s.countQueued(snap)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seeding = false
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c.n.Store(n + c.since.Load())
-	return nil
+	return bySub, nil
 }

@@ -832,20 +832,47 @@ func (s *Store) FailedDeliveries(subID string, limit int) ([]Delivery, error) {
 	return out, err
 }
 
-// countQueued counts every pending delivery (a key-only scan).
-func (s *Store) countQueued(snap *badger.Txn) (int64, error) {
+// countQueued counts every pending delivery (a key-only scan), in all
+// and per subscription.
+func (s *Store) countQueued(snap *badger.Txn) (total int64, bySub map[string]int, err error) {
 	if s.counting != nil {
 		if err := s.counting(); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
-	it := snap.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixQ)})
+	total, bySub = tallyQueue(snap)
+	return total, bySub, nil
+}
+
+// tallyQueue counts the pending deliveries in txn, in all and per
+// subscription. Keys come sorted, so one subscription's entries are a run:
+// its ID is taken once per run, not once per entry.
+func tallyQueue(txn *badger.Txn) (total int64, bySub map[string]int) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixQ)})
 	defer it.Close()
-	var n int64
-	for it.Rewind(); it.Valid(); it.Next() {
-		n++
+	bySub = map[string]int{}
+	var run []byte // prefixQ + subscription ID + "\x00"
+	inRun := 0
+	endRun := func() {
+		if len(run) > 0 {
+			bySub[string(run[len(prefixQ):len(run)-1])] += inRun
+		}
 	}
-	return n, nil
+	for it.Rewind(); it.Valid(); it.Next() {
+		total++
+		k := it.Item().Key()
+		if len(run) > 0 && bytes.HasPrefix(k, run) {
+			inRun++
+			continue
+		}
+		endRun()
+		run, inRun = run[:0], 1
+		if i := bytes.IndexByte(k[len(prefixQ):], 0); i > 0 {
+			run = append(run, k[:len(prefixQ)+i+1]...)
+		}
+	}
+	endRun()
+	return total, bySub
 }
 
 // QueueDepth counts pending deliveries of one subscription.
