@@ -179,15 +179,20 @@ func (e *Engine) Configure(cfg Config) error {
 	return nil
 }
 
-// reviewRemoved warns about the static subscriptions that a new config
-// dropped (renamed, say) and that still have deliveries queued: nothing
-// sends those until the subscription is back, and an operator who
+// reviewRemoved forgets the cached health of the static subscriptions
+// that a new config dropped (renamed, say; the store keeps the record for
+// a return), and warns about those that still have deliveries queued:
+// nothing sends those until the subscription is back, and an operator who
 // renamed one would not know.
 func (e *Engine) reviewRemoved(before []*Subscription) {
 	for _, sub := range before {
 		if _, ok := e.subscription(sub.ID); ok {
 			continue
 		}
+		e.healthMu.Lock()
+		delete(e.health, sub.ID)
+		delete(e.successStored, sub.ID)
+		e.healthMu.Unlock()
 		n, err := e.store.QueueDepth(sub.ID)
 		if err != nil {
 			e.log().Error("counting the queue of a removed subscription", zap.String("subscription", sub.ID), zap.Error(err))

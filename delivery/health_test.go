@@ -69,6 +69,7 @@ func TestUnservedQueueIsWarned(t *testing.T) {
 	for range 3 {
 		te.publishTo(t, "", a.ID)
 	}
+	eventually(t, "a failing", func() bool { h, _ := te.Health(a.ID); return !h.FailingSince.IsZero() })
 	warnings := func(logs *observer.ObservedLogs) []observer.LoggedEntry {
 		return logs.FilterMessageSnippet("neither configured nor registered").All()
 	}
@@ -81,6 +82,12 @@ func TestUnservedQueueIsWarned(t *testing.T) {
 	w := warnings(logs)
 	if len(w) != 1 || w[0].ContextMap()["subscription"] != a.ID || w[0].ContextMap()["queued"] != int64(3) || w[0].Level != zapcore.WarnLevel {
 		t.Fatalf("the reload that dropped a logged %v", logs.All())
+	}
+	te.healthMu.Lock()
+	_, cached := te.health[a.ID]
+	te.healthMu.Unlock()
+	if cached {
+		t.Fatal("the health of a dropped subscription is still cached")
 	}
 	if err := te.Configure(cfg(b)); err != nil {
 		t.Fatal(err)
