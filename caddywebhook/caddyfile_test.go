@@ -224,6 +224,12 @@ func TestDeliveryConfigErrors(t *testing.T) {
 		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, Token: "hunter2", BasicUser: "u", BasicPassword: "hunter2"},
 			`subscription "a": token and basic both set the Authorization header: use one`},
 		{SubscriptionConfig{URL: "https://x", Events: []string{"*"}}, "a subscription has no name"},
+		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, SecretHeader: "X Event-Secret", Secret: "hunter2"},
+			`subscription "a": secret_header "X Event-Secret" is not a valid header name`},
+		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, SecretHeader: "Host", Secret: "hunter2"},
+			`subscription "a": secret_header Host is set by the delivery itself`},
+		{SubscriptionConfig{Name: "a", URL: "https://x", Events: []string{"*"}, Token: "hunter2\n"},
+			`subscription "a": token must not contain control characters`},
 	}
 	for _, tc := range cases {
 		a := App{Subscriptions: []SubscriptionConfig{tc.sc}}

@@ -3,9 +3,13 @@ package delivery
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Defaults of the engine's settings.
@@ -140,16 +144,38 @@ func ValidateSubscription(s *Subscription) error {
 	if s.Envelope != "" && s.Envelope != "data" {
 		return fmt.Errorf("unknown envelope %q (only \"data\")", s.Envelope)
 	}
-	if (s.Auth.SecretHeader == "") != (s.Auth.Secret == "") {
+	return s.Auth.validate()
+}
+
+// validate checks that every credential can be sent as it is meant to be:
+// a value Go's client refuses to send would fail every delivery, and a
+// header it drops or that the delivery sets itself would lose the secret
+// without a word. Errors never quote a secret.
+func (a *Auth) validate() error {
+	if (a.SecretHeader == "") != (a.Secret == "") {
 		return errors.New("secret_header needs both a header name and a secret")
 	}
-	if s.Auth.Token != "" && (s.Auth.BasicUser != "" || s.Auth.BasicPassword != "") {
+	if a.Token != "" && (a.BasicUser != "" || a.BasicPassword != "") {
 		return errors.New("token and basic both set the Authorization header: use one")
 	}
-	if s.Auth.SigningSecret == "" && len(s.Auth.PreviousSigningSecrets) > 0 {
+	if err := a.validateSecretHeader(); err != nil {
+		return err
+	}
+	switch {
+	case strings.ContainsAny(a.Token, `"\`) || !httpguts.ValidHeaderFieldValue(a.Token):
+		return errors.New(`token must not contain control characters, '"' or '\' (it is sent quoted: Token token="…")`)
+	case !httpguts.ValidHeaderFieldValue(a.Authorization):
+		return errors.New("the authorization value must not contain control characters")
+	case strings.ContainsRune(a.BasicUser, ':'):
+		// RFC 7617: the receiver splits at the first colon.
+		return errors.New("the basic user id must not contain ':'")
+	case hasControl(a.BasicUser) || hasControl(a.BasicPassword):
+		return errors.New("the basic user id and password must not contain control characters")
+	}
+	if a.SigningSecret == "" && len(a.PreviousSigningSecrets) > 0 {
 		return errors.New("previous signing secrets need a current signing secret")
 	}
-	for i, secret := range s.Auth.signingSecrets() {
+	for i, secret := range a.signingSecrets() {
 		if _, err := DecodeSigningSecret(secret); err != nil {
 			if i > 0 {
 				return fmt.Errorf("previous signing secret #%d: %s", i, strings.TrimPrefix(err.Error(), "signing secret "))
@@ -158,6 +184,39 @@ func ValidateSubscription(s *Subscription) error {
 		}
 	}
 	return nil
+}
+
+// ownHeaders are set by every delivery (or by Go's client, which drops
+// them from the headers given): a secret in one of them would be
+// overwritten or never sent.
+var ownHeaders = []string{
+	"Content-Type", "Content-Length", "Transfer-Encoding", "Host",
+	"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Upgrade",
+	"X-Event-Name", "Webhook-Id", "Webhook-Timestamp", "Webhook-Signature",
+}
+
+func (a *Auth) validateSecretHeader() error {
+	if a.SecretHeader == "" {
+		return nil
+	}
+	name := http.CanonicalHeaderKey(a.SecretHeader)
+	switch {
+	case !httpguts.ValidHeaderFieldName(a.SecretHeader):
+		return fmt.Errorf("secret_header %q is not a valid header name", a.SecretHeader)
+	case slices.Contains(ownHeaders, name):
+		return fmt.Errorf("secret_header %s is set by the delivery itself: choose another header", name)
+	case name == "Authorization" && (a.Token != "" || a.BasicUser != "" || a.BasicPassword != "" || a.Authorization != ""):
+		return errors.New("secret_header Authorization and the subscription's other authentication both set the Authorization header: use one")
+	case !httpguts.ValidHeaderFieldValue(a.Secret):
+		return fmt.Errorf("the secret of secret_header %s must not contain control characters", name)
+	}
+	return nil
+}
+
+// hasControl reports ASCII control characters, which RFC 7617 forbids in
+// Basic credentials.
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
 // ValidateURL accepts absolute http(s) URLs with a host.

@@ -80,6 +80,21 @@ func TestValidateSubscription(t *testing.T) {
 		{func(s *Subscription) {
 			s.Auth.SigningSecret, s.Auth.PreviousSigningSecrets = validSecret, []string{validSecret, "not-a-whsec-secret"}
 		}, `previous signing secret #2: must start with "whsec_"`},
+		{func(s *Subscription) { s.Auth.SecretHeader, s.Auth.Secret = "X Event Secret", "s3cret-value" }, `secret_header "X Event Secret" is not a valid header name`},
+		{func(s *Subscription) { s.Auth.SecretHeader, s.Auth.Secret = "content-length", "s3cret-value" }, "secret_header Content-Length is set by the delivery itself"},
+		{func(s *Subscription) { s.Auth.SecretHeader, s.Auth.Secret = "Webhook-Id", "s3cret-value" }, "secret_header Webhook-Id is set by the delivery itself"},
+		{func(s *Subscription) {
+			s.Auth.SecretHeader, s.Auth.Secret = "X-Event-Secret", "s3cret-value\nX-Other: 1"
+		}, "the secret of secret_header X-Event-Secret must not contain control characters"},
+		{func(s *Subscription) {
+			s.Auth.SecretHeader, s.Auth.Secret, s.Auth.Token = "authorization", "Bearer s3cret-value", "t"
+		}, "secret_header Authorization and the subscription's other authentication"},
+		{func(s *Subscription) { s.Auth.Token = `s3cret-value"` }, `token must not contain control characters, '"'`},
+		{func(s *Subscription) { s.Auth.Token = `s3cret-value\` }, `token must not contain control characters, '"' or '\'`},
+		{func(s *Subscription) { s.Auth.Token = "s3cret-value\r\n" }, "token must not contain control characters"},
+		{func(s *Subscription) { s.Auth.Authorization = "s3cret-value\n" }, "the authorization value must not contain control characters"},
+		{func(s *Subscription) { s.Auth.BasicUser, s.Auth.BasicPassword = "s3cret-value:x", "p" }, "the basic user id must not contain ':'"},
+		{func(s *Subscription) { s.Auth.BasicUser, s.Auth.BasicPassword = "u", "s3cret-value\x00" }, "must not contain control characters"},
 	} {
 		s := ok
 		tc.mut(&s)
@@ -87,12 +102,27 @@ func TestValidateSubscription(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("err = %v, want %q", err, tc.want)
 		}
-		if err != nil && strings.Contains(err.Error(), "not-a-whsec-secret") {
+		if err != nil && (strings.Contains(err.Error(), "not-a-whsec-secret") || strings.Contains(err.Error(), "s3cret")) {
 			t.Errorf("error quotes the secret: %v", err)
 		}
 	}
 	if err := ValidateSubscription(&ok); err != nil {
 		t.Fatal(err)
+	}
+	// What the checks leave alone: a Bearer token in a secret header of
+	// its own, a colon in a password, spaces inside a token.
+	fine := ok
+	fine.Auth = Auth{SecretHeader: "authorization", Secret: "Bearer abc", SigningSecret: validSecret}
+	if err := ValidateSubscription(&fine); err != nil {
+		t.Error(err)
+	}
+	fine.Auth = Auth{BasicUser: "u", BasicPassword: "p:ss word", SecretHeader: "X-Event-Secret", Secret: "a b"}
+	if err := ValidateSubscription(&fine); err != nil {
+		t.Error(err)
+	}
+	fine.Auth = Auth{Token: "abc def=="}
+	if err := ValidateSubscription(&fine); err != nil {
+		t.Error(err)
 	}
 }
 

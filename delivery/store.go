@@ -897,6 +897,16 @@ type Credentials struct {
 	Secret string `json:"secret"`
 }
 
+// Validate reports credentials that cannot be sent as Basic
+// authentication; errors never quote them.
+func (c Credentials) Validate() error {
+	if c.ID == "" || c.Secret == "" {
+		return errors.New("id and secret are required")
+	}
+	a := Auth{BasicUser: c.ID, BasicPassword: c.Secret}
+	return a.validate()
+}
+
 func credKey(source, tenant string) []byte { return []byte(prefixCred + source + "\x00" + tenant) }
 
 func (s *Store) credentials(source, tenant string) (Credentials, bool, error) {

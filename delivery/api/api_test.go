@@ -245,6 +245,8 @@ func TestTikiBadInput(t *testing.T) {
 		{"POST", "/v1/webhooks", `{"uri":"https://a.example"}`, 400, `{"error":{"message":"event is required"}}`},
 		{"POST", "/v1/webhooks", `{"uri":"https://a.example","event":"` + strings.Repeat("e", 100) + `"}`, 413, `{"error":{"message":"request body too large"}}`},
 		{"PUT", "/v1/webhooks/credentials", `{"id":"x"}`, 400, `{"error":{"message":"id and secret are required"}}`},
+		{"PUT", "/v1/webhooks/credentials", `{"id":"x:y","secret":"s"}`, 400, `{"error":{"message":"the basic user id must not contain ':'"}}`},
+		{"PUT", "/v1/webhooks/credentials", `{"id":"x","secret":"s\r\n"}`, 400, `{"error":{"message":"the basic user id and password must not contain control characters"}}`},
 		{"POST", "/v1/webhooks/x/launch", ``, 404, `{"error":{"message":"not found"}}`},
 	}
 	for _, c := range cases {
@@ -446,6 +448,9 @@ func TestDoshiiBadInputAndVerification(t *testing.T) {
 		{"POST", "/webhooks", `{"event":"e"}`, 400, `{"message":"webhookUrl is required"}`},
 		{"POST", "/webhooks", `{"event":"e","webhookUrl":"nope"}`, 400, `{"message":"webhookUrl must be an absolute http or https URL"}`},
 		{"POST", "/webhooks", `{"event":"e","webhookUrl":"` + rcv.URL + `","authenticationKey":"k"}`, 400, `{"message":"authenticationToken is required with authenticationKey"}`},
+		{"POST", "/webhooks", `{"event":"e","webhookUrl":"` + rcv.URL + `","authenticationKey":"k:1","authenticationToken":"t"}`, 400, `{"message":"authenticationKey must not contain ':'"}`},
+		{"POST", "/webhooks", `{"event":"e","webhookUrl":"` + rcv.URL + `","authenticationToken":"t\r\nX-Other: 1"}`, 400, `{"message":"authenticationKey and authenticationToken must not contain control characters"}`},
+		{"POST", "/webhooks", `{"event":"e","webhookUrl":"` + rcv.URL + `","authenticationKey":"k\u0000","authenticationToken":"t"}`, 400, `{"message":"authenticationKey and authenticationToken must not contain control characters"}`},
 		{"PUT", "/webhooks/e", `{"webhookUrl":"` + rcv.URL + `"}`, 404, `{"message":"webhook not found"}`},
 		{"DELETE", "/webhooks/e", ``, 404, `{"message":"webhook not found"}`},
 	}

@@ -112,12 +112,23 @@ func (c *call) doshiiApply(sub *delivery.Subscription, b doshiiBody) bool {
 	case key != "" && token == "":
 		c.fail(http.StatusBadRequest, "authenticationToken is required with authenticationKey")
 		return false
+	case hasControl(key) || hasControl(token):
+		c.fail(http.StatusBadRequest, "authenticationKey and authenticationToken must not contain control characters")
+		return false
+	case strings.ContainsRune(key, ':'):
+		// Basic authentication splits key and token at the first colon.
+		c.fail(http.StatusBadRequest, "authenticationKey must not contain ':'")
+		return false
 	case key != "":
 		sub.Auth.Authorization = "Basic " + base64.StdEncoding.EncodeToString([]byte(key+":"+token))
 	case token != "":
 		sub.Auth.Authorization = token
 	}
 	return true
+}
+
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
 func deref(s *string) string {

@@ -147,8 +147,8 @@ func (c *call) tikiCredentials() {
 	if !c.decode(&b) {
 		return
 	}
-	if b.ID == "" || b.Secret == "" {
-		c.fail(http.StatusBadRequest, "id and secret are required")
+	if err := b.Validate(); err != nil {
+		c.fail(http.StatusBadRequest, err.Error())
 		return
 	}
 	if err := c.h.Engine.SetCredentials(Tiki, c.r.Tenant, b); err != nil {
