@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/hookgate/caddy-webhook/internal/httpbody"
 )
 
@@ -81,8 +83,8 @@ func NewGate(cfg Config, windows WindowStore, leases *Leases, clock Clock) (*Gat
 		return nil, errors.New("at least one access_key is required")
 	}
 	for i, k := range cfg.AccessKeys {
-		if k == "" {
-			return nil, fmt.Errorf("access_key #%d is empty", i+1)
+		if err := checkKey(k); err != nil {
+			return nil, fmt.Errorf("access_key #%d %v", i+1, err)
 		}
 		g.accessKeys = append(g.accessKeys, sha256.Sum256([]byte(k)))
 	}
@@ -110,6 +112,8 @@ func (g *Gate) addClient(c Client, names map[string]bool) error {
 		return errors.New("a client has no name")
 	case strings.ContainsRune(c.Name, 0):
 		return fmt.Errorf("client %q: the name must not contain a NUL character", c.Name)
+	case !httpguts.ValidHeaderFieldValue(c.Name):
+		return fmt.Errorf("client %q: the name is sent upstream as %s and must not contain control characters", c.Name, HeaderClient)
 	case names[c.Name]:
 		return fmt.Errorf("client %q is defined twice", c.Name)
 	case c.Key == "":
@@ -132,8 +136,8 @@ func (g *Gate) addClient(c Client, names map[string]bool) error {
 
 // addKey lets key identify c; which names the key in errors.
 func (g *Gate) addKey(c Client, key, which string) error {
-	if key == "" {
-		return fmt.Errorf("client %q: %s is empty", c.Name, which)
+	if err := checkKey(key); err != nil {
+		return fmt.Errorf("client %q: %s %v", c.Name, which, err)
 	}
 	d := sha256.Sum256([]byte(key))
 	if other, dup := g.clients[d]; dup {
@@ -148,6 +152,23 @@ func (g *Gate) addKey(c Client, key, which string) error {
 		return fmt.Errorf("client %q: %s is also an access_key; client keys must differ from the access keys", c.Name, which)
 	}
 	g.clients[d] = c
+	return nil
+}
+
+// checkKey refuses a key no header can carry as it is: a push's keys
+// are trimmed of surrounding whitespace, and a header value has no
+// control characters, so such a key would never match. The usual cause
+// is a key read from a file with its trailing newline. The error
+// completes a phrase that names the key, and never quotes it.
+func checkKey(key string) error {
+	switch {
+	case key == "":
+		return errors.New("is empty")
+	case strings.TrimSpace(key) != key:
+		return errors.New("begins or ends with whitespace (a trailing newline from a file?), so no push could match it")
+	case !httpguts.ValidHeaderFieldValue(key):
+		return errors.New("contains control characters, so no push could match it")
+	}
 	return nil
 }
 

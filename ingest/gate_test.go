@@ -557,6 +557,10 @@ func TestNewGateRejectsBadConfig(t *testing.T) {
 		{"previous key is the access key", Config{AccessKeys: []string{"x", "k1"}, Clients: []Client{{Name: "a", Key: "k2", PreviousKeys: []string{"k1"}}}}, `client "a": previous key #1 is also an access_key`},
 		{"negative interval", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: "k", Interval: -1}}}, "must not be negative"},
 		{"negative max body", Config{AccessKeys: []string{"x"}, Clients: []Client{ok}, MaxBody: -1}, "max_body"},
+		{"access key with a newline", Config{AccessKeys: []string{"k1\n"}, Clients: []Client{ok}}, "access_key #1 begins or ends with whitespace (a trailing newline from a file?)"},
+		{"key with a space", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: " k1"}}}, `client "a": its key begins or ends with whitespace`},
+		{"previous key with a control character", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: "k2", PreviousKeys: []string{"k\x001"}}}}, `client "a": previous key #1 contains control characters`},
+		{"name with a newline", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a\nb", Key: "k1"}}}, `client "a\nb": the name is sent upstream as X-Webhook-Client and must not contain control characters`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -569,6 +573,21 @@ func TestNewGateRejectsBadConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Keys refused for surrounding whitespace may still hold whitespace
+// inside, and the push's headers may pad them.
+func TestKeysWithInnerSpaces(t *testing.T) {
+	g, err := NewGate(Config{AccessKeys: []string{"access key"}, Clients: []Client{{Name: "a", Key: "client key"}}},
+		newMemWindows(), NewLeases(), SystemClock{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push, ans := g.Admit(pushReq("POST", " Token access key ", " client key\t", "{}"))
+	if ans != nil {
+		t.Fatalf("refused: %+v", *ans)
+	}
+	push.Release()
 }
 
 func TestForwardHeader(t *testing.T) {
