@@ -3,6 +3,7 @@ package ingest
 import (
 	"encoding/binary"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -155,5 +156,59 @@ func TestGroupCommitLargerThanATransaction(t *testing.T) {
 		if got, ok, err := ws.LoadWindow(name); !ok || err != nil || !got.NextPushAfter.Equal(w.NextPushAfter) {
 			t.Fatalf("window %d: %+v ok=%v err=%v", i, got, ok, err)
 		}
+	}
+}
+
+// Times beyond what a stored window holds (Unix nanoseconds, 1678–2262)
+// are kept at its ends: an upstream's "never" stays never after a
+// restart, and the answer shows what is kept.
+func TestFarTimesSurviveRestart(t *testing.T) {
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ws := NewBadgerWindows(db.DB)
+	cfg := Config{AccessKeys: []string{accessKey}, Clients: []Client{{Name: "alice", Key: aliceKey}, {Name: "bob", Key: bobKey, Interval: 250 * 365 * 24 * time.Hour}}}
+	clock := testclock.New(t0)
+	g, err := NewGate(cfg, ws, NewLeases(), clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	push, ans := g.Admit(pushReq("POST", "Token "+accessKey, aliceKey, "{}"))
+	if ans != nil {
+		t.Fatal(ans)
+	}
+	h := http.Header{}
+	h.Set(HeaderUpstreamNextAfter, "3000-01-01T00:00:00Z")
+	h.Set(HeaderUpstreamLastUsed, "1000-01-01T00:00:00Z")
+	s := push.Settle(Upstream{Status: 200, Header: h})
+	const never, longAgo = "2262-04-11T23:47:16Z", "1677-09-21T00:12:44Z"
+	if s.Envelope.NextPushAfter != never || s.Envelope.LastUsed != longAgo {
+		t.Fatalf("answered %+v", s.Envelope)
+	}
+	// Bob's interval of 250 years reaches past 2262 too.
+	push, ans = g.Admit(pushReq("POST", "Token "+accessKey, bobKey, "{}"))
+	if ans != nil {
+		t.Fatal(ans)
+	}
+	if s := push.Settle(Upstream{Status: 204}); s.Envelope.NextPushAfter != never {
+		t.Fatalf("bob answered %+v", s.Envelope)
+	}
+
+	// A restart: new leases read the store.
+	clock.Advance(24 * time.Hour)
+	g, err = NewGate(cfg, ws, NewLeases(), clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{aliceKey, bobKey} {
+		_, ans = g.Admit(pushReq("POST", "Token "+accessKey, key, "{}"))
+		if ans == nil || ans.Outcome != OutcomeTooEarly || ans.Envelope.NextPushAfter != never {
+			t.Fatalf("after the restart: %+v", ans)
+		}
+	}
+	if ans.Envelope.LastUsed == longAgo {
+		t.Fatal("bob's last_used is alice's")
 	}
 }

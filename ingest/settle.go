@@ -46,7 +46,7 @@ func (p *Push) Settle(up Upstream) Settled {
 
 func (p *Push) accepted(h http.Header) Settled {
 	now := p.gate.clock.Now().UTC().Truncate(time.Second)
-	w := Window{LastUsed: now, NextPushAfter: now.Add(p.Client.Interval), Interval: p.Client.Interval}
+	w := Window{LastUsed: now, NextPushAfter: storable(now.Add(p.Client.Interval)), Interval: p.Client.Interval}
 	w, detail := overrideWindow(w, h)
 	if err := p.Client.lease.save(p.gate.windows, w); err != nil {
 		// The upstream already has the data: answering an error now would
@@ -102,7 +102,7 @@ func overrideTime(field *time.Time, h http.Header, name string, detail *string) 
 		*detail = joinDetail(*detail, fmt.Sprintf("ignoring malformed %s header %q", name, v))
 		return false
 	}
-	*field = t.UTC()
+	*field = storable(t.UTC())
 	return true
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -182,6 +183,30 @@ func appendWindow(b []byte, w Window) []byte {
 	b = binary.AppendVarint(b, unixNano(w.LastUsed))
 	b = binary.AppendVarint(b, unixNano(w.NextPushAfter))
 	return binary.AppendVarint(b, int64(w.Interval))
+}
+
+// Stored windows hold Unix nanoseconds, which reach from 1677 to 2262;
+// the ends are whole seconds, as the times of a window usually are.
+var (
+	earliestStorable = time.Unix(math.MinInt64/int64(time.Second), 0).UTC()
+	latestStorable   = time.Unix(math.MaxInt64/int64(time.Second), 0).UTC()
+)
+
+// storable brings t into the range a stored window can hold. An upstream
+// that answers Webhook-Next-Push-After: 3000-01-01T00:00:00Z means
+// "never"; stored as it is, its nanoseconds would wrap to 1830 and open
+// the window at the next restart. The latest storable time (2262) says
+// "never" as well, and the answer gives the client what is kept.
+func storable(t time.Time) time.Time {
+	switch {
+	case t.IsZero():
+		return t
+	case t.Before(earliestStorable):
+		return earliestStorable
+	case t.After(latestStorable):
+		return latestStorable
+	}
+	return t
 }
 
 // unixNano is 0 for the zero time, whose UnixNano is out of range.
