@@ -89,12 +89,6 @@ type settings struct {
 	static []*Subscription
 }
 
-// subIndex finds subscriptions by ID and by tenant.
-type subIndex struct {
-	byID     map[string]*Subscription
-	byTenant map[string][]*Subscription
-}
-
 // NewEngine makes an engine over store. A nil clock means the wall clock.
 func NewEngine(store *Store, logger *zap.Logger, clock Clock) *Engine {
 	if clock == nil {
@@ -231,25 +225,39 @@ func (e *Engine) loadRegistered() error {
 	return nil
 }
 
-// rebuildIndex merges static and registered subscriptions; subsMu held.
+// rebuildIndex indexes static and registered subscriptions anew; subsMu
+// held.
 func (e *Engine) rebuildIndex() {
-	idx := &subIndex{byID: map[string]*Subscription{}, byTenant: map[string][]*Subscription{}}
-	add := func(s *Subscription) {
-		idx.byID[s.ID] = s
-		idx.byTenant[s.Tenant] = append(idx.byTenant[s.Tenant], s)
-	}
+	var static []*Subscription
 	if s := e.settings.Load(); s != nil {
-		for _, sub := range s.static {
-			add(sub)
-		}
-	}
-	for _, sub := range e.registered {
-		if _, clash := idx.byID[sub.ID]; !clash {
-			add(sub)
-		}
+		static = s.static
 	}
 	e.targets.Store(&sync.Map{})
-	e.index.Store(idx)
+	e.index.Store(newSubIndex(static, e.registered))
+}
+
+// indexRegistered puts a registered subscription, new or changed, in the
+// index; subsMu held.
+func (e *Engine) indexRegistered(sub *Subscription) {
+	x := e.index.Load()
+	if x == nil {
+		e.rebuildIndex()
+		return
+	}
+	next, replaced := x.with(sub)
+	e.index.Store(next)
+	if replaced != nil {
+		e.targets.Load().Delete(replaced)
+	}
+}
+
+// unindexRegistered takes a registered subscription out of the index;
+// subsMu held.
+func (e *Engine) unindexRegistered(sub *Subscription) {
+	if x := e.index.Load(); x != nil && sub != nil {
+		e.index.Store(x.without(sub))
+		e.targets.Load().Delete(sub)
+	}
 }
 
 // targetURL returns sub's URL parsed; nil if it does not parse (the

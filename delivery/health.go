@@ -22,11 +22,11 @@ func (e *Engine) DisabledEndpoints() int {
 		return 0
 	}
 	n := 0
-	for id := range idx.byID {
-		if h, err := e.Health(id); err == nil && h.Disabled {
+	idx.each(func(s *Subscription) {
+		if h, err := e.Health(s.ID); err == nil && h.Disabled {
 			n++
 		}
-	}
+	})
 	return n
 }
 

@@ -40,9 +40,7 @@ func (e *Engine) Kick() {
 	if idx == nil {
 		return
 	}
-	for id := range idx.byID {
-		e.wake(id)
-	}
+	idx.each(func(s *Subscription) { e.wake(s.ID) })
 }
 
 // wake makes sure the subscription's queue is being worked on.

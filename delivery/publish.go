@@ -125,7 +125,7 @@ func (e *Engine) Publish(msg Message) (PublishResult, error) {
 	msg.CreatedAt = now
 	var subs []*Subscription
 	if idx := e.index.Load(); idx != nil {
-		for _, s := range idx.byTenant[msg.Tenant] {
+		for _, s := range idx.tenant(msg.Tenant) {
 			if s.Matches(&msg) {
 				subs = append(subs, s)
 			}

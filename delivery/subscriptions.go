@@ -16,8 +16,7 @@ func (e *Engine) subscription(id string) (*Subscription, bool) {
 	if idx == nil {
 		return nil, false
 	}
-	s, ok := idx.byID[id]
-	return s, ok
+	return idx.get(id)
 }
 
 // CreateSubscription and UpdateSubscription refuse with these when the
@@ -60,7 +59,7 @@ func (e *Engine) Registered(source, tenant string) int {
 		return 0
 	}
 	n := 0
-	for _, s := range idx.byTenant[tenant] {
+	for _, s := range idx.tenant(tenant) {
 		if s.Source == source {
 			n++
 		}
@@ -138,7 +137,7 @@ func (e *Engine) storeSubscription(sub *Subscription, mode putMode, limit int, v
 		e.successStored[sub.ID] = clean.LastSuccess
 	}
 	e.registered[sub.ID] = sub
-	e.rebuildIndex()
+	e.indexRegistered(sub)
 	return nil
 }
 
@@ -155,8 +154,8 @@ func (e *Engine) DeleteSubscription(id string) error {
 	if err := e.store.deleteSubscription(id); err != nil {
 		return err
 	}
+	e.unindexRegistered(e.registered[id])
 	delete(e.registered, id)
-	e.rebuildIndex()
 	delete(e.health, id)
 	delete(e.successStored, id)
 	return nil
@@ -168,10 +167,8 @@ func (e *Engine) Subscriptions() []Subscription {
 	if idx == nil {
 		return nil
 	}
-	out := make([]Subscription, 0, len(idx.byID))
-	for _, s := range idx.byID {
-		out = append(out, *s)
-	}
+	out := make([]Subscription, 0, idx.len())
+	idx.each(func(s *Subscription) { out = append(out, *s) })
 	return out
 }
 
@@ -184,7 +181,7 @@ func (e *Engine) TenantSubscriptions(source, tenant string) []Subscription {
 		return nil
 	}
 	var out []Subscription
-	for _, s := range idx.byTenant[tenant] {
+	for _, s := range idx.tenant(tenant) {
 		if s.Source == source {
 			out = append(out, *s)
 		}
@@ -292,8 +289,8 @@ func (e *Engine) SetCredentials(source, tenant string, c Credentials) error {
 	}
 	for _, sub := range changed {
 		e.registered[sub.ID] = sub
+		e.indexRegistered(sub)
 	}
-	e.rebuildIndex()
 	return nil
 }
 
