@@ -35,6 +35,8 @@ func FuzzAPI(f *testing.F) {
 		{Doshii, "POST", "/webhooks/order_created/test", ``, ""},
 		{Tiki, "GET", "/webhooks/attempts?limit=-1", ``, ""},
 		{Doshii, "POST", "/webhooks/e/redeliver", `{`, ""},
+		{Doshii, "POST", "/webhooks", `{"event":"e","webhookUrl":"https://example.com/d","authenticationToken":"t\r\nX-Other: 1"}`, ""},
+		{Tiki, "PUT", "/v1/webhooks/credentials", `{"id":"a:b","secret":"s\n"}`, ""},
 	}
 	for _, s := range seeds {
 		f.Add(s.dialect == Doshii, s.method, s.path, s.body, s.location)
@@ -76,6 +78,18 @@ func FuzzAPI(f *testing.F) {
 		handlers[doshii].ServeHTTP(rec, Request{Request: req, Tenant: "fuzz", Base: base, Tail: tail})
 		if rec.Code < 200 || rec.Code >= 600 || rec.Code == 500 || !json.Valid(rec.Body.Bytes()) {
 			t.Fatalf("%s %s %q: %d %s", method, path, body, rec.Code, rec.Body)
+		}
+		// Whatever was stored can be sent: its credentials fit in headers.
+		for _, sub := range e.TenantSubscriptions(handlers[doshii].Dialect, "fuzz") {
+			a := sub.Auth
+			for _, v := range []string{a.Authorization, a.Token, a.Secret, a.BasicUser, a.BasicPassword} {
+				if !httpguts.ValidHeaderFieldValue(v) || strings.ContainsAny(v, "\r\n") {
+					t.Fatalf("%s %s %q stored a credential no header can carry: %q", method, path, body, v)
+				}
+			}
+			if strings.Contains(a.BasicUser, ":") {
+				t.Fatalf("%s %s %q stored a Basic id with ':'", method, path, body)
+			}
 		}
 	})
 }
