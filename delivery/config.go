@@ -28,6 +28,8 @@ const (
 	DefaultRetention           = 7 * 24 * time.Hour
 )
 
+const maxRetryDelay = 100 * 365 * 24 * time.Hour
+
 // Config is the engine's behaviour; it may change on every config reload.
 type Config struct {
 	// Workers bounds concurrent deliveries across all endpoints.
@@ -95,6 +97,10 @@ func (c Config) withDefaults() (Config, error) {
 	for i, d := range c.Retry {
 		if d <= 0 {
 			return c, fmt.Errorf("retry delay #%d (%v) must be positive", i+1, d)
+		}
+		// Queue keys hold due times as Unix nanoseconds, which end in 2262.
+		if d > maxRetryDelay {
+			return c, fmt.Errorf("retry delay #%d (%v) must be at most 100 years", i+1, d)
 		}
 	}
 	seen := map[string]bool{}

@@ -140,6 +140,7 @@ func TestConfigValidate(t *testing.T) {
 		{Config{DisableAfter: -time.Hour}, "disable_after must not be negative"},
 		{Config{Retention: -time.Hour}, "retention must not be negative"},
 		{Config{Retry: []time.Duration{time.Second, 0}}, "retry delay #2 (0s) must be positive"},
+		{Config{Retry: []time.Duration{101 * 365 * 24 * time.Hour}}, "retry delay #1 (884760h0m0s) must be at most 100 years"},
 		{Config{Subscriptions: []Subscription{sub, sub}}, `subscription "a" is defined twice`},
 		{Config{Subscriptions: []Subscription{{ID: StaticID("b|c"), Name: "b|c", URL: sub.URL, Events: sub.Events}}}, `subscription "b|c": id must not contain control characters or '|'`},
 		{Config{Subscriptions: []Subscription{{ID: StaticID("d"), Name: "d", URL: sub.URL, Events: sub.Events, Location: "x\n"}}}, `subscription "d": location must not contain`},
