@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
 
@@ -93,6 +94,10 @@ func NewGate(cfg Config, windows WindowStore, leases *Leases, clock Clock) (*Gat
 	}
 	if strings.ContainsRune(cfg.Scope, 0) {
 		return nil, errors.New("scope must not contain a NUL character")
+	}
+	// It labels metrics, whose values must be UTF-8.
+	if !utf8.ValidString(cfg.Scope) {
+		return nil, errors.New("scope must be valid UTF-8")
 	}
 	names := make(map[string]bool, len(cfg.Clients))
 	for _, c := range cfg.Clients {

@@ -557,6 +557,7 @@ func TestNewGateRejectsBadConfig(t *testing.T) {
 		{"previous key is the access key", Config{AccessKeys: []string{"x", "k1"}, Clients: []Client{{Name: "a", Key: "k2", PreviousKeys: []string{"k1"}}}}, `client "a": previous key #1 is also an access_key`},
 		{"negative interval", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: "k", Interval: -1}}}, "must not be negative"},
 		{"negative max body", Config{AccessKeys: []string{"x"}, Clients: []Client{ok}, MaxBody: -1}, "max_body"},
+		{"scope not UTF-8", Config{AccessKeys: []string{"x"}, Clients: []Client{ok}, Scope: "caf\xe9"}, "scope must be valid UTF-8"},
 		{"access key with a newline", Config{AccessKeys: []string{"k1\n"}, Clients: []Client{ok}}, "access_key #1 begins or ends with whitespace (a trailing newline from a file?)"},
 		{"key with a space", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: " k1"}}}, `client "a": its key begins or ends with whitespace`},
 		{"previous key with a control character", Config{AccessKeys: []string{"x"}, Clients: []Client{{Name: "a", Key: "k2", PreviousKeys: []string{"k\x001"}}}}, `client "a": previous key #1 contains control characters`},
