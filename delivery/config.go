@@ -175,7 +175,7 @@ func (a *Auth) validate() error {
 	case strings.ContainsRune(a.BasicUser, ':'):
 		// RFC 7617: the receiver splits at the first colon.
 		return errors.New("the basic user id must not contain ':'")
-	case hasControl(a.BasicUser) || hasControl(a.BasicPassword):
+	case HasControl(a.BasicUser) || HasControl(a.BasicPassword):
 		return errors.New("the basic user id and password must not contain control characters")
 	}
 	if a.SigningSecret == "" && len(a.PreviousSigningSecrets) > 0 {
@@ -219,9 +219,9 @@ func (a *Auth) validateSecretHeader() error {
 	return nil
 }
 
-// hasControl reports ASCII control characters, which RFC 7617 forbids in
-// Basic credentials.
-func hasControl(s string) bool {
+// HasControl reports ASCII control characters, which no identifier may
+// hold and RFC 7617 forbids in Basic credentials.
+func HasControl(s string) bool {
 	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
@@ -245,7 +245,7 @@ func validateName(what, v string) error {
 	if len(v) > maxName {
 		return fmt.Errorf("%s is longer than %d bytes", what, maxName)
 	}
-	if strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '|' }) {
+	if HasControl(v) || strings.ContainsRune(v, '|') {
 		return fmt.Errorf("%s must not contain control characters or '|'", what)
 	}
 	return nil

@@ -112,7 +112,7 @@ func (c *call) doshiiApply(sub *delivery.Subscription, b doshiiBody) bool {
 	case key != "" && token == "":
 		c.fail(http.StatusBadRequest, "authenticationToken is required with authenticationKey")
 		return false
-	case hasControl(key) || hasControl(token):
+	case delivery.HasControl(key) || delivery.HasControl(token):
 		c.fail(http.StatusBadRequest, "authenticationKey and authenticationToken must not contain control characters")
 		return false
 	case strings.ContainsRune(key, ':'):
@@ -125,10 +125,6 @@ func (c *call) doshiiApply(sub *delivery.Subscription, b doshiiBody) bool {
 		sub.Auth.Authorization = token
 	}
 	return true
-}
-
-func hasControl(s string) bool {
-	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
 func deref(s *string) string {
