@@ -41,7 +41,7 @@ type Config struct {
 	// Retry holds the delays between attempts; len(Retry)+1 attempts in all.
 	Retry []time.Duration
 	// DisableAfter: an endpoint failing without a success for this long is
-	// disabled. 0 never disables (410 Gone still does).
+	// disabled; 410 Gone disables at once. 0 means DefaultDisableAfter.
 	DisableAfter time.Duration
 	// Retention is how long settled deliveries and attempt records are kept.
 	Retention time.Duration
