@@ -107,7 +107,9 @@ type SubscriptionConfig struct {
 	Tenant string `json:"tenant,omitempty"`
 	// Deliver only events of this location. Default: all locations.
 	Location string `json:"location,omitempty"`
-	// Send Secret in this header (Kinguin: X-Event-Secret).
+	// Send Secret in this header (Kinguin: X-Event-Secret). Not one the
+	// delivery sets itself (Content-Type, Host, X-Event-Name, Webhook-*,
+	// …), and Authorization only without token or basic auth.
 	SecretHeader string `json:"secret_header,omitempty"`
 	Secret       string `json:"secret,omitempty"`
 	// Send `Authorization: Token token="<token>"` (FlyBuy). Not together
