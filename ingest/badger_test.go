@@ -45,18 +45,13 @@ func TestBadgerWindowsSurviveReopen(t *testing.T) {
 // Many clients pushing at once through one Gate on real badger: every
 // accepted push ends up stored, none is lost to a write conflict.
 func TestBadgerConcurrentClients(t *testing.T) {
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	const n = 50
 	cfg := Config{AccessKeys: []string{accessKey}}
 	for i := 0; i < n; i++ {
 		cfg.Clients = append(cfg.Clients, Client{Name: fmt.Sprint("c", i), Key: fmt.Sprint("key", i), Interval: time.Hour})
 	}
 	clock := testclock.New(t0)
-	ws := NewBadgerWindows(db.DB)
+	ws := openTestWindows(t)
 	g, err := NewGate(cfg, ws, NewLeases(), clock)
 	if err != nil {
 		t.Fatal(err)
@@ -123,12 +118,7 @@ func TestWindowRecord(t *testing.T) {
 // A group of saves larger than one badger transaction holds is committed
 // in several: every save succeeds and is stored.
 func TestGroupCommitLargerThanATransaction(t *testing.T) {
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	ws := NewBadgerWindows(db.DB)
+	ws := openTestWindows(t)
 	w := Window{LastUsed: t0, NextPushAfter: t0.Add(time.Minute)}
 	// Queued as if their pushes had come while another commit ran.
 	const n = 30000
@@ -159,16 +149,11 @@ func TestGroupCommitLargerThanATransaction(t *testing.T) {
 	}
 }
 
-// Times beyond what a stored window holds (Unix nanoseconds, 1678–2262)
+// Times beyond what a stored window holds (Unix nanoseconds, 1677–2262)
 // are kept at its ends: an upstream's "never" stays never after a
 // restart, and the answer shows what is kept.
 func TestFarTimesSurviveRestart(t *testing.T) {
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	ws := NewBadgerWindows(db.DB)
+	ws := openTestWindows(t)
 	cfg := Config{AccessKeys: []string{accessKey}, Clients: []Client{{Name: "alice", Key: aliceKey}, {Name: "bob", Key: bobKey, Interval: 250 * 365 * 24 * time.Hour}}}
 	clock := testclock.New(t0)
 	g, err := NewGate(cfg, ws, NewLeases(), clock)
@@ -211,4 +196,16 @@ func TestFarTimesSurviveRestart(t *testing.T) {
 	if ans.Envelope.LastUsed == longAgo {
 		t.Fatal("bob's last_used is alice's")
 	}
+}
+
+// openTestWindows is a window store in a badger database of its own,
+// closed when the test ends.
+func openTestWindows(t *testing.T) *BadgerWindows {
+	t.Helper()
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return NewBadgerWindows(db.DB)
 }

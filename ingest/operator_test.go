@@ -5,19 +5,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hookgate/caddy-webhook/internal/store"
 	"github.com/hookgate/caddy-webhook/internal/testclock"
 )
 
 // An operator lists the windows of every scope and opens one early; the
 // gates, which answer from their leases, let the client in at once.
 func TestOperatorListsAndOpensWindows(t *testing.T) {
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	ws, leases, clock := NewBadgerWindows(db.DB), NewLeases(), testclock.New(t0)
+	ws, leases, clock := openTestWindows(t), NewLeases(), testclock.New(t0)
 	gates := map[string]*Gate{}
 	for _, scope := range []string{"", "staging"} {
 		g, err := NewGate(Config{AccessKeys: []string{accessKey}, Scope: scope, Clients: []Client{
