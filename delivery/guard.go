@@ -28,22 +28,41 @@ var blockedPrefixes = []netip.Prefix{
 	netip.MustParsePrefix("0.0.0.0/8"),         // "this network"
 	netip.MustParsePrefix("100.64.0.0/10"),     // carrier-grade NAT (Alibaba metadata 100.100.100.200)
 	netip.MustParsePrefix("192.0.0.0/24"),      // IETF protocol assignments
+	netip.MustParsePrefix("192.0.2.0/24"),      // documentation (TEST-NET-1)
 	netip.MustParsePrefix("198.18.0.0/15"),     // benchmarking
+	netip.MustParsePrefix("198.51.100.0/24"),   // documentation (TEST-NET-2)
+	netip.MustParsePrefix("203.0.113.0/24"),    // documentation (TEST-NET-3)
 	netip.MustParsePrefix("240.0.0.0/4"),       // reserved, broadcast
 	netip.MustParsePrefix("64:ff9b:1::/48"),    // local-use NAT64
+	netip.MustParsePrefix("100::/64"),          // discard-only
+	netip.MustParsePrefix("2001:2::/48"),       // benchmarking
+	netip.MustParsePrefix("2001:10::/28"),      // ORCHID, not routable
+	netip.MustParsePrefix("2001:20::/28"),      // ORCHIDv2, not routable
 	netip.MustParsePrefix("2001:db8::/32"),     // documentation
+	netip.MustParsePrefix("fec0::/10"),         // site-local, deprecated yet still private where used
 	netip.MustParsePrefix("fd00:ec2::254/128"), // AWS metadata over IPv6 (also in fc00::/7)
 }
 
-var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+// IPv6 ranges whose addresses carry an IPv4 address a relay or translator
+// forwards to: a target there is judged by that IPv4 address, so that,
+// say, 64:ff9b::7f00:1 is loopback as 127.0.0.1 is.
+var (
+	nat64        = netip.MustParsePrefix("64:ff9b::/96") // RFC 6052: the last 32 bits
+	sixToFour    = netip.MustParsePrefix("2002::/16")    // RFC 3056: bits 16–47
+	teredo       = netip.MustParsePrefix("2001::/32")    // RFC 4380: server in bits 32–63, client inverted in the last 32
+	v4Compatible = netip.MustParsePrefix("::/96")        // RFC 4291's deprecated ::a.b.c.d
+)
 
 // ForbiddenAddr reports whether a delivery must not connect to addr.
 func ForbiddenAddr(addr netip.Addr) bool {
 	addr = addr.Unmap()
-	if nat64.Contains(addr) {
-		// NAT64 embeds an IPv4 address in the last 32 bits.
-		b := addr.As16()
-		return ForbiddenAddr(netip.AddrFrom4([4]byte(b[12:])))
+	if embedded := embeddedIPv4(addr); len(embedded) > 0 {
+		for _, v4 := range embedded {
+			if ForbiddenAddr(v4) {
+				return true
+			}
+		}
+		return false
 	}
 	if addr.IsLoopback() || addr.IsPrivate() || addr.IsUnspecified() ||
 		addr.IsLinkLocalUnicast() || addr.IsLinkLocalMulticast() ||
@@ -56,6 +75,31 @@ func ForbiddenAddr(addr netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// embeddedIPv4 returns the IPv4 addresses an IPv6 address leads to
+// through a translator or tunnel, none for any other address.
+func embeddedIPv4(addr netip.Addr) []netip.Addr {
+	if !addr.Is6() {
+		return nil
+	}
+	b := addr.As16()
+	v4 := func(i int) netip.Addr { return netip.AddrFrom4([4]byte(b[i : i+4])) }
+	switch {
+	case nat64.Contains(addr):
+		return []netip.Addr{v4(12)}
+	case sixToFour.Contains(addr):
+		return []netip.Addr{v4(2)}
+	case teredo.Contains(addr):
+		client := [4]byte(b[12:16])
+		for i := range client {
+			client[i] ^= 0xff
+		}
+		return []netip.Addr{v4(4), netip.AddrFrom4(client)}
+	case v4Compatible.Contains(addr) && addr != netip.IPv6Unspecified() && addr != netip.IPv6Loopback():
+		return []netip.Addr{v4(12)}
+	}
+	return nil
 }
 
 // guardedDialer connects only to allowed addresses. The check runs on the

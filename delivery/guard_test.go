@@ -21,13 +21,24 @@ func TestForbiddenAddr(t *testing.T) {
 		"::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", // v4-mapped
 		"64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", // NAT64 of metadata and loopback
 		"224.0.0.1", "ff02::1", "255.255.255.255", "240.0.0.1",
+		"2002:7f00:1::1", "2002:a9fe:a9fe::", "2002:a00:1::5", // 6to4 of loopback, metadata, private
+		"2001:0:4136:e378:8000:63bf:80ff:fffe", // Teredo, client 127.0.0.1 (inverted)
+		"2001:0:a00:1:8000:63bf:f7f7:f7f7",     // Teredo through a private server
+		"::7f00:1", "::a9fe:a9fe", "::2",       // IPv4-compatible loopback, metadata, "this network"
+		"192.0.2.1", "198.51.100.7", "203.0.113.9", // documentation, used as private space
+		"100::1", "2001:2::1", "2001:10::1", "2001:20::1", "fec0::1", // discard, benchmarking, ORCHID, site-local
 	}
 	for _, a := range forbidden {
 		if !ForbiddenAddr(netip.MustParseAddr(a)) {
 			t.Errorf("%s is allowed", a)
 		}
 	}
-	allowed := []string{"93.184.216.34", "8.8.8.8", "2606:2800:220:1:248:1893:25c8:1946", "::ffff:8.8.8.8", "64:ff9b::808:808", "172.32.0.1", "100.128.0.1"}
+	allowed := []string{"93.184.216.34", "8.8.8.8", "2606:2800:220:1:248:1893:25c8:1946", "::ffff:8.8.8.8", "64:ff9b::808:808", "172.32.0.1", "100.128.0.1",
+		"2002:808:808::1",                      // 6to4 of 8.8.8.8
+		"2001:0:4136:e378:8000:63bf:f7f7:f7f7", // Teredo, public server, client 8.8.8.8
+		"::808:808",                            // IPv4-compatible 8.8.8.8
+		"2001:4860::8888",                      // outside Teredo's 2001::/32
+	}
 	for _, a := range allowed {
 		if ForbiddenAddr(netip.MustParseAddr(a)) {
 			t.Errorf("%s is refused", a)
