@@ -42,6 +42,9 @@ func (e *Engine) Health(subID string) (Health, error) {
 }
 
 // healthOf returns the cached record, loading it once; healthMu held.
+// The record of a subscription that is not (or no longer) indexed is read
+// but not cached: its removal has cleared the cache already, and a lane
+// that looked at it just before would otherwise put it back for good.
 func (e *Engine) healthOf(subID string) (*Health, error) {
 	if h, ok := e.health[subID]; ok {
 		return h, nil
@@ -49,6 +52,9 @@ func (e *Engine) healthOf(subID string) (*Health, error) {
 	h, err := e.store.health(subID)
 	if err != nil {
 		return nil, err
+	}
+	if _, known := e.subscription(subID); !known {
+		return &h, nil
 	}
 	e.health[subID] = &h
 	e.successStored[subID] = h.LastSuccess

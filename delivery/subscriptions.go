@@ -133,7 +133,7 @@ func (e *Engine) storeSubscription(sub *Subscription, mode putMode, limit int, v
 		return err
 	}
 	if clean != nil {
-		*e.health[sub.ID] = *clean
+		e.health[sub.ID] = clean // before it is indexed, so cached here
 		e.successStored[sub.ID] = clean.LastSuccess
 	}
 	e.registered[sub.ID] = sub
