@@ -29,7 +29,9 @@ type Options struct {
 	// EncryptionKey, when set, turns on badger's encryption at rest.
 	// It must be 16, 24 or 32 bytes long (AES-128/192/256).
 	EncryptionKey []byte
-	// GCInterval is how often value-log garbage collection runs; 0 means 5m.
+	// GCInterval is how often the store's upkeep runs (reclaiming the
+	// space of expired and deleted entries, value-log garbage
+	// collection); 0 means 5m.
 	GCInterval time.Duration
 	// CloseTimeout bounds how long Close waits for badger; 0 means 30s.
 	CloseTimeout time.Duration
@@ -45,9 +47,10 @@ type Options struct {
 	SyncWrites bool
 }
 
-// DB is an open badger database plus the background value-log collector.
+// DB is an open badger database plus its background upkeep.
 type DB struct {
 	*badger.DB
+	log          *zap.Logger
 	dir          string
 	closeTimeout time.Duration
 	space        *spaceGuard
@@ -153,7 +156,7 @@ func Open(dir string, opts Options) (*DB, error) {
 		return nil, fmt.Errorf("opening badger database in %s: %w", dir, err)
 	}
 	db := &DB{
-		DB: bdb, dir: dir, closeTimeout: opts.CloseTimeout,
+		DB: bdb, log: logger(opts.Logger), dir: dir, closeTimeout: opts.CloseTimeout,
 		space: newSpaceGuard(dir, opts.MinFreeSpace, opts.FreeSpace, logger(opts.Logger)),
 		stop:  make(chan struct{}), done: make(chan struct{}), spaceDone: make(chan struct{}),
 	}
@@ -164,7 +167,7 @@ func Open(dir string, opts Options) (*DB, error) {
 	if interval <= 0 {
 		interval = 5 * time.Minute
 	}
-	go db.collectGarbage(interval)
+	go db.upkeep(interval)
 	go db.space.watch(spacePoll, db.stop, db.spaceDone)
 	return db, nil
 }
@@ -207,15 +210,19 @@ func (db *DB) Close() error {
 	return db.closeErr
 }
 
-func (db *DB) collectGarbage(every time.Duration) {
+func (db *DB) upkeep(every time.Duration) {
 	defer close(db.done)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	r := newReclaimer()
 	for {
 		select {
 		case <-db.stop:
 			return
 		case <-t.C:
+			// Even when space is low: the tombstones are small, and the
+			// compactions they cause give space back.
+			db.reclaim(r)
 			if db.Writable() != nil {
 				continue // a rewrite needs room before it frees any
 			}
@@ -229,6 +236,18 @@ func (db *DB) collectGarbage(every time.Duration) {
 				}
 			}
 		}
+	}
+}
+
+func (db *DB) reclaim(r *reclaimer) {
+	start := time.Now()
+	marked, err := r.reclaim(db.DB, start, db.stop)
+	if err != nil {
+		db.log.Warn("reclaiming the space of expired and deleted entries", zap.Int("tables_marked", marked), zap.Error(err))
+		return
+	}
+	if marked > 0 {
+		db.log.Debug("marked mostly dead tables for rewriting", zap.Int("tables", marked), zap.Duration("took", time.Since(start)))
 	}
 }
 
