@@ -35,7 +35,7 @@ import (
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
-var payload = []byte(`{"orderId":"PHS84FJAG5U","orderExternalId":"AL2FEEHOO2OHF","status":"canceled","updatedAt":"2020-10-16T11:24:08.025+00:00"}`)
+var payload = []byte(caddyrun.OrderPayload)
 
 func main() {
 	n := flag.Int("n", 50000, "deliveries in the throughput phase")

@@ -21,11 +21,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
 	"github.com/hookgate/caddy-webhook/delivery"
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
 
-var payload = []byte(`{"orderId":"PHS84FJAG5U","orderExternalId":"AL2FEEHOO2OHF","status":"canceled","updatedAt":"2020-10-16T11:24:08.025+00:00"}`)
+var payload = []byte(caddyrun.OrderPayload)
 
 func main() {
 	rate := flag.Int("rate", 2000, "events published per second")

@@ -16,6 +16,10 @@ import (
 	"time"
 )
 
+// OrderPayload is the event the delivery benchmarks send: a Kinguin-style
+// order update of 123 bytes.
+const OrderPayload = `{"orderId":"PHS84FJAG5U","orderExternalId":"AL2FEEHOO2OHF","status":"canceled","updatedAt":"2020-10-16T11:24:08.025+00:00"}`
+
 // Build compiles ./cmd/caddy (run from the repository root) into dir.
 func Build(dir string) (string, error) {
 	bin := filepath.Join(dir, "caddy")
