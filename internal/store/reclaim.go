@@ -34,7 +34,7 @@ import (
 type reclaimer struct {
 	// recheck holds, per table, when it is next worth reading: when
 	// enough of its live entries will have expired to make most of it
-	// dead (the zero time: at once; never: math.MaxInt64 seconds).
+	// dead (the zero time: at once).
 	recheck map[uint64]time.Time
 }
 
@@ -137,7 +137,8 @@ type expiring struct {
 // survey reads every version of the keys in [left, right]: those of the
 // table and any newer ones from above it, which a compaction would merge
 // into it. A key whose newest version is deleted or expired is dead,
-// with all its versions.
+// with all its versions; the older versions of a live key are dead too
+// (a compaction keeps one).
 func survey(it *badger.Iterator, left, right []byte) tableSurvey {
 	var dead, total int64
 	var victim, key []byte
@@ -151,7 +152,8 @@ func survey(it *badger.Iterator, left, right []byte) tableSurvey {
 		}
 		size := item.EstimatedSize()
 		total += size
-		if !bytes.Equal(k, key) { // the newest version of the next key
+		newest := !bytes.Equal(k, key)
+		if newest {
 			key = item.KeyCopy(key[:0])
 			keyDead = item.IsDeletedOrExpired()
 			if keyDead && victim == nil {
@@ -159,7 +161,7 @@ func survey(it *badger.Iterator, left, right []byte) tableSurvey {
 			}
 		}
 		switch {
-		case keyDead:
+		case keyDead || !newest:
 			dead += size
 		case item.ExpiresAt() > 0:
 			expiries = append(expiries, expiring{item.ExpiresAt(), size})

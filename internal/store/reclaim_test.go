@@ -233,3 +233,27 @@ func TestDeleteIfDead(t *testing.T) {
 		t.Fatal("the key set again was deleted")
 	}
 }
+
+// A record written again (a delivery settled, say) leaves its older
+// version in the bottom table until a compaction merges the two: that
+// version is counted dead, so the table is read again once the new
+// versions expire.
+func TestReclaimCountsOverwrittenVersionsDead(t *testing.T) {
+	db := openReclaimTestDB(t)
+	db.write("a/", 5000, 0)
+	db.settle()
+	db.write("a/", 5000, time.Hour) // stays above the bottom level
+	r := newReclaimer()
+	now := time.Now()
+	if marked, err := r.reclaim(db.DB, now, nil); err != nil || marked != 0 {
+		t.Fatalf("%d marked, %v", marked, err)
+	}
+	if len(r.recheck) == 0 {
+		t.Fatal("no table read")
+	}
+	for id, at := range r.recheck {
+		if at.After(now.Add(61 * time.Minute)) {
+			t.Errorf("table %d is read again at %v, not once the new versions expire", id, at)
+		}
+	}
+}
