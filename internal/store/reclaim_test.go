@@ -165,12 +165,10 @@ func TestReclaimRewritesExpiredBottomTables(t *testing.T) {
 	}
 }
 
-// A table is read when it appears, and again only once its entries'
-// expiry can have made it mostly dead.
-func TestReclaimRereadsATableWhenItCanBeMostlyDead(t *testing.T) {
-	db := openReclaimTestDB(t)
-	db.write("a/", 5000, time.Hour)
-	db.settle()
+// reclaimNothing runs a reclaimer over db's live tables: it must read
+// some and mark none.
+func reclaimNothing(t *testing.T, db *reclaimTestDB) (*reclaimer, time.Time) {
+	t.Helper()
 	r := newReclaimer()
 	now := time.Now()
 	if marked, err := r.reclaim(db.DB, now, nil); err != nil || marked != 0 {
@@ -179,6 +177,16 @@ func TestReclaimRereadsATableWhenItCanBeMostlyDead(t *testing.T) {
 	if len(r.recheck) == 0 {
 		t.Fatal("no table read")
 	}
+	return r, now
+}
+
+// A table is read when it appears, and again only once its entries'
+// expiry can have made it mostly dead.
+func TestReclaimRereadsATableWhenItCanBeMostlyDead(t *testing.T) {
+	db := openReclaimTestDB(t)
+	db.write("a/", 5000, time.Hour)
+	db.settle()
+	r, now := reclaimNothing(t, db)
 	for id, at := range r.recheck {
 		if at.Before(now.Add(59*time.Minute)) || at.After(now.Add(61*time.Minute)) {
 			t.Errorf("table %d is read again at %v, not in an hour", id, at)
@@ -243,14 +251,7 @@ func TestReclaimCountsOverwrittenVersionsDead(t *testing.T) {
 	db.write("a/", 5000, 0)
 	db.settle()
 	db.write("a/", 5000, time.Hour) // stays above the bottom level
-	r := newReclaimer()
-	now := time.Now()
-	if marked, err := r.reclaim(db.DB, now, nil); err != nil || marked != 0 {
-		t.Fatalf("%d marked, %v", marked, err)
-	}
-	if len(r.recheck) == 0 {
-		t.Fatal("no table read")
-	}
+	r, now := reclaimNothing(t, db)
 	for id, at := range r.recheck {
 		if at.After(now.Add(61 * time.Minute)) {
 			t.Errorf("table %d is read again at %v, not once the new versions expire", id, at)
