@@ -1,9 +1,11 @@
 package caddywebhook
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -115,7 +117,10 @@ func useCurrent() *openStore {
 }
 
 func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engine, id, action string) error {
-	if action != "enable" && action != "redeliver" && action != "discard" {
+	if action == "attempts" {
+		return onlyGet(r, func() error { return a.listAttempts(w, r, eng, id) })
+	}
+	if !slices.Contains([]string{"enable", "redeliver", "discard", "test"}, action) {
 		return apiErr(http.StatusNotFound, "no such route")
 	}
 	if r.Method != http.MethodPost {
@@ -124,10 +129,14 @@ func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engi
 	if action == "discard" {
 		return a.discard(w, eng, id)
 	}
-	if _, ok := eng.Subscription(id); !ok {
+	sub, ok := eng.Subscription(id)
+	if !ok {
 		return noSubscription(eng, id, "")
 	}
-	if action == "enable" {
+	switch action {
+	case "test":
+		return a.test(w, r, eng, &sub)
+	case "enable":
 		if err := eng.Enable(id); err != nil {
 			return apiErr(http.StatusInternalServerError, err.Error())
 		}
@@ -246,14 +255,23 @@ func (a adminAPI) listSubscriptions(w http.ResponseWriter, eng *delivery.Engine)
 	return writeAdmin(w, out)
 }
 
+// limitParam reads a listing's ?limit=n: default 100, at most 10,000.
+func limitParam(r *http.Request) (int, error) {
+	v := r.URL.Query().Get("limit")
+	if v == "" {
+		return 100, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return 0, apiErr(http.StatusBadRequest, "limit must be a positive number")
+	}
+	return min(n, 10000), nil
+}
+
 func (a adminAPI) listFailed(w http.ResponseWriter, r *http.Request, eng *delivery.Engine) error {
-	limit := 100
-	if v := r.URL.Query().Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			return apiErr(http.StatusBadRequest, "limit must be a positive number")
-		}
-		limit = min(n, 10000)
+	limit, err := limitParam(r)
+	if err != nil {
+		return err
 	}
 	ds, err := eng.Store().FailedDeliveries(r.URL.Query().Get("subscription"), limit)
 	if err != nil {
@@ -277,6 +295,70 @@ func (a adminAPI) listFailed(w http.ResponseWriter, r *http.Request, eng *delive
 	}
 	return writeAdmin(w, out)
 }
+
+// listAttempts shows a subscription's latest delivery attempts, newest
+// first: what its receiver answered, which the subscription's health only
+// sums up. Those of a subscription no longer configured or registered are
+// listed too while they are retained.
+func (a adminAPI) listAttempts(w http.ResponseWriter, r *http.Request, eng *delivery.Engine, id string) error {
+	limit, err := limitParam(r)
+	if err != nil {
+		return err
+	}
+	atts, err := eng.RecentAttempts(id, limit)
+	if err != nil {
+		return apiErr(http.StatusInternalServerError, err.Error())
+	}
+	if _, ok := eng.Subscription(id); !ok && len(atts) == 0 {
+		return noSubscription(eng, id, " and no attempts on record for it")
+	}
+	type attemptJSON struct {
+		DeliveryID string    `json:"delivery_id"`
+		MessageID  string    `json:"message_id"`
+		Event      string    `json:"event"`
+		Attempt    int       `json:"attempt"`
+		At         time.Time `json:"at"`
+		Status     int       `json:"status,omitempty"` // none without an answer
+		Success    bool      `json:"success"`
+		Error      string    `json:"error,omitempty"`
+		LatencyMS  float64   `json:"latency_ms"`
+	}
+	out := make([]attemptJSON, 0, len(atts))
+	for _, at := range atts {
+		out = append(out, attemptJSON{at.DeliveryID, at.MessageID, at.Event, at.N, at.At, at.Status,
+			at.Success, at.Error, milliseconds(at.Duration)})
+	}
+	return writeAdmin(w, out)
+}
+
+// maxTestBody bounds the body of a test send: webhook_publish's default.
+const maxTestBody = 1 << 20
+
+// test sends sub a test event now, the way a delivery would, and reports
+// what its receiver made of it; nothing is queued or recorded, and the
+// subscription's health is left alone, so it also checks a disabled
+// endpoint before it is enabled again.
+func (a adminAPI) test(w http.ResponseWriter, r *http.Request, eng *delivery.Engine, sub *delivery.Subscription) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxTestBody+1))
+	if err != nil {
+		return apiErr(http.StatusBadRequest, "reading the request body: "+err.Error())
+	}
+	if len(body) > maxTestBody {
+		return apiErr(http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", maxTestBody))
+	}
+	event, data, err := delivery.ParseTestSend(sub, bytes.TrimSpace(body), time.Now())
+	if err != nil {
+		return apiErr(http.StatusBadRequest, err.Error())
+	}
+	res := eng.Probe(sub, event, data)
+	return writeAdmin(w, map[string]any{
+		"subscription": sub.ID, "event": event, "success": res.Success, "status": res.Status,
+		"latency_ms": milliseconds(res.Latency), "error": res.Error,
+	})
+}
+
+// milliseconds renders a duration as milliseconds to the microsecond.
+func milliseconds(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func onlyGet(r *http.Request, f func() error) error {
 	if r.Method != http.MethodGet {

@@ -3,6 +3,7 @@ package caddywebhook
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -290,4 +291,114 @@ func TestAdminPushWindows(t *testing.T) {
 	waitFor(t, "the opening to be logged", func() bool {
 		return strings.Contains(readFile(t, logFile), `"push window opened by an operator","scope":"","client":"alice"`)
 	})
+}
+
+// An operator sees a subscription's attempts with its receiver's answers,
+// and can send it a test event (an example one, or a payload of their
+// own) that is neither queued nor recorded.
+func TestAdminAttemptsAndTestSend(t *testing.T) {
+	type hit struct {
+		event, auth, body string
+	}
+	var healthy atomic.Bool
+	hits := make(chan hit, 16)
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		hits <- hit{r.Header.Get("X-Event-Name"), r.Header.Get("Authorization"), string(b)}
+		if healthy.Load() {
+			w.WriteHeader(204)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer rcv.Close()
+	global, logFile := globalOptions(t, t.TempDir(), fmt.Sprintf(`allow_private_targets
+		retry 1h
+		subscription pos {
+			url %[1]s/flybuy
+			events *
+			token admin-test-token
+			envelope data
+		}
+		subscription shop {
+			url %[1]s/kinguin
+			events order.status product.update
+		}`, rcv.URL))
+	tester := startCaddy(t, global+"\nhttp://localhost:9080 {\n\twebhook_publish\n}\n")
+	publish(t, tester.Client, "POST", `{"event":"order.status","id":"m-1","data":{"n":1}}`)
+	<-hits
+	<-hits // one attempt each, both refused; the next is an hour away
+	waitFor(t, "the refused attempts to be recorded", func() bool {
+		_, body := admin(t, "GET", "/webhooks/subscriptions/static:pos/attempts")
+		return strings.Contains(body, `"message_id":"m-1"`)
+	})
+	st, body := admin(t, "GET", "/webhooks/subscriptions/static:pos/attempts")
+	var atts []map[string]any
+	if err := json.Unmarshal([]byte(body), &atts); st != 200 || err != nil || len(atts) != 1 {
+		t.Fatalf("attempts: %d %s", st, body)
+	}
+	if a := atts[0]; a["delivery_id"] == "" || a["event"] != "order.status" || a["attempt"] != float64(1) ||
+		a["status"] != float64(503) || a["success"] != false || a["error"] != "receiver answered 503 Service Unavailable" {
+		t.Fatalf("attempt %v", a)
+	}
+
+	// An example event: the first event the subscription takes, or
+	// webhook.test for one that takes all; with its authentication and
+	// envelope, the failure reported as it is.
+	st, body = admin(t, "POST", "/webhooks/subscriptions/static:pos/test")
+	if st != 200 || !strings.Contains(body, `"success":false`) || !strings.Contains(body, `"status":503`) ||
+		!strings.Contains(body, `"event":"webhook.test"`) {
+		t.Fatalf("test send: %d %s", st, body)
+	}
+	h := <-hits
+	if h.event != "webhook.test" || h.auth != `Token token="admin-test-token"` ||
+		!strings.HasPrefix(h.body, `{"data":{"event":"webhook.test","sentAt":"`) || !strings.Contains(h.body, `"test":true`) {
+		t.Fatalf("test event received: %+v", h)
+	}
+	if _, body := admin(t, "POST", "/webhooks/subscriptions/static:shop/test"); !strings.Contains(body, `"event":"order.status"`) {
+		t.Fatalf("test send to shop: %s", body)
+	}
+	<-hits
+
+	// A payload of the operator's own, once the receiver is fixed.
+	healthy.Store(true)
+	st, b := adminRequest(t, "POST", "/webhooks/subscriptions/static:shop/test", "application/json",
+		[]byte(`{"event":"product.update","data":{"sku":"A1"}}`))
+	if st != 200 || !strings.Contains(string(b), `"success":true`) || !strings.Contains(string(b), `"status":204`) {
+		t.Fatalf("test send with a payload: %d %s", st, b)
+	}
+	if h := <-hits; h.event != "product.update" || h.body != `{"sku":"A1"}` || h.auth != "" {
+		t.Fatalf("payload received: %+v", h)
+	}
+	for body, want := range map[string]string{
+		`{"event":"refund.created","data":{}}`:                                         `does not take event \"refund.created\"`,
+		`{"event":"order.status","id":"x","data":{}}`:                                  "takes only event and data",
+		`{"event":"order.status","data":"text"}`:                                       "data must be a JSON object or array",
+		`{"event":"order.status","data":{}`:                                            "invalid JSON",
+		`{"event":"order.status","data":{"pad":"` + strings.Repeat("x", 1<<20) + `"}}`: "larger than 1048576 bytes",
+	} {
+		st, b := adminRequest(t, "POST", "/webhooks/subscriptions/static:shop/test", "application/json", []byte(body))
+		if st/100 != 4 || !strings.Contains(string(b), want) {
+			t.Errorf("test send of %.60s: %d %s, want %q", body, st, b, want)
+		}
+	}
+
+	// Test sends are not attempts: neither listed nor counted in health.
+	if _, body := admin(t, "GET", "/webhooks/subscriptions/static:shop/attempts"); strings.Count(body, `"delivery_id"`) != 1 {
+		t.Fatalf("attempts after test sends: %s", body)
+	}
+	if _, body := admin(t, "GET", "/webhooks/subscriptions/static:shop"); strings.Contains(body, "last_success") {
+		t.Fatalf("a test send became the subscription's last success: %s", body)
+	}
+	if _, body := admin(t, "GET", "/webhooks/subscriptions/static:pos/attempts?limit=1"); strings.Count(body, `"delivery_id"`) != 1 {
+		t.Fatalf("attempts?limit=1: %s", body)
+	}
+	assertAdminStatuses(t, []adminCase{
+		{"GET", "/webhooks/subscriptions/static:nope/attempts", 404},
+		{"POST", "/webhooks/subscriptions/static:nope/test", 404},
+		{"POST", "/webhooks/subscriptions/static:pos/attempts", 405},
+		{"GET", "/webhooks/subscriptions/static:pos/test", 405},
+		{"GET", "/webhooks/subscriptions/static:pos/attempts?limit=-1", 400},
+	})
+	assertNotInFile(t, logFile, "admin-test-token")
 }

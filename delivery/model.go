@@ -74,7 +74,12 @@ func (s *Subscription) Matches(msg *Message) bool {
 	if s.Location != "" && s.Location != msg.Location {
 		return false
 	}
-	return slices.Contains(s.Events, "*") || slices.Contains(s.Events, msg.Event)
+	return s.Takes(msg.Event)
+}
+
+// Takes reports whether the subscription's events include event.
+func (s *Subscription) Takes(event string) bool {
+	return slices.Contains(s.Events, "*") || slices.Contains(s.Events, event)
 }
 
 // Message is one published event.

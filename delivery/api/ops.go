@@ -1,7 +1,6 @@
 package api
 
 import (
-	"encoding/json"
 	"net/http"
 	"slices"
 	"strconv"
@@ -82,8 +81,7 @@ func (c *call) notFoundMessage() string {
 // the receiver made of it (Kinguin's "TEST URL", FlyBuy's "Send").
 func (c *call) test(sub delivery.Subscription) {
 	event := sub.Events[0]
-	data, _ := json.Marshal(map[string]any{"event": event, "test": true, "sentAt": timestamp(c.now())})
-	res := c.h.Engine.Probe(&sub, event, data)
+	res := c.h.Engine.Probe(&sub, event, delivery.TestPayload(event, c.now()))
 	c.json(http.StatusOK, c.names(map[string]any{
 		"event": event, "success": res.Success, "status": res.Status,
 		"latency_ms": millis(res.Latency), "error": res.Error,
