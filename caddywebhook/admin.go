@@ -120,7 +120,7 @@ func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engi
 	if action == "attempts" {
 		return onlyGet(r, func() error { return a.listAttempts(w, r, eng, id) })
 	}
-	if !slices.Contains([]string{"enable", "redeliver", "discard", "test"}, action) {
+	if !slices.Contains([]string{"enable", "redeliver", "retry", "discard", "test"}, action) {
 		return apiErr(http.StatusNotFound, "no such route")
 	}
 	if r.Method != http.MethodPost {
@@ -136,6 +136,15 @@ func (a adminAPI) act(w http.ResponseWriter, r *http.Request, eng *delivery.Engi
 	switch action {
 	case "test":
 		return a.test(w, r, eng, &sub)
+	case "retry":
+		n, err := eng.RetryNow(r.Context(), id)
+		switch {
+		case errors.Is(err, delivery.ErrQueueHeld), errors.Is(err, delivery.ErrAttemptsInFlight):
+			return apiErr(http.StatusConflict, err.Error())
+		case err != nil:
+			return apiErr(writeFailure(err), fmt.Sprintf("made %d due now, then: %v", n, err))
+		}
+		return writeAdmin(w, map[string]any{"subscription": id, "rescheduled": n})
 	case "enable":
 		if err := eng.Enable(id); err != nil {
 			return apiErr(http.StatusInternalServerError, err.Error())
@@ -171,7 +180,7 @@ func (a adminAPI) discard(w http.ResponseWriter, eng *delivery.Engine, id string
 	n, err := eng.Discard(id)
 	switch {
 	case errors.Is(err, delivery.ErrSubscriptionActive), errors.Is(err, delivery.ErrAttemptsInFlight),
-		errors.Is(err, delivery.ErrDiscardRunning):
+		errors.Is(err, delivery.ErrQueueHeld):
 		return apiErr(http.StatusConflict, err.Error())
 	case err != nil:
 		return apiErr(writeFailure(err), fmt.Sprintf("discarded %d, then: %v", n, err))

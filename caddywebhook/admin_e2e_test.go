@@ -294,9 +294,10 @@ func TestAdminPushWindows(t *testing.T) {
 }
 
 // An operator sees a subscription's attempts with its receiver's answers,
-// and can send it a test event (an example one, or a payload of their
-// own) that is neither queued nor recorded.
-func TestAdminAttemptsAndTestSend(t *testing.T) {
+// can send it a test event (an example one, or a payload of their own)
+// that is neither queued nor recorded, and once it answers again, have
+// its deliveries retried now rather than on the retry schedule.
+func TestAdminAttemptsTestSendAndRetry(t *testing.T) {
 	type hit struct {
 		event, auth, body string
 	}
@@ -393,7 +394,22 @@ func TestAdminAttemptsAndTestSend(t *testing.T) {
 	if _, body := admin(t, "GET", "/webhooks/subscriptions/static:pos/attempts?limit=1"); strings.Count(body, `"delivery_id"`) != 1 {
 		t.Fatalf("attempts?limit=1: %s", body)
 	}
+	// The receiver is back: the deliveries waiting an hour go now.
+	for _, id := range []string{"static:pos", "static:shop"} {
+		if st, body := admin(t, "POST", "/webhooks/subscriptions/"+id+"/retry"); st != 200 || body != `{"rescheduled":1,"subscription":"`+id+`"}` {
+			t.Fatalf("retry %s: %d %s", id, st, body)
+		}
+	}
+	waitFor(t, "the second attempts", func() bool {
+		_, body := admin(t, "GET", "/webhooks/subscriptions/static:shop/attempts?limit=1")
+		return strings.Contains(body, `"attempt":2`) && strings.Contains(body, `"success":true`)
+	})
+	if h := <-hits; h.event != "order.status" {
+		t.Fatalf("second attempt: %+v", h)
+	}
 	assertAdminStatuses(t, []adminCase{
+		{"POST", "/webhooks/subscriptions/static:nope/retry", 404},
+		{"GET", "/webhooks/subscriptions/static:pos/retry", 405},
 		{"GET", "/webhooks/subscriptions/static:nope/attempts", 404},
 		{"POST", "/webhooks/subscriptions/static:nope/test", 404},
 		{"POST", "/webhooks/subscriptions/static:pos/attempts", 405},

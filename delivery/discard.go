@@ -11,13 +11,11 @@ import (
 )
 
 // Discard refuses a subscription that is enabled and registered, whose
-// lane would race it, while attempts of the subscription are in flight
-// (their outcomes would put deliveries back), and while another discard of
-// it runs.
+// lane would race it, and while attempts of the subscription are in flight
+// (their outcomes would put deliveries back).
 var (
 	ErrSubscriptionActive = errors.New("the subscription is registered and enabled: its deliveries can be discarded once it is disabled or removed")
 	ErrAttemptsInFlight   = errors.New("attempts of this subscription are in flight; try again when they have ended")
-	ErrDiscardRunning     = errors.New("the deliveries of this subscription are already being discarded")
 )
 
 // ReasonDiscarded is the last error of a discarded delivery.
@@ -36,7 +34,7 @@ func (e *Engine) Discard(subID string) (int, error) {
 	if err := e.beginDiscard(subID); err != nil {
 		return 0, err
 	}
-	defer e.endDiscard(subID)
+	defer e.release(subID)
 	var n int
 	err := e.queue.change(func() (int64, error) {
 		var err error
@@ -52,9 +50,8 @@ func (e *Engine) Discard(subID string) (int, error) {
 }
 
 // beginDiscard checks that nothing else works on the subscription's queue
-// and keeps it that way until endDiscard: workable reports the
-// subscription absent meanwhile, so its lane neither loads nor attempts
-// anything even if it is enabled or registered again.
+// and holds it (the caller releases it): its lane neither loads nor
+// attempts anything even if it is enabled or registered again meanwhile.
 func (e *Engine) beginDiscard(subID string) error {
 	if _, ok := e.subscription(subID); ok {
 		h, err := e.Health(subID)
@@ -65,39 +62,14 @@ func (e *Engine) beginDiscard(subID string) error {
 			return ErrSubscriptionActive
 		}
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	// An attempt is in its lane's inflight set from before it looks the
-	// subscription up until it is settled, so none can slip past this.
-	if l := e.lanes[subID]; l != nil && len(l.inflight) > 0 {
+	if err := e.hold(subID); err != nil {
+		return err
+	}
+	if e.inFlight(subID) > 0 {
+		e.release(subID)
 		return ErrAttemptsInFlight
 	}
-	if e.discarding[subID] {
-		return ErrDiscardRunning
-	}
-	e.discarding[subID] = true
-	e.discards.Add(1)
 	return nil
-}
-
-func (e *Engine) endDiscard(subID string) {
-	e.mu.Lock()
-	delete(e.discarding, subID)
-	e.discards.Add(-1)
-	e.mu.Unlock()
-	e.wake(subID) // registered again meanwhile: what is left goes out
-}
-
-// workable returns the subscription whose queue a lane may work on: a
-// registered one not being discarded.
-func (e *Engine) workable(id string) (*Subscription, bool) {
-	sub, ok := e.subscription(id)
-	if ok && e.discards.Load() > 0 {
-		e.mu.Lock()
-		ok = !e.discarding[id]
-		e.mu.Unlock()
-	}
-	return sub, ok
 }
 
 // discardBatchBytes bounds the queue entries (payloads included) failed in

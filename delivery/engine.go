@@ -46,10 +46,11 @@ type Engine struct {
 
 	mu    sync.Mutex
 	lanes map[string]*lane
-	// discarding holds the subscriptions whose queues Discard is emptying;
-	// discards counts them so that workable need not lock when it is 0.
-	discarding map[string]bool
-	discards   atomic.Int32
+	// held holds the subscriptions whose queues an operator's operation
+	// (Discard, RetryNow) is rewriting; holds counts them so that
+	// workable need not lock when it is 0.
+	held  map[string]bool
+	holds atomic.Int32
 	// Lanes run as goroutines, at most maxLanes() at once; the others
 	// wait their turn in order. Without the bound a fan-out to 100,000
 	// subscriptions started 100,000 goroutines, each with an iterator.
@@ -100,7 +101,7 @@ func NewEngine(store *Store, logger *zap.Logger, clock Clock) *Engine {
 		health:        map[string]*Health{},
 		successStored: map[string]time.Time{},
 		lanes:         map[string]*lane{},
-		discarding:    map[string]bool{},
+		held:          map[string]bool{},
 	}
 	e.sched = newScheduler(e)
 	e.settleCh = make(chan settleReq, 1024)
