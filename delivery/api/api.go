@@ -5,6 +5,7 @@
 package api
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -51,6 +52,7 @@ type Engine interface {
 	Health(subID string) (delivery.Health, error)
 	Enable(subID string) error
 	Redeliver(subID string) (int, error)
+	RetryNow(ctx context.Context, subID string) (int, error)
 	Credentials(source, tenant string) (delivery.Credentials, bool, error)
 	SetCredentials(source, tenant string, c delivery.Credentials) error
 	// Writable is nil while registrations can be stored (see

@@ -489,7 +489,7 @@ func TestTenantIsolation(t *testing.T) {
 	expect(t, e.do(e.doshii, "bob", "PUT", "/webhooks/ev", `{"webhookUrl":"`+rcv.URL+`/evil"}`), 404, "")
 	expect(t, e.do(e.doshii, "bob", "DELETE", "/webhooks/ev", ""), 404, "")
 	for _, h := range []*Handler{e.tiki, e.doshii} {
-		for _, op := range []string{"test", "enable", "redeliver"} {
+		for _, op := range []string{"test", "enable", "redeliver", "retry"} {
 			expect(t, e.do(h, "bob", "POST", "/webhooks/ev/"+op, ""), 404, "")
 		}
 		expect(t, e.do(h, "bob", "GET", "/webhooks/ev/attempts", ""), 404, "")
@@ -542,6 +542,21 @@ func TestOperations(t *testing.T) {
 		return len(a) == 2 && a[0].Success
 	})
 	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks/order.status/redeliver", ""), 200, `{"event":"order.status","redelivered":0}`)
+
+	// retry sends a delivery waiting on its retry schedule now.
+	e.engine.Configure(delivery.Config{AllowPrivateTargets: true, Retry: []time.Duration{time.Hour}})
+	rcv.set(503, 0)
+	e.engine.Publish(delivery.Message{Event: "order.status", Tenant: "s", Data: []byte(`{"n":3}`)})
+	eventually(t, "the refused attempt", func() bool {
+		a, _ := e.engine.RecentAttempts(id, 10)
+		return len(a) == 3
+	})
+	rcv.set(204, 0)
+	expect(t, e.do(e.tiki, "s", "POST", "/v1/webhooks/order.status/retry", ""), 200, `{"event":"order.status","rescheduled":1}`)
+	eventually(t, "the retry", func() bool {
+		a, _ := e.engine.RecentAttempts(id, 10)
+		return len(a) == 4 && a[0].Success && a[0].N == 2
+	})
 
 	// enable clears a disabled webhook (disabled here by a 410).
 	rcv.set(410, 0)
@@ -728,6 +743,7 @@ func TestLowSpaceRefusesWrites(t *testing.T) {
 		{"PUT", "/v1/webhooks", `{"uri":"` + rcv.URL + `/new","event":"order.status"}`},
 		{"PUT", "/v1/webhooks/credentials", `{"id":"us","secret":"s3cret"}`},
 		{"POST", "/v1/webhooks/order.status/redeliver", ""},
+		{"POST", "/v1/webhooks/order.status/retry", ""},
 	} {
 		got := e.do(e.tiki, "s", c.method, c.target, c.body)
 		expect(t, got, http.StatusInsufficientStorage, tikiFull)

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"slices"
 	"strconv"
@@ -18,6 +19,7 @@ const maxAttempts = 500
 //	POST …/webhooks/{event}/test        send a test event, report status and latency
 //	POST …/webhooks/{event}/enable      re-enable a disabled webhook
 //	POST …/webhooks/{event}/redeliver   queue its failed deliveries again
+//	POST …/webhooks/{event}/retry       make its pending deliveries due now
 func (c *call) operation(location string) {
 	tail := c.r.Tail
 	if len(tail) == 1 && tail[0] == "attempts" {
@@ -36,7 +38,7 @@ func (c *call) operation(location string) {
 	if op == "attempts" {
 		wantMethod = http.MethodGet
 	}
-	if !slices.Contains([]string{"attempts", "test", "enable", "redeliver"}, op) {
+	if !slices.Contains([]string{"attempts", "test", "enable", "redeliver", "retry"}, op) {
 		c.fail(http.StatusNotFound, "not found")
 		return
 	}
@@ -67,6 +69,16 @@ func (c *call) operation(location string) {
 			return
 		}
 		c.json(http.StatusOK, c.names(map[string]any{"event": tail[0], "redelivered": n}))
+	case "retry":
+		n, err := c.h.Engine.RetryNow(c.r.Context(), sub.ID)
+		switch {
+		case errors.Is(err, delivery.ErrQueueHeld), errors.Is(err, delivery.ErrAttemptsInFlight):
+			c.fail(http.StatusConflict, err.Error())
+		case err != nil:
+			c.storeFailed(err)
+		default:
+			c.json(http.StatusOK, c.names(map[string]any{"event": tail[0], "rescheduled": n}))
+		}
 	}
 }
 
