@@ -211,16 +211,19 @@ func (a adminAPI) listQueues(w http.ResponseWriter, eng *delivery.Engine) error 
 
 // subscription is what operators see of one; secrets are only named.
 type subscriptionJSON struct {
-	ID       string          `json:"id"`
-	Name     string          `json:"name,omitempty"`
-	Source   string          `json:"source"`
-	URL      string          `json:"url"`
-	Events   []string        `json:"events"`
-	Tenant   string          `json:"tenant"`
-	Location string          `json:"location,omitempty"`
-	Auth     []string        `json:"auth"`
-	Queued   int             `json:"queued"`
-	Health   delivery.Health `json:"health"`
+	ID       string   `json:"id"`
+	Name     string   `json:"name,omitempty"`
+	Source   string   `json:"source"`
+	URL      string   `json:"url"`
+	Events   []string `json:"events"`
+	Tenant   string   `json:"tenant"`
+	Location string   `json:"location,omitempty"`
+	Auth     []string `json:"auth"`
+	Queued   int      `json:"queued"`
+	// NextAttempt is when the earliest queued delivery is due: in the
+	// past, it waits for a worker (or, disabled, for enable).
+	NextAttempt *time.Time      `json:"next_attempt,omitempty"`
+	Health      delivery.Health `json:"health"`
 }
 
 func subscriptionView(eng *delivery.Engine, s delivery.Subscription, queued int) subscriptionJSON {
@@ -245,6 +248,12 @@ func subscriptionView(eng *delivery.Engine, s delivery.Subscription, queued int)
 		}
 	}
 	v.Health, _ = eng.Health(s.ID)
+	if queued > 0 {
+		if due, ok, err := eng.Store().NextDue(s.ID); err == nil && ok {
+			due = due.UTC()
+			v.NextAttempt = &due
+		}
+	}
 	return v
 }
 

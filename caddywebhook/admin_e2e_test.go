@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func admin(t *testing.T, method, path string) (int, string) {
@@ -394,6 +395,18 @@ func TestAdminAttemptsTestSendAndRetry(t *testing.T) {
 	if _, body := admin(t, "GET", "/webhooks/subscriptions/static:pos/attempts?limit=1"); strings.Count(body, `"delivery_id"`) != 1 {
 		t.Fatalf("attempts?limit=1: %s", body)
 	}
+	// The subscription shows when its delivery is next tried: in an hour,
+	// give or take the retry's jitter.
+	_, body = admin(t, "GET", "/webhooks/subscriptions/static:shop")
+	var view struct {
+		Queued      int       `json:"queued"`
+		NextAttempt time.Time `json:"next_attempt"`
+	}
+	if err := json.Unmarshal([]byte(body), &view); err != nil || view.Queued != 1 ||
+		view.NextAttempt.Location() != time.UTC || time.Until(view.NextAttempt) < 50*time.Minute || time.Until(view.NextAttempt) > 70*time.Minute {
+		t.Fatalf("subscription before the retry: %s", body)
+	}
+
 	// The receiver is back: the deliveries waiting an hour go now.
 	for _, id := range []string{"static:pos", "static:shop"} {
 		if st, body := admin(t, "POST", "/webhooks/subscriptions/"+id+"/retry"); st != 200 || body != `{"rescheduled":1,"subscription":"`+id+`"}` {
@@ -406,6 +419,9 @@ func TestAdminAttemptsTestSendAndRetry(t *testing.T) {
 	})
 	if h := <-hits; h.event != "order.status" {
 		t.Fatalf("second attempt: %+v", h)
+	}
+	if _, body := admin(t, "GET", "/webhooks/subscriptions/static:shop"); !strings.Contains(body, `"queued":0`) || strings.Contains(body, "next_attempt") {
+		t.Fatalf("subscription after the retry: %s", body)
 	}
 	assertAdminStatuses(t, []adminCase{
 		{"POST", "/webhooks/subscriptions/static:nope/retry", 404},

@@ -875,6 +875,21 @@ func tallyQueue(txn *badger.Txn) (total int64, bySub map[string]int) {
 	return total, bySub
 }
 
+// NextDue returns when the subscription's earliest pending delivery is
+// due; ok is false when none is pending.
+func (s *Store) NextDue(subID string) (due time.Time, ok bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		prefix := queuePrefix(subID)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid() && !ok; it.Next() {
+			due, _, ok = parseQueueKey(it.Item().Key(), subID)
+		}
+		return nil
+	})
+	return due, ok, err
+}
+
 // QueueDepth counts pending deliveries of one subscription.
 func (s *Store) QueueDepth(subID string) (int, error) {
 	n := 0
