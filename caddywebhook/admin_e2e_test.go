@@ -18,6 +18,24 @@ func admin(t *testing.T, method, path string) (int, string) {
 	return status, strings.TrimSpace(string(b))
 }
 
+// flakyReceiver answers failCode until healthy is set, then 204; seen,
+// when not nil, is shown every request first.
+func flakyReceiver(t *testing.T, failCode int, seen func(*http.Request)) (*httptest.Server, *atomic.Bool) {
+	healthy := new(atomic.Bool)
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if seen != nil {
+			seen(r)
+		}
+		if healthy.Load() {
+			w.WriteHeader(204)
+			return
+		}
+		w.WriteHeader(failCode)
+	}))
+	t.Cleanup(rcv.Close)
+	return rcv, healthy
+}
+
 // waitDisabled waits for the admin API to show the subscription disabled.
 func waitDisabled(t *testing.T, id string) {
 	t.Helper()
@@ -28,15 +46,7 @@ func waitDisabled(t *testing.T, id string) {
 }
 
 func TestAdminAPI(t *testing.T) {
-	var healthy atomic.Bool
-	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		if healthy.Load() {
-			w.WriteHeader(204)
-			return
-		}
-		w.WriteHeader(http.StatusGone)
-	}))
-	defer rcv.Close()
+	rcv, healthy := flakyReceiver(t, http.StatusGone, nil)
 	global, _ := globalOptions(t, t.TempDir(), fmt.Sprintf(`allow_private_targets
 		retry 1s
 		subscription shop {
@@ -111,17 +121,8 @@ func assertAdminStatuses(t *testing.T, cases []adminCase) {
 
 // Failed deliveries are listed and can be redelivered.
 func TestAdminFailedAndRedeliver(t *testing.T) {
-	var healthy atomic.Bool
 	var hits atomic.Int32
-	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		hits.Add(1)
-		if healthy.Load() {
-			w.WriteHeader(204)
-			return
-		}
-		w.WriteHeader(500)
-	}))
-	defer rcv.Close()
+	rcv, healthy := flakyReceiver(t, 500, func(*http.Request) { hits.Add(1) })
 	global, _ := globalOptions(t, t.TempDir(), fmt.Sprintf(`allow_private_targets
 		retry 10ms
 		subscription flaky {
@@ -302,18 +303,11 @@ func TestAdminAttemptsTestSendAndRetry(t *testing.T) {
 	type hit struct {
 		event, auth, body string
 	}
-	var healthy atomic.Bool
 	hits := make(chan hit, 16)
-	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	rcv, healthy := flakyReceiver(t, http.StatusServiceUnavailable, func(r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		hits <- hit{r.Header.Get("X-Event-Name"), r.Header.Get("Authorization"), string(b)}
-		if healthy.Load() {
-			w.WriteHeader(204)
-			return
-		}
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}))
-	defer rcv.Close()
+	})
 	global, logFile := globalOptions(t, t.TempDir(), fmt.Sprintf(`allow_private_targets
 		retry 1h
 		subscription pos {
