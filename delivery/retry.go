@@ -15,11 +15,14 @@ import (
 // retry schedule has its deliveries hours away. A disabled subscription's
 // deliveries stay kept until it is enabled.
 //
-// The subscription's lane is held meanwhile: no attempt starts, and those
-// in flight are let end and be settled first (for at most the attempt
-// timeout, or until ctx ends), since an outcome settled under a queue
-// entry that has moved would leave the delivery queued twice. It returns
-// how many deliveries it moved, also when it stops on an error.
+// The subscription's queue is held meanwhile, as a discard holds it: two
+// operations moving the same entry would each queue it anew. No attempt
+// starts, and those in flight are let end and be settled first (for at
+// most the attempt timeout, or until ctx ends), so that their retries are
+// moved too. Their own entries are due already and never moved, unless
+// the clock stepped back: the entry settled would then be gone and the
+// moved one left queued. It returns how many deliveries it moved, also
+// when it stops on an error.
 func (e *Engine) RetryNow(ctx context.Context, subID string) (int, error) {
 	if err := e.store.canAdd(); err != nil {
 		return 0, err

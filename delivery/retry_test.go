@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -73,6 +76,9 @@ func TestRetryNowWaitsForAttemptsInFlight(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusServiceUnavailable)
 	})
+	var answered sync.Once
+	letAnswer := func() { answered.Do(func() { close(answer) }) }
+	t.Cleanup(letAnswer) // before the receiver closes, even after a failure
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour, time.Hour}})
 	s := refusedBacklog(t, te, rcv, 1, 0)
 	// Another message, whose first attempt hangs.
@@ -96,12 +102,92 @@ func TestRetryNowWaitsForAttemptsInFlight(t *testing.T) {
 		}
 		done <- err
 	}()
-	close(answer) // settled with a retry in an hour, then both are moved
+	letAnswer() // settled with a retry in an hour, then both are moved
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "both second attempts", func() bool { return len(rcv.got()) == 4 })
 	if d, _ := te.store.QueueDepth(s.ID); d != 2 {
 		t.Fatalf("%d queue entries after the second attempts, want 2 (one per delivery)", d)
+	}
+}
+
+// Retries asked for again and again, two at a time, while deliveries are
+// published, attempted and refused, move each delivery once per refusal:
+// every message reaches the receiver exactly three times (refused twice,
+// then taken), and the queue and its count end empty together.
+func TestRetryNowUnderTraffic(t *testing.T) {
+	var mu sync.Mutex
+	requests := map[string]int{}
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		id := r.Header.Get("Webhook-Id")
+		requests[id]++
+		n := requests[id]
+		mu.Unlock()
+		if n <= 2 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(rcv.Close)
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour, time.Hour, time.Hour}})
+	s := Subscription{ID: "sub_1", Tenant: "t", URL: rcv.URL, Events: []string{"*"}}
+	if err := te.PutSubscription(s); err != nil {
+		t.Fatal(err)
+	}
+
+	const publishers, each = 4, 50
+	var moved atomic.Int64
+	var retriers sync.WaitGroup
+	for range 2 {
+		retriers.Go(func() {
+			for te.QueueDepth() > 0 || moved.Load() < 2*publishers*each {
+				n, err := te.RetryNow(context.Background(), s.ID)
+				if err != nil && !errors.Is(err, ErrAttemptsInFlight) && !errors.Is(err, ErrQueueHeld) {
+					t.Error(err)
+					return
+				}
+				moved.Add(int64(n))
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { retriers.Wait(); close(done) }()
+	var wg sync.WaitGroup
+	for p := range publishers {
+		wg.Go(func() {
+			for i := range each {
+				m := msg("x", fmt.Sprintf(`{"p":%d,"i":%d}`, p, i))
+				m.Tenant = "t"
+				if _, err := te.Publish(m); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("queue depth %d after 30 s", te.QueueDepth())
+	}
+	if n := moved.Load(); n != 2*publishers*each {
+		t.Errorf("%d deliveries made due now, want %d (two refusals each)", n, 2*publishers*each)
+	}
+	if d, _ := te.store.QueueDepth(s.ID); d != 0 {
+		t.Fatalf("%d entries left in the queue", d)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(requests) != publishers*each {
+		t.Fatalf("%d messages reached the receiver, want %d", len(requests), publishers*each)
+	}
+	for id, n := range requests {
+		if n != 3 {
+			t.Fatalf("message %s reached the receiver %d times, want 3", id, n)
+		}
 	}
 }
