@@ -344,7 +344,7 @@ func (a adminAPI) listAttempts(w http.ResponseWriter, r *http.Request, eng *deli
 	out := make([]attemptJSON, 0, len(atts))
 	for _, at := range atts {
 		out = append(out, attemptJSON{at.DeliveryID, at.MessageID, at.Event, at.N, at.At, at.Status,
-			at.Success, at.Error, milliseconds(at.Duration)})
+			at.Success, at.Error, delivery.Milliseconds(at.Duration)})
 	}
 	return writeAdmin(w, out)
 }
@@ -371,12 +371,9 @@ func (a adminAPI) test(w http.ResponseWriter, r *http.Request, eng *delivery.Eng
 	res := eng.Probe(sub, event, data)
 	return writeAdmin(w, map[string]any{
 		"subscription": sub.ID, "event": event, "success": res.Success, "status": res.Status,
-		"latency_ms": milliseconds(res.Latency), "error": res.Error,
+		"latency_ms": delivery.Milliseconds(res.Latency), "error": res.Error,
 	})
 }
-
-// milliseconds renders a duration as milliseconds to the microsecond.
-func milliseconds(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func onlyGet(r *http.Request, f func() error) error {
 	if r.Method != http.MethodGet {

@@ -2,12 +2,17 @@ package delivery
 
 import (
 	"encoding/json"
+	"math"
 	"time"
 )
 
 // testEvent is the event of a test send to a subscription that takes
 // every event, when the sender names none.
 const testEvent = "webhook.test"
+
+// Milliseconds renders a latency as milliseconds to the microsecond, as
+// the APIs report it.
+func Milliseconds(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
 
 // TestPayload is the data of a test event (Kinguin's "TEST URL", FlyBuy's
 // "Send"): the event it stands for, that it is a test, and when it was

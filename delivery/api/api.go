@@ -237,9 +237,6 @@ func (c *call) verify(sub *delivery.Subscription) bool {
 	return true
 }
 
-// millis renders a duration in milliseconds with microsecond resolution.
-func millis(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
-
 // timestamp renders times as the seeds do: RFC 3339, UTC, milliseconds.
 func timestamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }
 

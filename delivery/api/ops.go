@@ -96,7 +96,7 @@ func (c *call) test(sub delivery.Subscription) {
 	res := c.h.Engine.Probe(&sub, event, delivery.TestPayload(event, c.now()))
 	c.json(http.StatusOK, c.names(map[string]any{
 		"event": event, "success": res.Success, "status": res.Status,
-		"latency_ms": millis(res.Latency), "error": res.Error,
+		"latency_ms": delivery.Milliseconds(res.Latency), "error": res.Error,
 	}))
 }
 
@@ -121,7 +121,7 @@ func (c *call) attempts(subs []delivery.Subscription) {
 		out = append(out, c.names(map[string]any{
 			"event": a.Event, "message_id": a.MessageID, "attempt": a.N,
 			"at": timestamp(a.At), "status": a.Status,
-			"success": a.Success, "error": a.Error, "latency_ms": millis(a.Duration),
+			"success": a.Success, "error": a.Error, "latency_ms": delivery.Milliseconds(a.Duration),
 		}))
 	}
 	c.json(http.StatusOK, map[string]any{"data": out})
