@@ -334,7 +334,8 @@ type acked struct {
 // acknowledged message reached every subscription it was stored for,
 // every delivery is recorded as delivered, and the queue depth the engine
 // keeps agrees with the store, also after one more restart. Longer runs:
-// go test -run OperationsUnderChaos -chaos 1m ./delivery
+// go test ./delivery -run OperationsUnderChaos -chaos 1m (flags after the
+// package go to the test)
 func TestOperationsUnderChaos(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	c := &chaos{
