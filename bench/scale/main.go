@@ -38,6 +38,7 @@ func main() {
 	c := flag.Int("c", 64, "concurrency of publishers, deliveries and the bare loop")
 	flag.StringVar(&heapProfile, "heapprofile", "", "save Caddy's heap profiles here (+.queue after queueing, +.fanoutN half-way through a fan-out, as is one second into the drain)")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "save 2 s of Caddy's CPU profile from the start of each fan-out here (+.fanoutN), and 5 s from the start of the backlog's drain (+.drain)")
+	fanoutData := flag.Int("fanout-data", 0, "bytes of data in the fan-out event (0: a 90-byte order; at most 1,000,000, the publish limit)")
 	limit := flag.Int64("memlimit", 0, "run Caddy in a memory cgroup of this many MB, as in a container of that size (Linux, root)")
 	flag.Parse()
 	caddyrun.MemoryLimit = *limit * 1e6
@@ -51,10 +52,15 @@ func main() {
 	}
 	s := newSink()
 	if *fanouts != "" {
-		fmt.Printf("%10s %12s %12s %14s %14s %11s %11s\n", "fan-out", "caddy start", "RSS started", "publish (202)", "all delivered", "peak RSS", "(anon)")
+		data := payload
+		if *fanoutData > 0 {
+			data = paddedData(*fanoutData)
+		}
+		fmt.Printf("fan-out event data: %d bytes\n", len(data))
+		fmt.Printf("%10s %12s %12s %14s %14s %11s %11s %11s\n", "fan-out", "caddy start", "RSS started", "publish (202)", "all delivered", "peak RSS", "(anon)", "data dir")
 		for _, f := range strings.Split(*fanouts, ",") {
 			n, _ := strconv.Atoi(f)
-			fanout(bin, dir, s, n, *c)
+			fanout(bin, dir, s, n, *c, data)
 		}
 	}
 	if *backlog > 0 {
@@ -62,7 +68,13 @@ func main() {
 	}
 }
 
-func fanout(bin, dir string, s *sink, n, c int) {
+// paddedData is a JSON object of n bytes, for fan-outs of larger events.
+func paddedData(n int) string {
+	const head, tail = `{"blob":"`, `"}`
+	return head + strings.Repeat("x", max(n-len(head)-len(tail), 0)) + tail
+}
+
+func fanout(bin, dir string, s *sink, n, c int, data string) {
 	run, _ := os.MkdirTemp(dir, "fanout")
 	var subs strings.Builder
 	for i := 0; i < n; i++ {
@@ -84,8 +96,9 @@ func fanout(bin, dir string, s *sink, n, c int) {
 		saveCPUProfile(fmt.Sprintf("http://127.0.0.1:%d", admin), 2, fmt.Sprintf("%s.fanout%d", cpuProfile, n))
 	}
 	t1 := time.Now()
-	caddyrun.Publish(http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", port), `{"event":"fan.out","data":`+payload+`}`)
+	caddyrun.Publish(http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", port), `{"event":"fan.out","data":`+data+`}`)
 	accepted := time.Since(t1)
+	stored := store.DiskUse(run + "/data")
 	profiled := heapProfile == ""
 	for s.count.Load()-base < int64(n) {
 		alive(p)
@@ -97,8 +110,8 @@ func fanout(bin, dir string, s *sink, n, c int) {
 	}
 	delivered := time.Since(t1)
 	rss, anon := peak()
-	fmt.Printf("%10d %12v %9.0f MB %14v %14v %8.0f MB %8.0f MB\n", n, started.Round(time.Millisecond), float64(idle)/1e6,
-		accepted.Round(time.Microsecond), delivered.Round(time.Millisecond), float64(rss)/1e6, float64(anon)/1e6)
+	fmt.Printf("%10d %12v %9.0f MB %14v %14v %8.0f MB %8.0f MB %8.0f MB\n", n, started.Round(time.Millisecond), float64(idle)/1e6,
+		accepted.Round(time.Microsecond), delivered.Round(time.Millisecond), float64(rss)/1e6, float64(anon)/1e6, float64(stored)/1e6)
 }
 
 var heapProfile, cpuProfile string
