@@ -1,10 +1,12 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -37,15 +39,32 @@ type chaosReceiver struct {
 	mu     sync.Mutex
 	hits   map[string]int // "<name> <message ID>" -> requests
 	taken  map[string]int // of those, the ones answered 204
+	wrong  []string       // message IDs that came with another payload
+}
+
+// chaosData is the payload of the i-th message of a publisher: every third
+// one large enough to be stored once for all its subscriptions.
+func chaosData(i int) []byte {
+	if i%3 == 0 {
+		return fmt.Appendf(nil, `{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", sharedPayloadMin))
+	}
+	return fmt.Appendf(nil, `{"n":%d}`, i)
 }
 
 func newChaosReceiver(t *testing.T, timeout time.Duration) *chaosReceiver {
 	rcv := &chaosReceiver{hits: map[string]int{}, taken: map[string]int{}}
 	rcv.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		name, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
-		key := name + " " + r.Header.Get("Webhook-Id")
+		id := r.Header.Get("Webhook-Id")
+		key := name + " " + id
+		body, _ := io.ReadAll(r.Body)
+		var p, i int
+		_, err := fmt.Sscanf(id, "p%d-%d", &p, &i) // else not a publisher's
 		rcv.mu.Lock()
 		rcv.hits[key]++
+		if err == nil && !bytes.Equal(body, chaosData(i)) {
+			rcv.wrong = append(rcv.wrong, id)
+		}
 		rcv.mu.Unlock()
 		switch rcv.answerFor(name).Load() {
 		case answerSlow:
@@ -269,9 +288,12 @@ func (c *chaos) step(r *rand.Rand, first bool) {
 func (c *chaos) queueOperation(r *rand.Rand, id string) (op string, err error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	switch r.IntN(4) {
+	switch r.IntN(5) {
 	case 0:
 		return "enable", c.e.Enable(id)
+	case 3:
+		_, err = c.e.store.sweepPayloads()
+		return "sweep payloads", err
 	case 1:
 		_, err = c.e.Redeliver(id)
 		return "redeliver", err
@@ -388,7 +410,7 @@ func runChaos(t *testing.T, hard bool) {
 					return
 				case <-time.After(2 * time.Millisecond):
 				}
-				m := msg("x", fmt.Sprintf(`{"n":%d}`, i))
+				m := msg("x", string(chaosData(i)))
 				m.ID = fmt.Sprintf("p%d-%d", p, i)
 				if i%2 == 1 {
 					m.Tenant = "t" // for the registered subscriptions; the static ones take the others
@@ -552,6 +574,9 @@ func (c *chaos) check(published []acked) {
 		}
 	}
 	t.Logf("%d messages acknowledged, %d requests to the receivers; %d deliveries taken more than once", len(published), c.rcv.requests(), twice)
+	if len(c.rcv.wrong) > 0 {
+		t.Errorf("%d deliveries came with another payload than published, the first of %s", len(c.rcv.wrong), c.rcv.wrong[0])
+	}
 	if twice > 0 && !c.hard {
 		t.Errorf("%d deliveries taken more than once with no attempt cut short and no write failed", twice)
 	}

@@ -12,8 +12,13 @@ import (
 // of them goes through badger's compactions several times, so each byte
 // saved is saved again at every level, and decoding them is on the path of
 // every attempt. A record starts with its format version; records written
-// as JSON by earlier versions start with '{' and are still read.
-const recordV1 = 1
+// as JSON by earlier versions start with '{' and are still read. Version 2
+// is a delivery whose payload is stored apart (payloadRef): the reference
+// follows the message's creation time, in place of the payload.
+const (
+	recordV1 = 1
+	recordV2 = 2
+)
 
 var (
 	errMalformed = errors.New("malformed delivery record")
@@ -26,13 +31,18 @@ var codeStates = [...]State{StatePending, StateDelivered, StateFailed}
 // encodeDelivery lays a delivery out as: version, state, attempts, last
 // status, next attempt, created, updated, last error, subscription ID, the
 // message's ID, event, tenant, location and creation time, then the
-// payload as is (the rest of the record). The delivery's own ID is not
-// stored: it is derived from the message and subscription IDs.
+// payload as is (the rest of the record), or in version 2 the payload's
+// reference. The delivery's own ID is not stored: it is derived from the
+// message and subscription IDs.
 func encodeDelivery(d *Delivery) []byte {
 	m := &d.Message
 	n := 48 + len(d.LastError) + len(d.SubscriptionID) + len(m.ID) + len(m.Event) + len(m.Tenant) + len(m.Location) + len(m.Data)
 	b := make([]byte, 0, n)
-	b = append(b, recordV1, stateCodes[d.State])
+	version := byte(recordV1)
+	if d.payloadRef != "" {
+		version = recordV2
+	}
+	b = append(b, version, stateCodes[d.State])
 	b = binary.AppendUvarint(b, uint64(d.Attempts))
 	b = binary.AppendUvarint(b, uint64(d.LastStatus))
 	b = appendTime(b, d.NextAttempt)
@@ -42,7 +52,19 @@ func encodeDelivery(d *Delivery) []byte {
 		b = appendString(b, s)
 	}
 	b = appendTime(b, m.CreatedAt)
+	if d.payloadRef != "" {
+		return appendString(b, d.payloadRef)
+	}
 	return append(b, m.Data...)
+}
+
+// storedPayload is how many bytes at the end of d's encoding are its
+// payload.
+func storedPayload(d *Delivery) int {
+	if d.payloadRef != "" {
+		return 0
+	}
+	return len(d.Message.Data)
 }
 
 // decodeDelivery fills d from a stored record; the payload is copied, as
@@ -52,7 +74,8 @@ func decodeDelivery(b []byte, d *Delivery) error {
 		return decodeDeliveryJSON(b, d)
 	}
 	r := reader{b: b}
-	if v := r.byte(); v != recordV1 {
+	version := r.byte()
+	if version != recordV1 && version != recordV2 {
 		if r.err != nil {
 			return r.err
 		}
@@ -70,6 +93,12 @@ func decodeDelivery(b []byte, d *Delivery) error {
 	d.LastError, d.SubscriptionID = r.string(), r.string()
 	m.ID, m.Event, m.Tenant, m.Location = r.string(), r.string(), r.string(), r.string()
 	m.CreatedAt = r.time()
+	d.payloadRef = ""
+	if version == recordV2 {
+		if d.payloadRef = r.string(); r.err == nil && (d.payloadRef == "" || len(r.b) > 0) {
+			r.fail()
+		}
+	}
 	if r.err != nil {
 		return r.err
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -26,6 +27,9 @@ func TestDeliveryRecordRoundTrip(t *testing.T) {
 		func(d *Delivery) {
 			d.State, d.Message.Data, d.Message.Tenant, d.Message.Location = StateFailed, nil, "", ""
 		},
+		// A shared payload is stored apart: the record holds its reference.
+		func(d *Delivery) { d.Message.Data, d.payloadRef = nil, "0123abcd" },
+		func(d *Delivery) { d.State, d.Message.Data, d.payloadRef = StateFailed, nil, "0123abcd" },
 	} {
 		want := sampleDelivery()
 		mutate(&want)
@@ -85,6 +89,35 @@ func TestDeliveryRecordRejectsDamage(t *testing.T) {
 	if err := decodeDelivery(badState, &got); !errors.Is(err, errMalformed) {
 		t.Fatalf("unknown state: %v, want errMalformed", err)
 	}
+	d.payloadRef = "0123abcd"
+	ref := encodeDelivery(&d)
+	for name, bad := range map[string][]byte{
+		"an empty reference":          append(ref[:len(ref)-9:len(ref)-9], 0),
+		"a payload after a reference": append(ref[:len(ref):len(ref)], '{', '}'),
+	} {
+		if err := decodeDelivery(bad, &got); !errors.Is(err, errMalformed) {
+			t.Fatalf("%s: %v, want errMalformed", name, err)
+		}
+	}
+}
+
+// A delivery sharing its payload is stored without it: the queue entry
+// and the record are as small as a delivery with no payload at all.
+func TestSharedPayloadIsNotInTheEntries(t *testing.T) {
+	d := sampleDelivery()
+	d.Message.Data = json.RawMessage(`{"blob":"` + strings.Repeat("x", 64<<10) + `"}`)
+	d.payloadRef = payloadRefFor(&d.Message)
+	e := pendingEntries(&d)
+	if len(e.queueValue) > 200 || !reflect.DeepEqual(e.queueValue, e.recordValue) {
+		t.Fatalf("queue entry of %d bytes, record of %d", len(e.queueValue), len(e.recordValue))
+	}
+	if string(e.refKey) != prefixPayRef+d.payloadRef+"\x00"+d.ID {
+		t.Fatalf("reference key %q", e.refKey)
+	}
+	var got Delivery
+	if err := decodeDelivery(e.queueValue, &got); err != nil || got.payloadRef != d.payloadRef || got.Message.Data != nil {
+		t.Fatalf("decoded %+v, %v", got, err)
+	}
 }
 
 func TestAttemptRecordRoundTrip(t *testing.T) {
@@ -116,6 +149,8 @@ func FuzzDecodeDelivery(f *testing.F) {
 	f.Add(encodeDelivery(&d))
 	f.Add([]byte(`{"id":"a"}` + "\x00{}"))
 	f.Add([]byte{recordV1})
+	d.Message.Data, d.payloadRef = nil, "0123abcd"
+	f.Add(encodeDelivery(&d))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var got Delivery
 		if decodeDelivery(b, &got) != nil {

@@ -308,9 +308,10 @@ func (e *Engine) Start() error {
 	// Lanes of an earlier run may have ended without going idle.
 	e.lanes, e.activeLanes, e.waitingLanes = map[string]*lane{}, 0, nil
 	e.mu.Unlock()
-	e.wg.Add(2)
+	e.wg.Add(3)
 	go e.sched.run(e.ctx)
 	go e.settler(e.stopSettler)
+	go e.sweeper(e.ctx)
 	e.Kick()
 	return nil
 }

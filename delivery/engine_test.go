@@ -668,7 +668,7 @@ func TestFanOutFailingMidwayDeliversWhatItStored(t *testing.T) {
 		return te.activeLanes == 0
 	})
 	refusePublishCommit(te, 2)
-	// 100 KB each: a few deliveries per transaction.
+	te.store.txnSize = 8 << 10 // a few deliveries per transaction
 	big := `{"blob":"` + strings.Repeat("x", 100<<10) + `"}`
 	if _, err := te.Publish(msg("x", big)); err == nil {
 		t.Fatal("publish succeeded with a transaction refused")
@@ -692,31 +692,47 @@ func TestFanOutFailingMidwayDeliversWhatItStored(t *testing.T) {
 // Publishing again with the same ID after a fan-out failed midway stores
 // what is missing and nothing twice: every subscriber gets the message once.
 func TestRepublishCompletesAnInterruptedFanOut(t *testing.T) {
-	rcv := newReceiver(t, nil)
-	var subs []Subscription
-	for i := 0; i < 40; i++ {
-		subs = append(subs, sub(fmt.Sprint("s", i), rcv.URL))
-	}
-	te := newTestEngine(t, Config{Subscriptions: subs})
-	refusePublishCommit(te, 2)
-	m := msg("x", `{"blob":"`+strings.Repeat("x", 100<<10)+`"}`) // a few per transaction
-	m.ID = "order-42"
-	if _, err := te.Publish(m); err == nil {
-		t.Fatal("publish succeeded with a transaction refused")
-	}
-	res, err := te.Publish(m)
-	if err != nil || res.Duplicate || res.Deliveries != len(subs) {
-		t.Fatalf("publishing again: %+v, %v", res, err)
-	}
-	eventually(t, "every subscriber", func() bool { return len(rcv.got()) >= len(subs) })
-	eventually(t, "an empty queue", func() bool { return te.QueueDepth() == 0 })
-	if n := len(rcv.got()); n != len(subs) {
-		t.Fatalf("%d deliveries for %d subscribers", n, len(subs))
-	}
-	for _, s := range subs {
-		if d := te.delivery(t, deliveryID(m.ID, s.ID)); d.State != StateDelivered || d.Attempts != 1 {
-			t.Fatalf("delivery to %s: %+v", s.ID, d)
-		}
+	for _, tc := range []struct {
+		name string
+		data int
+	}{
+		{"payload in each delivery", sharedPayloadMin / 2},
+		{"shared payload", 100 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rcv := newReceiver(t, nil)
+			var subs []Subscription
+			for i := 0; i < 40; i++ {
+				subs = append(subs, sub(fmt.Sprint("s", i), rcv.URL))
+			}
+			te := newTestEngine(t, Config{Subscriptions: subs})
+			te.store.txnSize = 8 << 10 // a few deliveries per transaction
+			refusePublishCommit(te, 2)
+			m := msg("x", `{"blob":"`+strings.Repeat("x", tc.data)+`"}`)
+			m.ID = "order-42"
+			if _, err := te.Publish(m); err == nil {
+				t.Fatal("publish succeeded with a transaction refused")
+			}
+			res, err := te.Publish(m)
+			if err != nil || res.Duplicate || res.Deliveries != len(subs) {
+				t.Fatalf("publishing again: %+v, %v", res, err)
+			}
+			eventually(t, "every subscriber", func() bool { return len(rcv.got()) >= len(subs) })
+			eventually(t, "an empty queue", func() bool { return te.QueueDepth() == 0 })
+			if n := len(rcv.got()); n != len(subs) {
+				t.Fatalf("%d deliveries for %d subscribers", n, len(subs))
+			}
+			for _, h := range rcv.got() {
+				if h.Body != string(m.Data) {
+					t.Fatalf("a subscriber got %d bytes, not the %d published", len(h.Body), len(m.Data))
+				}
+			}
+			for _, s := range subs {
+				if d := te.delivery(t, deliveryID(m.ID, s.ID)); d.State != StateDelivered || d.Attempts != 1 {
+					t.Fatalf("delivery to %s: %+v", s.ID, d)
+				}
+			}
+		})
 	}
 }
 

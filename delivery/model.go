@@ -116,6 +116,11 @@ type Delivery struct {
 	LastError      string    `json:"last_error,omitempty"`
 	CreatedAt      time.Time `json:"created_at"`
 	UpdatedAt      time.Time `json:"updated_at"`
+
+	// payloadRef names the payload stored once for all the deliveries of a
+	// large fan-out (see sharedPayload); "" when the delivery's records
+	// carry the payload themselves.
+	payloadRef string
 }
 
 // Attempt records one try at a delivery.

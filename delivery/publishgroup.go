@@ -40,7 +40,7 @@ func (s *Store) newPendingPublish(msg Message, subs []*Subscription, fresh bool,
 		return nil, err
 	}
 	p.size = int64(len(prefixMsg)+len(msg.Tenant)+len(msg.ID)+1+len(p.record)) + 16
-	maxSize := maxTxnSize(s.db)
+	maxSize := s.maxTxnSize()
 	for i, sub := range subs {
 		e := pendingEntries(&Delivery{
 			ID: deliveryID(msg.ID, sub.ID), SubscriptionID: sub.ID, Message: msg,
@@ -61,12 +61,17 @@ func (s *Store) newPendingPublish(msg Message, subs []*Subscription, fresh bool,
 
 // maxTxnSize is what one transaction of ours may write: badger refuses
 // one of 15% of a memtable; stay at half that.
-func maxTxnSize(db *badger.DB) int64 { return db.Opts().MemTableSize * 15 / 100 / 2 }
+func (s *Store) maxTxnSize() int64 {
+	if s.txnSize > 0 {
+		return s.txnSize
+	}
+	return s.db.Opts().MemTableSize * 15 / 100 / 2
+}
 
 // enqueueGrouped stores p, sharing a transaction with concurrent
 // publishes, and returns how many deliveries it stored.
 func (s *Store) enqueueGrouped(p *pendingPublish) (int, error) {
-	s.publishes.Do(p, func(queued []*pendingPublish) int { return fittingPublishes(queued, maxTxnSize(s.db)) }, s.commitPublishes)
+	s.publishes.Do(p, func(queued []*pendingPublish) int { return fittingPublishes(queued, s.maxTxnSize()) }, s.commitPublishes)
 	return p.stored, p.err
 }
 

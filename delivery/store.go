@@ -29,6 +29,11 @@ import (
 //	                                    an attempt's outcome at most once a minute
 //	msg/<tenant>\x00<message id>        publish record, for idempotency
 //	cred/<source>\x00<tenant>           credentials a tenant granted (Tiki)
+//	p/<ref>                             a large fan-out's payload, stored once (sharedPayload)
+//	pr/<ref>\x00<delivery id>           a delivery needing it: pending, or failed (then
+//	                                    expiring with the failed record)
+//	pm/<ref>                            written by every transaction that adds or revives
+//	                                    references, read by the sweep that removes p/<ref>
 const (
 	prefixSub     = "delivery/sub/"
 	prefixD       = "delivery/d/"
@@ -39,6 +44,9 @@ const (
 	prefixMsg     = "delivery/msg/"
 	prefixFailed  = "delivery/failed/"
 	prefixCred    = "delivery/cred/"
+	prefixPayload = "delivery/p/"
+	prefixPayRef  = "delivery/pr/"
+	prefixPayMark = "delivery/pm/"
 )
 
 // Store keeps the delivery queue in a badger database.
@@ -61,6 +69,9 @@ type Store struct {
 	// writable, when set, says whether data may be added now (nil) or
 	// why not; see SetWritable.
 	writable func() error
+	// txnSize, when set, replaces maxTxnSize: tests use it to spread a
+	// few deliveries over several transactions.
+	txnSize int64
 
 	publishes store.Batcher[*pendingPublish]
 }
@@ -250,6 +261,9 @@ func (s *Store) viewJSON(key []byte, v any) (found bool, err error) {
 // left alone, so repeating an interrupted enqueue completes it without
 // duplicates. A fresh message (its ID just made) has none to look for.
 func (s *Store) enqueue(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (stored int, err error) {
+	if sharesPayload(&msg, len(subs)) {
+		return s.enqueueFanOut(msg, subs, fresh, now, retention)
+	}
 	p, err := s.newPendingPublish(msg, subs, fresh, now, retention)
 	if err != nil {
 		return 0, err
@@ -275,7 +289,11 @@ func (s *Store) enqueueFanOut(msg Message, subs []*Subscription, fresh bool, now
 }
 
 func (s *Store) enqueueOnce(msg Message, subs []*Subscription, fresh bool, now time.Time, retention time.Duration) (stored int, err error) {
-	w := newFanOutWriter(s.db)
+	var ref string
+	if sharesPayload(&msg, len(subs)) {
+		ref = payloadRefFor(&msg)
+	}
+	w := newFanOutWriter(s.db, s.maxTxnSize(), ref, msg.Data)
 	w.fault = s.writeFault
 	defer w.discard()
 	rec := newPublishRecord(&msg, len(subs), fresh, now)
@@ -288,6 +306,7 @@ func (s *Store) enqueueOnce(msg Message, subs []*Subscription, fresh bool, now t
 		d := &Delivery{
 			ID: deliveryID(msg.ID, sub.ID), SubscriptionID: sub.ID, Message: msg,
 			State: StatePending, NextAttempt: now, CreatedAt: now, UpdatedAt: now,
+			payloadRef: ref,
 		}
 		if !fresh {
 			if exists, err := w.exists(d.ID); err != nil || exists {
@@ -311,7 +330,8 @@ func (s *Store) enqueueOnce(msg Message, subs []*Subscription, fresh bool, now t
 // fanOutWriter adds deliveries in as few transactions as badger allows,
 // never splitting one delivery's entries across two: a queue entry without
 // its record (or the reverse) after a crash would be delivered twice (or
-// never).
+// never). With a shared payload, every transaction that adds deliveries
+// claims it (see claimPayload), and the first stores it.
 type fanOutWriter struct {
 	db      *badger.DB
 	txn     *badger.Txn
@@ -320,10 +340,20 @@ type fanOutWriter struct {
 	maxSize int64
 	stored  int                // deliveries committed
 	fault   func(string) error // Store.writeFault
+	ref     string             // the shared payload, if any
+	data    []byte
+	claimed bool // txn has claimed it
 }
 
-func newFanOutWriter(db *badger.DB) *fanOutWriter {
-	return &fanOutWriter{db: db, txn: db.NewTransaction(true), maxSize: maxTxnSize(db)}
+func newFanOutWriter(db *badger.DB, maxSize int64, ref string, data []byte) *fanOutWriter {
+	w := &fanOutWriter{db: db, maxSize: maxSize, ref: ref, data: data}
+	w.begin()
+	return w
+}
+
+// begin starts the next transaction.
+func (w *fanOutWriter) begin() {
+	w.txn, w.inTxn, w.size, w.claimed = w.db.NewTransaction(true), w.inTxn[:0], 0, false
 }
 
 func (w *fanOutWriter) exists(did string) (bool, error) {
@@ -341,11 +371,11 @@ func (w *fanOutWriter) add(d *Delivery) error {
 			return err
 		}
 	}
-	err := e.put(w.txn)
+	err := w.put(e)
 	if errors.Is(err, badger.ErrTxnTooBig) && len(w.inTxn) > 0 {
 		// The estimate fell short: commit the others without this one.
 		if err = w.redo(); err == nil {
-			err = e.put(w.txn)
+			err = w.put(e)
 		}
 	}
 	if err != nil {
@@ -356,15 +386,32 @@ func (w *fanOutWriter) add(d *Delivery) error {
 	return nil
 }
 
+// put writes e into the transaction, claiming the shared payload first.
+func (w *fanOutWriter) put(e entries) error {
+	if w.ref != "" && !w.claimed {
+		stored, err := claimPayload(w.txn, w.ref, w.data)
+		if err != nil {
+			return err
+		}
+		if stored {
+			w.size += int64(len(prefixPayload)+len(w.ref)+len(w.data)) + 16
+		}
+		w.claimed = true
+	}
+	return e.put(w.txn)
+}
+
 // redo commits the deliveries added so far in a fresh transaction (the
 // current one holds part of a delivery that did not fit).
 func (w *fanOutWriter) redo() error {
 	w.txn.Discard()
-	w.txn = w.db.NewTransaction(true)
-	for _, e := range w.inTxn {
-		if err := e.put(w.txn); err != nil {
+	added := append([]entries(nil), w.inTxn...)
+	w.begin()
+	for _, e := range added {
+		if err := w.put(e); err != nil {
 			return err
 		}
+		w.inTxn = append(w.inTxn, e)
 	}
 	return w.commit()
 }
@@ -379,36 +426,46 @@ func (w *fanOutWriter) commit() error {
 		return fmt.Errorf("storing deliveries: %w", err)
 	}
 	w.stored += len(w.inTxn)
-	w.txn, w.inTxn, w.size = w.db.NewTransaction(true), w.inTxn[:0], 0
+	w.begin()
 	return nil
 }
 
 func (w *fanOutWriter) discard() { w.txn.Discard() }
 
 // entries are one delivery's writes: its queue entry, which carries the
-// whole delivery so that an attempt needs no other read, and its record,
-// without the payload.
-type entries struct{ queueKey, queueValue, recordKey, recordValue []byte }
+// whole delivery so that an attempt needs no other read (but that of a
+// shared payload), its record, without the payload, and its reference to
+// a shared payload, if it has one.
+type entries struct{ queueKey, queueValue, recordKey, recordValue, refKey []byte }
 
 func pendingEntries(d *Delivery) entries {
 	whole := encodeDelivery(d)
 	// The payload is the end of the encoding: the record is what precedes it.
-	head := whole[: len(whole)-len(d.Message.Data) : len(whole)-len(d.Message.Data)]
-	return entries{
+	n := len(whole) - storedPayload(d)
+	e := entries{
 		queueKey: queueKey(d.SubscriptionID, d.NextAttempt, d.ID), queueValue: whole,
-		recordKey: []byte(prefixD + d.ID), recordValue: head,
+		recordKey: []byte(prefixD + d.ID), recordValue: whole[:n:n],
 	}
+	if d.payloadRef != "" {
+		e.refKey = payloadRefKey(d.payloadRef, d.ID)
+	}
+	return e
 }
 
 // size is what badger counts against a transaction's limit, with room
 // for its per-entry metadata.
 func (e entries) size() int64 {
-	return int64(len(e.queueKey)+len(e.queueValue)+len(e.recordKey)+len(e.recordValue)) + 2*16
+	return int64(len(e.queueKey)+len(e.queueValue)+len(e.recordKey)+len(e.recordValue)+len(e.refKey)) + 3*16
 }
 
 func (e entries) put(txn *badger.Txn) error {
 	if err := txn.Set(e.queueKey, e.queueValue); err != nil {
 		return err
+	}
+	if e.refKey != nil {
+		if err := txn.Set(e.refKey, nil); err != nil {
+			return err
+		}
 	}
 	return txn.Set(e.recordKey, e.recordValue)
 }
@@ -421,6 +478,7 @@ func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, lim
 	var out []Delivery
 	var next time.Time
 	var orphans [][]byte
+	var lost []string
 	err := s.db.View(func(txn *badger.Txn) error {
 		prefix := queuePrefix(subID)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
@@ -450,6 +508,14 @@ func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, lim
 				orphans = append(orphans, it.Item().KeyCopy(nil))
 				continue
 			}
+			if err := loadPayload(txn, &d); errors.Is(err, errPayloadGone) {
+				// Kept, and counted as queued, for an operator to discard:
+				// sending it without its payload would be worse.
+				lost = append(lost, did)
+				continue
+			} else if err != nil {
+				return err
+			}
 			d.NextAttempt = at
 			out = append(out, d)
 		}
@@ -464,6 +530,9 @@ func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, lim
 			}
 			return nil
 		})
+	}
+	if err == nil && len(lost) > 0 {
+		err = fmt.Errorf("%d queued deliveries (%s first) need a shared payload that is no longer stored; they are kept for an operator to discard", len(lost), lost[0])
 	}
 	return out, next, err
 }
@@ -573,18 +642,35 @@ func settleOne(txn *badger.Txn, st *settled, retention time.Duration) error {
 	}
 	// Delivered: nothing sends it again; the record stays (for idempotent
 	// publishes and for operators) without the payload.
+	if d.payloadRef != "" {
+		if err := txn.Delete(payloadRefKey(d.payloadRef, d.ID)); err != nil {
+			return err
+		}
+		d.payloadRef = ""
+	}
 	d.Message.Data = nil
 	return setDelivery(txn, d, retention)
 }
 
-// putFailed stores a failed delivery whole, with its payload, for a
-// redelivery, and lists it among the failed ones.
+// putFailed stores a failed delivery whole, with its payload (or its
+// reference to a shared one), for a redelivery, and lists it among the
+// failed ones. All three entries expire together.
 func putFailed(txn *badger.Txn, d *Delivery, retention time.Duration) error {
-	e := badger.NewEntry(failedKey(d.SubscriptionID, d.ID), nil).WithTTL(retention)
-	if err := txn.SetEntry(e); err != nil {
-		return err
+	expires := uint64(time.Now().Add(retention).Unix())
+	keys := [][]byte{failedKey(d.SubscriptionID, d.ID)}
+	if d.payloadRef != "" {
+		keys = append(keys, payloadRefKey(d.payloadRef, d.ID))
 	}
-	return setDelivery(txn, d, retention)
+	for _, k := range keys {
+		e := badger.NewEntry(k, nil)
+		e.ExpiresAt = expires
+		if err := txn.SetEntry(e); err != nil {
+			return err
+		}
+	}
+	e := badger.NewEntry([]byte(prefixD+d.ID), encodeDelivery(d))
+	e.ExpiresAt = expires
+	return txn.SetEntry(e)
 }
 
 // Subscriptions returns every registered subscription.
@@ -774,6 +860,13 @@ func (s *Store) requeueFailed(subID string, now time.Time) (int, error) {
 			if !found || d.State != StateFailed {
 				return nil // expired meanwhile
 			}
+			if d.payloadRef != "" {
+				if _, err := claimPayload(txn, d.payloadRef, nil); errors.Is(err, errPayloadGone) {
+					return nil // expired meanwhile, an instant before its record
+				} else if err != nil {
+					return err
+				}
+			}
 			d.State, d.Attempts, d.NextAttempt, d.UpdatedAt = StatePending, 0, now, now
 			requeued = true
 			return pendingEntries(&d).put(txn)
@@ -794,8 +887,10 @@ func (s *Store) Delivery(did string) (Delivery, bool, error) {
 	var found bool
 	err := s.db.View(func(txn *badger.Txn) error {
 		var err error
-		found, err = getDelivery(txn, did, &d)
-		return err
+		if found, err = getDelivery(txn, did, &d); !found || err != nil {
+			return err
+		}
+		return loadPayload(txn, &d)
 	})
 	return d, found, err
 }

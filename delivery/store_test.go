@@ -100,8 +100,7 @@ func TestFanOutWriterNeverSplitsADelivery(t *testing.T) {
 			Message: Message{ID: fmt.Sprint("m", i), Event: "x", Data: []byte(`{"n":1}`)}, NextAttempt: t0,
 		}
 	}
-	w := newFanOutWriter(te.db.DB)
-	w.maxSize = 1 << 40 // never split ahead: the split below is badger's refusal
+	w := newFanOutWriter(te.db.DB, 1<<40, "", nil) // never split ahead: the split below is badger's refusal
 	if err := w.add(newDelivery(1)); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,194 @@
+package delivery
+
+import (
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// countKeys counts the live keys under prefix.
+func countKeys(t *testing.T, te *testEngine, prefix string) int {
+	t.Helper()
+	n := 0
+	err := te.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func sweep(t *testing.T, te *testEngine) int {
+	t.Helper()
+	n, err := te.store.sweepPayloads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A large event to several subscriptions is stored once; each delivery
+// carries it to its receiver; the payload stays while a failed delivery may
+// be redelivered, and goes once nothing needs it.
+func TestLargeFanOutStoresItsPayloadOnce(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	var up atomic.Bool
+	down := newReceiver(t, failUntil(&up, 500))
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Second},
+		Subscriptions: []Subscription{sub("a", rcv.URL), sub("b", rcv.URL), sub("c", down.URL)}})
+	m := msg("x", `{"blob":"`+strings.Repeat("x", 64<<10)+`"}`)
+	res, err := te.Publish(m)
+	if err != nil || res.Deliveries != 3 {
+		t.Fatalf("publish: %+v, %v", res, err)
+	}
+	if n := countKeys(t, te, prefixPayload); n != 1 {
+		t.Fatalf("%d payloads stored for one message", n)
+	}
+	eventually(t, "a and b delivered", func() bool { return len(rcv.got()) == 2 })
+	for _, h := range rcv.got() {
+		if h.Body != string(m.Data) {
+			t.Fatalf("received %d bytes, not the %d published", len(h.Body), len(m.Data))
+		}
+	}
+	c := deliveryID(res.ID, StaticID("c"))
+	eventually(t, "c's first attempt", func() bool { return te.delivery(t, c).Attempts == 1 })
+	te.clock.Advance(2 * time.Second)
+	te.Kick()
+	eventually(t, "c failed", func() bool { return te.delivery(t, c).State == StateFailed })
+
+	// Only c's failed delivery needs it now, for a redelivery.
+	if n := countKeys(t, te, prefixPayRef); n != 1 {
+		t.Fatalf("%d references with a and b delivered and c failed", n)
+	}
+	if n := sweep(t, te); n != 0 {
+		t.Fatalf("the sweep removed %d payloads a failed delivery needs", n)
+	}
+	assertExpiresWith(t, te, string(payloadRefKey(payloadRefFor(&Message{ID: res.ID}), c)), prefixD+c)
+	if d := te.delivery(t, c); string(d.Message.Data) != string(m.Data) {
+		t.Fatalf("the failed delivery reads %d bytes of payload", len(d.Message.Data))
+	}
+
+	up.Store(true)
+	if n, err := te.Redeliver(StaticID("c")); n != 1 || err != nil {
+		t.Fatalf("redelivered %d, %v", n, err)
+	}
+	eventually(t, "c delivered", func() bool { return te.delivery(t, c).State == StateDelivered })
+	if got := down.got(); got[len(got)-1].Body != string(m.Data) {
+		t.Fatalf("redelivered %d bytes, not the %d published", len(got[len(got)-1].Body), len(m.Data))
+	}
+	if n := sweep(t, te); n != 1 {
+		t.Fatalf("the sweep removed %d payloads, want the one nothing needs", n)
+	}
+	for _, prefix := range []string{prefixPayload, prefixPayRef, prefixPayMark} {
+		if n := countKeys(t, te, prefix); n != 0 {
+			t.Fatalf("%d keys left under %s", n, prefix)
+		}
+	}
+}
+
+// assertExpiresWith checks that key expires when other does.
+func assertExpiresWith(t *testing.T, te *testEngine, key, other string) {
+	t.Helper()
+	err := te.db.View(func(txn *badger.Txn) error {
+		a, err := txn.Get([]byte(key))
+		if err != nil {
+			return err
+		}
+		b, err := txn.Get([]byte(other))
+		if err != nil {
+			return err
+		}
+		if a.ExpiresAt() == 0 || a.ExpiresAt() != b.ExpiresAt() {
+			t.Fatalf("%s expires at %d, %s at %d", key, a.ExpiresAt(), other, b.ExpiresAt())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Small events, and events to one subscription, keep their payload in
+// their deliveries: nothing to share, and no extra read per attempt.
+func TestSmallOrSingleEventsKeepTheirPayload(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("a", rcv.URL, "x"), sub("b", rcv.URL, "x", "only-b")}})
+	te.Publish(msg("x", `{"n":1}`))
+	te.Publish(msg("only-b", `{"blob":"`+strings.Repeat("x", 64<<10)+`"}`))
+	if n := countKeys(t, te, prefixPayload); n != 0 {
+		t.Fatalf("%d payloads stored apart", n)
+	}
+	eventually(t, "all delivered", func() bool { return len(rcv.got()) == 3 })
+}
+
+// A transaction adding references to a payload and the sweep removing it
+// cannot both commit: the one that commits second is refused, and its
+// retry sees the other's outcome.
+func TestSweepAndNewReferencesExcludeEachOther(t *testing.T) {
+	te := newTestEngine(t, Config{})
+	const ref = "0123abcd"
+	if err := te.db.Update(func(txn *badger.Txn) error { return txn.Set(payloadKey(ref), []byte(`{}`)) }); err != nil {
+		t.Fatal(err)
+	}
+	adding := te.db.NewTransaction(true)
+	defer adding.Discard()
+	if _, err := claimPayload(adding, ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := adding.Set(payloadRefKey(ref, "d1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := sweep(t, te); n != 1 {
+		t.Fatalf("swept %d", n)
+	}
+	if err := adding.Commit(); !errors.Is(err, badger.ErrConflict) {
+		t.Fatalf("a reference to a payload swept meanwhile committed: %v", err)
+	}
+	// Its retry finds the payload gone and, having it, stores it again.
+	err := te.db.Update(func(txn *badger.Txn) error {
+		stored, err := claimPayload(txn, ref, []byte(`{}`))
+		if !stored || err != nil {
+			t.Fatalf("claiming a swept payload: stored %v, %v", stored, err)
+		}
+		return txn.Set(payloadRefKey(ref, "d1"), nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := sweep(t, te); n != 0 {
+		t.Fatalf("swept %d payloads a delivery needs", n)
+	}
+}
+
+// A queued delivery whose payload is gone (a damaged store) is not sent
+// without it: the queue says so and keeps it.
+func TestLostSharedPayloadIsReported(t *testing.T) {
+	var up atomic.Bool
+	rcv := newReceiver(t, failUntil(&up, 500))
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour},
+		Subscriptions: []Subscription{sub("a", rcv.URL), sub("b", rcv.URL)}})
+	res, _ := te.Publish(msg("x", `{"blob":"`+strings.Repeat("x", 4<<10)+`"}`))
+	a := deliveryID(res.ID, StaticID("a"))
+	eventually(t, "first attempts", func() bool { return te.delivery(t, a).Attempts == 1 })
+	ref := payloadRefFor(&Message{ID: res.ID})
+	if err := te.db.Update(func(txn *badger.Txn) error { return txn.Delete(payloadKey(ref)) }); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := te.store.due(StaticID("a"), time.Time{}, te.clock.Now().Add(2*time.Hour), nil, 10)
+	if len(got) != 0 || err == nil || !strings.Contains(err.Error(), "no longer stored") {
+		t.Fatalf("due: %d deliveries, %v", len(got), err)
+	}
+	if n, _ := te.store.QueueDepth(StaticID("a")); n != 1 {
+		t.Fatalf("queue depth %d, want the delivery kept", n)
+	}
+}
