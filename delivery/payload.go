@@ -5,7 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"sync"
 	"time"
+	"unsafe"
+	"weak"
 
 	"github.com/dgraph-io/badger/v4"
 	"go.uber.org/zap"
@@ -38,12 +41,15 @@ const sharedPayloadMin = 2 << 10
 // payload stored once.
 func sharesPayload(msg *Message, n int) bool { return n >= 2 && len(msg.Data) >= sharedPayloadMin }
 
-// payloadRefFor names a message's shared payload. Derived from the tenant
-// and message ID, as delivery IDs are, so that a repeated publish finishing
-// an interrupted one refers to the same payload.
+// payloadRefFor names a message's shared payload: derived from the tenant,
+// the message ID and what the message says, so that a repeated publish
+// finishing an interrupted one refers to the same payload, and a message
+// reusing an ID whose publish record has expired does not.
 func payloadRefFor(msg *Message) string {
-	h := sha256.Sum256([]byte(msg.Tenant + "\x00" + msg.ID))
-	return hex.EncodeToString(h[:16])
+	h := sha256.New()
+	h.Write([]byte(msg.Tenant + "\x00" + msg.ID + "\x00"))
+	h.Write(messageDigest(msg))
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 func payloadKey(ref string) []byte     { return []byte(prefixPayload + ref) }
@@ -75,9 +81,16 @@ func claimPayload(txn *badger.Txn, ref string, data []byte) (stored bool, err er
 	return stored, txn.Set(payloadMarkKey(ref), nil)
 }
 
-// loadPayload fills in the payload of a delivery that refers to one.
-func loadPayload(txn *badger.Txn, d *Delivery) error {
+// loadPayload fills in the payload of a delivery that refers to one. The
+// deliveries of a fan-out in flight at once share one copy: a 1 MB event
+// to 1,000 subscriptions would otherwise hold a copy per attempt under way
+// and leave one more per delivery to the garbage collector.
+func (s *Store) loadPayload(txn *badger.Txn, d *Delivery) error {
 	if d.payloadRef == "" {
+		return nil
+	}
+	if b := s.payloads.get(d.payloadRef); b != nil {
+		d.Message.Data = b
 		return nil
 	}
 	item, err := txn.Get(payloadKey(d.payloadRef))
@@ -87,8 +100,52 @@ func loadPayload(txn *badger.Txn, d *Delivery) error {
 	if err != nil {
 		return err
 	}
-	d.Message.Data, err = item.ValueCopy(nil)
-	return err
+	b, err := item.ValueCopy(nil)
+	if err != nil {
+		return err
+	}
+	d.Message.Data = s.payloads.put(d.payloadRef, b)
+	return nil
+}
+
+// payloadCache holds the shared payloads that deliveries in memory hold,
+// and no others: a weak pointer each, so that a payload goes with the last
+// delivery holding it. A payload is never changed once stored (its ref
+// covers what it says), so its copies are read-only and may be shared.
+type payloadCache struct{ m sync.Map } // ref -> cachedPayload
+
+type cachedPayload struct {
+	first weak.Pointer[byte]
+	n     int
+}
+
+func (c *payloadCache) get(ref string) []byte {
+	v, ok := c.m.Load(ref)
+	if !ok {
+		return nil
+	}
+	p := v.(cachedPayload)
+	if b := p.first.Value(); b != nil {
+		return unsafe.Slice(b, p.n)
+	}
+	c.m.CompareAndDelete(ref, v)
+	return nil
+}
+
+// put caches b (not empty) under ref and returns it.
+func (c *payloadCache) put(ref string, b []byte) []byte {
+	c.m.Store(ref, cachedPayload{weak.Make(&b[0]), len(b)})
+	return b
+}
+
+// forgetCollected drops the entries of payloads no delivery holds any more.
+func (c *payloadCache) forgetCollected() {
+	c.m.Range(func(ref, v any) bool {
+		if v.(cachedPayload).first.Value() == nil {
+			c.m.CompareAndDelete(ref, v)
+		}
+		return true
+	})
 }
 
 // payloadSweepEvery is how often the shared payloads no delivery needs any
@@ -106,6 +163,7 @@ func (e *Engine) sweeper(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		e.store.payloads.forgetCollected()
 		n, err := e.store.sweepPayloads()
 		if err != nil && ctx.Err() == nil {
 			e.log().Error("removing shared payloads no delivery needs", zap.Error(err))

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"errors"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -73,7 +74,8 @@ func TestLargeFanOutStoresItsPayloadOnce(t *testing.T) {
 	if n := sweep(t, te); n != 0 {
 		t.Fatalf("the sweep removed %d payloads a failed delivery needs", n)
 	}
-	assertExpiresWith(t, te, string(payloadRefKey(payloadRefFor(&Message{ID: res.ID}), c)), prefixD+c)
+	m.ID = res.ID
+	assertExpiresWith(t, te, string(payloadRefKey(payloadRefFor(&m), c)), prefixD+c)
 	if d := te.delivery(t, c); string(d.Message.Data) != string(m.Data) {
 		t.Fatalf("the failed delivery reads %d bytes of payload", len(d.Message.Data))
 	}
@@ -177,10 +179,13 @@ func TestLostSharedPayloadIsReported(t *testing.T) {
 	rcv := newReceiver(t, failUntil(&up, 500))
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour},
 		Subscriptions: []Subscription{sub("a", rcv.URL), sub("b", rcv.URL)}})
-	res, _ := te.Publish(msg("x", `{"blob":"`+strings.Repeat("x", 4<<10)+`"}`))
+	m := msg("x", `{"blob":"`+strings.Repeat("x", 4<<10)+`"}`)
+	res, _ := te.Publish(m)
 	a := deliveryID(res.ID, StaticID("a"))
 	eventually(t, "first attempts", func() bool { return te.delivery(t, a).Attempts == 1 })
-	ref := payloadRefFor(&Message{ID: res.ID})
+	m.ID = res.ID
+	ref := payloadRefFor(&m)
+	te.store.payloads.m.Clear() // as after a restart
 	if err := te.db.Update(func(txn *badger.Txn) error { return txn.Delete(payloadKey(ref)) }); err != nil {
 		t.Fatal(err)
 	}
@@ -191,4 +196,40 @@ func TestLostSharedPayloadIsReported(t *testing.T) {
 	if n, _ := te.store.QueueDepth(StaticID("a")); n != 1 {
 		t.Fatalf("queue depth %d, want the delivery kept", n)
 	}
+}
+
+// Deliveries of one fan-out loaded at once share one copy of the payload;
+// once none holds it, it is read from the store again.
+func TestLoadedDeliveriesShareTheirPayload(t *testing.T) {
+	te := newTestEngine(t, Config{})
+	const ref = "0123abcd"
+	data := []byte(`{"blob":"` + strings.Repeat("x", 4<<10) + `"}`)
+	if err := te.db.Update(func(txn *badger.Txn) error { return txn.Set(payloadKey(ref), data) }); err != nil {
+		t.Fatal(err)
+	}
+	load := func() []byte {
+		d := Delivery{payloadRef: ref}
+		if err := te.db.View(func(txn *badger.Txn) error { return te.store.loadPayload(txn, &d) }); err != nil {
+			t.Fatal(err)
+		}
+		if string(d.Message.Data) != string(data) {
+			t.Fatalf("loaded %d bytes, want %d", len(d.Message.Data), len(data))
+		}
+		return d.Message.Data
+	}
+	a, b := load(), load()
+	if &a[0] != &b[0] {
+		t.Fatal("two deliveries of one payload hold a copy each")
+	}
+	runtime.KeepAlive(a)
+	runtime.KeepAlive(b)
+	a, b = nil, nil
+	runtime.GC()
+	te.store.payloads.forgetCollected()
+	n := 0
+	te.store.payloads.m.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("%d payloads cached that no delivery holds", n)
+	}
+	load()
 }

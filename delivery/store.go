@@ -74,6 +74,7 @@ type Store struct {
 	txnSize int64
 
 	publishes store.Batcher[*pendingPublish]
+	payloads  payloadCache
 }
 
 // NewStore uses db under the "delivery/" prefix.
@@ -508,7 +509,7 @@ func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, lim
 				orphans = append(orphans, it.Item().KeyCopy(nil))
 				continue
 			}
-			if err := loadPayload(txn, &d); errors.Is(err, errPayloadGone) {
+			if err := s.loadPayload(txn, &d); errors.Is(err, errPayloadGone) {
 				// Kept, and counted as queued, for an operator to discard:
 				// sending it without its payload would be worse.
 				lost = append(lost, did)
@@ -890,7 +891,7 @@ func (s *Store) Delivery(did string) (Delivery, bool, error) {
 		if found, err = getDelivery(txn, did, &d); !found || err != nil {
 			return err
 		}
-		return loadPayload(txn, &d)
+		return s.loadPayload(txn, &d)
 	})
 	return d, found, err
 }
