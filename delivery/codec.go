@@ -36,7 +36,7 @@ var codeStates = [...]State{StatePending, StateDelivered, StateFailed}
 // message and subscription IDs.
 func encodeDelivery(d *Delivery) []byte {
 	m := &d.Message
-	n := 48 + len(d.LastError) + len(d.SubscriptionID) + len(m.ID) + len(m.Event) + len(m.Tenant) + len(m.Location) + len(m.Data)
+	n := 48 + len(d.LastError) + len(d.SubscriptionID) + len(m.ID) + len(m.Event) + len(m.Tenant) + len(m.Location) + len(d.payloadRef) + storedPayload(d)
 	b := make([]byte, 0, n)
 	version := byte(recordV1)
 	if d.payloadRef != "" {
