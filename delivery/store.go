@@ -58,9 +58,10 @@ type Store struct {
 	// returns: tests use it to stand for a disk that refuses a write,
 	// which a working badger cannot be made to do.
 	writeFault func(op string) error
-	// discarded, when set, is called after each committed batch of a
-	// discard: tests use it to act while a discard is midway.
-	discarded func()
+	// discarded and redelivered, when set, are called after each
+	// committed batch of a discard or a redelivery: tests use them to act
+	// while one is midway.
+	discarded, redelivered func()
 	// counting, when set, is called when the queue is counted, after the
 	// snapshot is taken, and fails the count with the error it returns:
 	// tests use it to publish while Start counts, and to stand for a
@@ -825,61 +826,6 @@ func (s *Store) RecentAttempts(subID string, limit int) ([]Attempt, error) {
 		return nil
 	})
 	return out, err
-}
-
-// requeueFailed puts a subscription's failed deliveries back in its queue
-// with a fresh retry schedule, due at now. It returns how many.
-func (s *Store) requeueFailed(subID string, now time.Time) (int, error) {
-	var dids []string
-	err := s.db.View(func(txn *badger.Txn) error {
-		prefix := []byte(prefixFailed + subID + "\x00")
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			dids = append(dids, string(it.Item().Key()[len(prefix):]))
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, did := range dids {
-		// Set by the transaction that commits: store.Update runs the
-		// function again after a conflict (a redelivery racing this one).
-		requeued := false
-		err := store.Update(s.db, func(txn *badger.Txn) error {
-			requeued = false
-			var d Delivery
-			found, err := getDelivery(txn, did, &d)
-			if err != nil {
-				return err
-			}
-			if err := txn.Delete(failedKey(subID, did)); err != nil {
-				return err
-			}
-			if !found || d.State != StateFailed {
-				return nil // expired meanwhile
-			}
-			if d.payloadRef != "" {
-				if _, err := claimPayload(txn, d.payloadRef, nil); errors.Is(err, errPayloadGone) {
-					return nil // expired meanwhile, an instant before its record
-				} else if err != nil {
-					return err
-				}
-			}
-			d.State, d.Attempts, d.NextAttempt, d.UpdatedAt = StatePending, 0, now, now
-			requeued = true
-			return pendingEntries(&d).put(txn)
-		})
-		if err != nil {
-			return n, err
-		}
-		if requeued {
-			n++
-		}
-	}
-	return n, nil
 }
 
 // Delivery loads one delivery.

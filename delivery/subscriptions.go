@@ -219,24 +219,6 @@ type ProbeResult struct {
 	Error   string
 }
 
-// Redeliver queues a subscription's failed deliveries again, each with a
-// fresh retry schedule, and returns how many.
-func (e *Engine) Redeliver(subID string) (int, error) {
-	if err := e.store.canAdd(); err != nil {
-		return 0, err
-	}
-	var n int
-	err := e.queue.change(func() (int64, error) {
-		var err error
-		n, err = e.store.requeueFailed(subID, e.clock.Now())
-		return int64(n), err
-	})
-	if n > 0 {
-		e.wakeFrom(subID, time.Time{})
-	}
-	return n, err
-}
-
 // MsgLowSpace is what a publisher or an API caller is told when a write
 // is refused because the store is low on disk space (with status 507 and
 // Retry-After).
