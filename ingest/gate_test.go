@@ -295,8 +295,10 @@ func TestFailedPushKeepsWindow(t *testing.T) {
 		{"unreachable", Upstream{Status: 502, Err: errors.New("dial tcp 10.0.0.7:80: connection refused")}, 502, MsgUpstreamPrefix + "no response from upstream", OutcomeUpstreamError},
 		{"handler error 4xx", Upstream{Status: 404, Err: errors.New("no route")}, 404, "not found", OutcomeUpstreamRejected},
 		{"nothing answered", Upstream{}, 502, MsgUpstreamPrefix + "no response from upstream", OutcomeUpstreamError},
-		// A long plain-text reason is cut at 300 bytes, never inside a character.
+		// A long reason is cut at 300 bytes, never inside a character.
 		{"long plain text", Upstream{Status: 400, Header: http.Header{"Content-Type": {"text/plain"}}, Body: []byte("a" + strings.Repeat("é", 200))}, 400, "a" + strings.Repeat("é", 149) + "…", OutcomeUpstreamRejected},
+		// So is a JSON one.
+		{"long json", Upstream{Status: 422, Body: []byte(`{"error":"a` + strings.Repeat("é", 5000) + `"}`)}, 422, "a" + strings.Repeat("é", 149) + "…", OutcomeUpstreamRejected},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

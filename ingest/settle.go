@@ -112,7 +112,7 @@ func overrideTime(field *time.Time, h http.Header, name string, detail *string) 
 func upstreamReason(up Upstream) string {
 	if up.Err == nil {
 		if msg := jsonReason(up.Body); msg != "" {
-			return msg
+			return shortReason(msg)
 		}
 		if text := plainReason(up.Header, up.Body); text != "" {
 			return text
@@ -143,19 +143,24 @@ func jsonReason(body []byte) string {
 	return ""
 }
 
-// maxReason bounds how much of a plain-text body becomes the error.
+// maxReason bounds how much of the upstream's words become the error: a
+// client gets its reason, not a dump of the upstream's body.
 const maxReason = 300
+
+// shortReason cuts text at maxReason bytes, never inside a character.
+func shortReason(text string) string {
+	if len(text) <= maxReason {
+		return text
+	}
+	return strings.ToValidUTF8(text[:maxReason], "") + "…"
+}
 
 func plainReason(h http.Header, body []byte) string {
 	if !strings.HasPrefix(h.Get("Content-Type"), "text/plain") || !utf8.Valid(body) {
 		return ""
 	}
 	text, _, _ := strings.Cut(strings.TrimSpace(string(body)), "\n")
-	text = strings.TrimSpace(text)
-	if len(text) > maxReason {
-		text = strings.ToValidUTF8(text[:maxReason], "") + "…"
-	}
-	return text
+	return shortReason(strings.TrimSpace(text))
 }
 
 // upstreamFault describes a 5xx, 3xx or missing answer without exposing
