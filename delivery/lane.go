@@ -193,7 +193,29 @@ func (e *Engine) loadDue(subID string, from time.Time, skip map[string]bool, lim
 		// store's guard logs when this starts and ends.
 		return nil, e.clock.Now().Add(lowSpacePause), nil
 	}
-	return e.store.due(subID, from, e.clock.Now(), skip, limit)
+	batch, lost, next, err := e.store.due(subID, from, e.clock.Now(), skip, limit)
+	if len(lost) > 0 && err == nil {
+		err = e.failLost(subID, lost)
+	}
+	return batch, next, err
+}
+
+// failLost fails deliveries whose shared payload is gone, rather than
+// keep them queued, unsendable, until an operator disables the
+// subscription to discard them.
+func (e *Engine) failLost(subID string, lost []Delivery) error {
+	var n int
+	err := e.queue.change(func() (int64, error) {
+		var err error
+		n, err = e.store.failLost(lost, e.clock.Now(), e.settings.Load().Retention)
+		return -int64(n), err
+	})
+	if err != nil || n == 0 {
+		return err
+	}
+	e.log().Error("failed queued deliveries whose shared payload is no longer stored (a damaged store); they were not sent",
+		zap.String("subscription", subID), zap.Int("count", n), zap.String("first", lost[0].ID))
+	return nil
 }
 
 // lowSpacePause is how long a lane waits before looking at its queue

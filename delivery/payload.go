@@ -61,6 +61,11 @@ func payloadRefKey(ref, did string) []byte {
 // errPayloadGone is a reference whose payload is no longer stored.
 var errPayloadGone = errors.New("the shared payload of this delivery is no longer stored")
 
+// ReasonPayloadLost is the last error of a delivery failed without an
+// attempt because its shared payload is no longer stored: the store was
+// damaged (or a file of it removed). Sending it without would be worse.
+const ReasonPayloadLost = "its payload is no longer stored (a damaged store): not sent"
+
 // claimPayload prepares txn to add or revive references to ref: it reads
 // the payload's key and marks it (see above). With data, a payload found
 // missing is stored again, and stored reports it; without, a missing one

@@ -173,28 +173,48 @@ func TestSweepAndNewReferencesExcludeEachOther(t *testing.T) {
 }
 
 // A queued delivery whose payload is gone (a damaged store) is not sent
-// without it: the queue says so and keeps it.
-func TestLostSharedPayloadIsReported(t *testing.T) {
+// without it: it fails, saying why, and the lane goes on with the rest.
+func TestLostSharedPayloadFailsTheDelivery(t *testing.T) {
 	var up atomic.Bool
 	rcv := newReceiver(t, failUntil(&up, 500))
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour},
 		Subscriptions: []Subscription{sub("a", rcv.URL), sub("b", rcv.URL)}})
 	m := msg("x", `{"blob":"`+strings.Repeat("x", 4<<10)+`"}`)
 	res, _ := te.Publish(m)
-	a := deliveryID(res.ID, StaticID("a"))
-	eventually(t, "first attempts", func() bool { return te.delivery(t, a).Attempts == 1 })
+	a, b := deliveryID(res.ID, StaticID("a")), deliveryID(res.ID, StaticID("b"))
+	eventually(t, "first attempts", func() bool { return len(rcv.got()) == 2 })
 	m.ID = res.ID
-	ref := payloadRefFor(&m)
 	te.store.payloads.m.Clear() // as after a restart
-	if err := te.db.Update(func(txn *badger.Txn) error { return txn.Delete(payloadKey(ref)) }); err != nil {
+	if err := te.db.Update(func(txn *badger.Txn) error { return txn.Delete(payloadKey(payloadRefFor(&m))) }); err != nil {
 		t.Fatal(err)
 	}
-	got, _, err := te.store.due(StaticID("a"), time.Time{}, te.clock.Now().Add(2*time.Hour), nil, 10)
-	if len(got) != 0 || err == nil || !strings.Contains(err.Error(), "no longer stored") {
-		t.Fatalf("due: %d deliveries, %v", len(got), err)
+	after, _ := te.Publish(msg("x", `{"small":true}`))
+
+	up.Store(true)
+	te.clock.Advance(2 * time.Hour)
+	te.Kick()
+	eventually(t, "the later message delivered", func() bool {
+		return te.delivery(t, deliveryID(after.ID, StaticID("a"))).State == StateDelivered &&
+			te.delivery(t, deliveryID(after.ID, StaticID("b"))).State == StateDelivered
+	})
+	for _, did := range []string{a, b} {
+		if d := te.delivery(t, did); d.State != StateFailed || d.LastError != ReasonPayloadLost || d.Attempts != 1 {
+			t.Fatalf("lost delivery: %s %q after %d attempts", d.State, d.LastError, d.Attempts)
+		}
 	}
-	if n, _ := te.store.QueueDepth(StaticID("a")); n != 1 {
-		t.Fatalf("queue depth %d, want the delivery kept", n)
+	if hits := rcv.got(); len(hits) != 4 {
+		t.Fatalf("%d requests, want the 2 first attempts and the later message's 2", len(hits))
+	}
+	if n, _ := te.store.QueueDepth(StaticID("a")); n != 0 || te.QueueDepth() != 0 {
+		t.Fatalf("%d queued for a, %d counted", n, te.QueueDepth())
+	}
+	failed, _ := te.store.FailedDeliveries(StaticID("a"), 10)
+	if len(failed) != 1 || failed[0].ID != a {
+		t.Fatalf("failed deliveries of a: %v", failed)
+	}
+	// Nothing to send: a redelivery forgets it.
+	if n, err := te.Redeliver(StaticID("a")); n != 0 || err != nil {
+		t.Fatalf("redelivered %d, %v", n, err)
 	}
 }
 

@@ -476,12 +476,9 @@ func (e entries) put(txn *badger.Txn) error {
 // has come, starting at from, and when the next one after them is due
 // (zero if none). Settled deliveries leave tombstones at the front of the
 // index; starting from the caller's cursor skips them.
-func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, limit int) ([]Delivery, time.Time, error) {
-	var out []Delivery
-	var next time.Time
+func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, limit int) (out, lost []Delivery, next time.Time, err error) {
 	var orphans [][]byte
-	var lost []string
-	err := s.db.View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn *badger.Txn) error {
 		prefix := queuePrefix(subID)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
@@ -510,15 +507,13 @@ func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, lim
 				orphans = append(orphans, it.Item().KeyCopy(nil))
 				continue
 			}
+			d.NextAttempt = at
 			if err := s.loadPayload(txn, &d); errors.Is(err, errPayloadGone) {
-				// Kept, and counted as queued, for an operator to discard:
-				// sending it without its payload would be worse.
-				lost = append(lost, did)
+				lost = append(lost, d)
 				continue
 			} else if err != nil {
 				return err
 			}
-			d.NextAttempt = at
 			out = append(out, d)
 		}
 		return nil
@@ -533,10 +528,34 @@ func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, lim
 			return nil
 		})
 	}
-	if err == nil && len(lost) > 0 {
-		err = fmt.Errorf("%d queued deliveries (%s first) need a shared payload that is no longer stored; they are kept for an operator to discard", len(lost), lost[0])
-	}
-	return out, next, err
+	return out, lost, next, err
+}
+
+// failLost fails queued deliveries whose shared payload is no longer
+// stored, with ReasonPayloadLost, and returns how many it failed (those
+// still queued).
+func (s *Store) failLost(lost []Delivery, now time.Time, retention time.Duration) (n int, err error) {
+	err = store.Update(s.db, func(txn *badger.Txn) error {
+		n = 0
+		for _, d := range lost {
+			key := queueKey(d.SubscriptionID, d.NextAttempt, d.ID)
+			if _, err := txn.Get(key); errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			if err := txn.Delete(key); err != nil {
+				return err
+			}
+			d.State, d.NextAttempt, d.LastError, d.UpdatedAt = StateFailed, time.Time{}, ReasonPayloadLost, now
+			if err := putFailed(txn, &d, retention); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
 }
 
 // queuedDelivery reads the delivery a queue entry stands for: from the
@@ -828,7 +847,8 @@ func (s *Store) RecentAttempts(subID string, limit int) ([]Attempt, error) {
 	return out, err
 }
 
-// Delivery loads one delivery.
+// Delivery loads one delivery; one whose shared payload is no longer
+// stored (see ReasonPayloadLost) comes without it.
 func (s *Store) Delivery(did string) (Delivery, bool, error) {
 	var d Delivery
 	var found bool
@@ -837,7 +857,10 @@ func (s *Store) Delivery(did string) (Delivery, bool, error) {
 		if found, err = getDelivery(txn, did, &d); !found || err != nil {
 			return err
 		}
-		return s.loadPayload(txn, &d)
+		if err := s.loadPayload(txn, &d); !errors.Is(err, errPayloadGone) {
+			return err
+		}
+		return nil
 	})
 	return d, found, err
 }

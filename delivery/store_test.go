@@ -160,7 +160,7 @@ func TestSettleSplitsOnlyBetweenOutcomes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	queued, _, err := s.due("s", time.Time{}, t0, nil, 10)
+	queued, _, _, err := s.due("s", time.Time{}, t0, nil, 10)
 	if err != nil || len(queued) != 2 {
 		t.Fatalf("%d queued, %v", len(queued), err)
 	}
