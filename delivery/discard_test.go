@@ -152,9 +152,22 @@ func TestQueueDepthsIncludeRemovedSubscriptions(t *testing.T) {
 // transaction can. (Values of 1 MB and more go to badger's value log and
 // weigh little in a transaction; 900 KB ones count in full.)
 func TestDiscardLargePayloads(t *testing.T) {
+	te, id, n := largeBacklog(t)
+	if got, err := te.Discard(id); got != n || err != nil {
+		t.Fatalf("discarded %d, %v; want %d", got, err, n)
+	}
+	failed, _ := te.store.FailedDeliveries(id, 100)
+	if len(failed) != n {
+		t.Fatalf("%d failed deliveries, want %d", len(failed), n)
+	}
+}
+
+// largeBacklog queues n deliveries for a subscription a 410 disabled: 81
+// of about 3 KB and two of 900 KB.
+func largeBacklog(t *testing.T) (te *testEngine, id string, n int) {
 	rcv := newReceiver(t, status(http.StatusGone))
-	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("gone", rcv.URL, "x", "big")}})
-	id := StaticID("gone")
+	te = newTestEngine(t, Config{Subscriptions: []Subscription{sub("gone", rcv.URL, "x", "big")}})
+	id = StaticID("gone")
 	te.Publish(msg("x", `{}`))
 	eventually(t, "the 410 disabling it", func() bool {
 		h, _ := te.Health(id)
@@ -170,13 +183,7 @@ func TestDiscardLargePayloads(t *testing.T) {
 		}
 	}
 	eventually(t, "83 queued", func() bool { return te.QueueDepth() == 83 })
-	if got, err := te.Discard(id); got != 83 || err != nil {
-		t.Fatalf("discarded %d, %v; want 83", got, err)
-	}
-	failed, _ := te.store.FailedDeliveries(id, 100)
-	if len(failed) != 83 {
-		t.Fatalf("%d failed deliveries, want 83", len(failed))
-	}
+	return te, id, 83
 }
 
 // A discard takes the backlog as it was when it was asked for. If the
@@ -251,14 +258,7 @@ func TestConcurrentRedeliveriesCountEachDeliveryOnce(t *testing.T) {
 	rcv := newReceiver(t, status(http.StatusServiceUnavailable))
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
 	const n = 300
-	s := refusedBacklog(t, te, rcv, n, 0)
-	if err := te.DeleteSubscription(s.ID); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the backlog discarded", func() bool {
-		got, err := te.Discard(s.ID)
-		return got == n && err == nil
-	})
+	s := failedBacklog(t, te, rcv, n, 0)
 
 	// The subscription stays removed: nothing attempts the requeued ones.
 	const clicks = 4
@@ -283,6 +283,21 @@ func TestConcurrentRedeliveriesCountEachDeliveryOnce(t *testing.T) {
 	if total != n || stored != n || te.QueueDepth() != n {
 		t.Fatalf("redelivered %d in all, %d queued, %d counted; want %d each", total, stored, te.QueueDepth(), n)
 	}
+}
+
+// failedBacklog makes a refusedBacklog failed: the subscription is
+// removed and its backlog discarded.
+func failedBacklog(t *testing.T, te *testEngine, rcv *receiver, n, pad int) Subscription {
+	t.Helper()
+	s := refusedBacklog(t, te, rcv, n, pad)
+	if err := te.DeleteSubscription(s.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the backlog discarded", func() bool {
+		got, err := te.Discard(s.ID)
+		return got == n && err == nil
+	})
+	return s
 }
 
 // refusedBacklog registers a subscription of tenant "t" with rcv, publishes

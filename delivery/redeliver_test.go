@@ -1,10 +1,7 @@
 package delivery
 
 import (
-	"errors"
-	"fmt"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,14 +15,7 @@ func TestRedeliveryStartsBeforeItEnds(t *testing.T) {
 	rcv := newReceiver(t, failUntil(&up, http.StatusServiceUnavailable))
 	te := newTestEngine(t, Config{Retry: []time.Duration{time.Hour}})
 	const n = 200 // 3 KB each: several batches
-	s := refusedBacklog(t, te, rcv, n, 3000)
-	if err := te.DeleteSubscription(s.ID); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the backlog discarded", func() bool {
-		got, err := te.Discard(s.ID)
-		return got == n && err == nil
-	})
+	s := failedBacklog(t, te, rcv, n, 3000)
 	if err := te.PutSubscription(s); err != nil {
 		t.Fatal(err)
 	}
@@ -51,33 +41,16 @@ func TestRedeliveryStartsBeforeItEnds(t *testing.T) {
 // Payloads too large to share a transaction are redelivered each in its
 // own, and small ones beside them in batches.
 func TestRedeliverLargePayloads(t *testing.T) {
-	rcv := newReceiver(t, status(http.StatusGone))
-	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("gone", rcv.URL, "x", "big")}})
-	id := StaticID("gone")
-	te.Publish(msg("x", `{}`))
-	eventually(t, "the 410 disabling it", func() bool {
-		h, _ := te.Health(id)
-		return h.Disabled
-	})
-	big := `{"blob":"` + strings.Repeat("x", 900<<10) + `"}`
-	for i := range 40 {
-		te.Publish(msg("x", fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("p", 3100))))
-		if i%20 == 0 {
-			if _, err := te.Publish(msg("big", big)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	eventually(t, "43 queued", func() bool { return te.QueueDepth() == 43 })
-	if got, err := te.Discard(id); got != 43 || err != nil {
-		t.Fatalf("discarded %d, %v; want 43", got, err)
+	te, id, n := largeBacklog(t)
+	if got, err := te.Discard(id); got != n || err != nil {
+		t.Fatalf("discarded %d, %v; want %d", got, err, n)
 	}
 	batches := 0
 	te.store.redelivered = func() { batches++ }
-	if got, err := te.Redeliver(id); got != 43 || err != nil {
-		t.Fatalf("redelivered %d, %v; want 43", got, err)
+	if got, err := te.Redeliver(id); got != n || err != nil {
+		t.Fatalf("redelivered %d, %v; want %d", got, err, n)
 	}
-	if stored, _ := te.store.QueueDepth(id); stored != 43 || te.QueueDepth() != 43 || batches < 3 {
+	if stored, _ := te.store.QueueDepth(id); stored != n || te.QueueDepth() != int64(n) || batches < 3 {
 		t.Fatalf("%d queued, %d counted, in %d batches", stored, te.QueueDepth(), batches)
 	}
 	if failed, _ := te.store.FailedDeliveries(id, 100); len(failed) != 0 {
@@ -102,7 +75,7 @@ func TestRedeliveryTakesEachFailedDeliveryOnce(t *testing.T) {
 		eventually(t, "the batch attempted", func() bool { return te.QueueDepth() == 0 })
 	}
 	got, err := te.Redeliver(s.ID)
-	if got != n || !errors.Is(err, nil) {
+	if got != n || err != nil {
 		t.Fatalf("redelivered %d, %v; want %d", got, err, n)
 	}
 	eventually(t, "each attempted twice", func() bool { return len(rcv.got()) == 2*n })
