@@ -193,11 +193,23 @@ func (e *Engine) loadDue(subID string, from time.Time, skip map[string]bool, lim
 		// store's guard logs when this starts and ends.
 		return nil, e.clock.Now().Add(lowSpacePause), nil
 	}
-	batch, lost, next, err := e.store.due(subID, from, e.clock.Now(), skip, limit)
-	if len(lost) > 0 && err == nil {
-		err = e.failLost(subID, lost)
+	set, err := e.store.due(subID, from, e.clock.Now(), skip, limit)
+	if len(set.orphans) > 0 && err == nil {
+		err = e.dropOrphans(set.orphans)
 	}
-	return batch, next, err
+	if len(set.lost) > 0 && err == nil {
+		err = e.failLost(subID, set.lost)
+	}
+	return set.out, set.next, err
+}
+
+// dropOrphans deletes queue entries that name a delivery no longer stored,
+// and takes them off the count, which the start seeded with them.
+func (e *Engine) dropOrphans(keys [][]byte) error {
+	return e.queue.change(func() (int64, error) {
+		n, err := e.store.dropOrphans(keys)
+		return -int64(n), err
+	})
 }
 
 // failLost fails deliveries whose shared payload is gone, rather than

@@ -472,12 +472,21 @@ func (e entries) put(txn *badger.Txn) error {
 	return txn.Set(e.recordKey, e.recordValue)
 }
 
-// due returns up to limit pending deliveries of a subscription whose time
-// has come, starting at from, and when the next one after them is due
-// (zero if none). Settled deliveries leave tombstones at the front of the
-// index; starting from the caller's cursor skips them.
-func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, limit int) (out, lost []Delivery, next time.Time, err error) {
-	var orphans [][]byte
+// dueSet is what one read of a subscription's queue found.
+type dueSet struct {
+	out []Delivery // due, to be attempted
+	// lost are due deliveries whose shared payload is no longer stored.
+	lost []Delivery
+	// orphans are queue entries of the old format (the delivery kept
+	// only in its record) whose record is gone.
+	orphans [][]byte
+	next    time.Time // when the first entry after out comes due; zero if none
+}
+
+// due reads up to limit pending deliveries of a subscription whose time
+// has come, starting at from. Settled deliveries leave tombstones at the
+// front of the index; starting from the caller's cursor skips them.
+func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, limit int) (set dueSet, err error) {
 	err = s.db.View(func(txn *badger.Txn) error {
 		prefix := queuePrefix(subID)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
@@ -494,8 +503,8 @@ func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, lim
 			if skip[did] {
 				continue
 			}
-			if at.After(now) || len(out) >= limit {
-				next = at
+			if at.After(now) || len(set.out) >= limit {
+				set.next = at
 				return nil
 			}
 			var d Delivery
@@ -504,31 +513,43 @@ func (s *Store) due(subID string, from, now time.Time, skip map[string]bool, lim
 				return err
 			}
 			if !found {
-				orphans = append(orphans, it.Item().KeyCopy(nil))
+				set.orphans = append(set.orphans, it.Item().KeyCopy(nil))
 				continue
 			}
 			d.NextAttempt = at
 			if err := s.loadPayload(txn, &d); errors.Is(err, errPayloadGone) {
-				lost = append(lost, d)
+				set.lost = append(set.lost, d)
 				continue
 			} else if err != nil {
 				return err
 			}
-			out = append(out, d)
+			set.out = append(set.out, d)
 		}
 		return nil
 	})
-	if err == nil && len(orphans) > 0 {
-		err = store.Update(s.db, func(txn *badger.Txn) error {
-			for _, k := range orphans {
-				if err := txn.Delete(k); err != nil {
-					return err
-				}
+	return set, err
+}
+
+// dropOrphans deletes the orphaned queue entries due found and returns
+// how many were still there to delete.
+func (s *Store) dropOrphans(keys [][]byte) (n int, err error) {
+	err = store.Update(s.db, func(txn *badger.Txn) error {
+		n = 0
+		for _, k := range keys {
+			item, err := txn.Get(k)
+			if errors.Is(err, badger.ErrKeyNotFound) || (err == nil && item.ValueSize() > 0) {
+				continue // gone, or written again since with its delivery
+			} else if err != nil {
+				return err
 			}
-			return nil
-		})
-	}
-	return out, lost, next, err
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
 }
 
 // failLost fails queued deliveries whose shared payload is no longer
