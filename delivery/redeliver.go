@@ -49,15 +49,23 @@ const failedListBatch = 512
 // at one time, a batch per transaction. It takes them as they were when it
 // was asked for, listed from one snapshot (as a discard takes the
 // backlog): deliveries that fail while it goes on, for the first time or
-// again after it requeued them, wait for the next redelivery.
+// again after this or another redelivery requeued them, wait for the next
+// redelivery.
 type requeue struct {
 	s      *Store
 	snap   *badger.Txn
 	subID  string
 	prefix []byte
 	now    time.Time
-	dids   []string // listed, not yet requeued
-	after  []byte   // where the listing goes on; nil once it has ended
+	listed []listedFailure // not yet requeued
+	after  []byte          // where the listing goes on; nil once it has ended
+}
+
+// listedFailure is a failed delivery as the snapshot has it: version is
+// that of its failed key, which a later failure writes again.
+type listedFailure struct {
+	did     string
+	version uint64
 }
 
 func (s *Store) failedRequeue(subID string, now time.Time) *requeue {
@@ -71,18 +79,24 @@ func (r *requeue) close() { r.snap.Discard() }
 // (those expired or redelivered meanwhile are only taken off the failed
 // list) and whether any are left to requeue.
 func (r *requeue) next() (requeued int, more bool, err error) {
-	if len(r.dids) == 0 {
+	if len(r.listed) == 0 {
 		r.list()
 	}
-	if len(r.dids) == 0 {
+	if len(r.listed) == 0 {
 		return 0, false, nil
 	}
 	var taken int
 	err = store.Update(r.s.db, func(txn *badger.Txn) error {
 		requeued, taken = 0, 0
 		var size int64
-		for _, did := range r.dids {
-			d, e, err := failedEntries(txn, did, r.now)
+		for _, f := range r.listed {
+			if still, err := r.stillListed(txn, f); err != nil {
+				return err
+			} else if !still {
+				taken++
+				continue
+			}
+			d, e, err := failedEntries(txn, f.did, r.now)
 			if err != nil {
 				return err
 			}
@@ -91,7 +105,7 @@ func (r *requeue) next() (requeued int, more bool, err error) {
 				break
 			}
 			taken++
-			if err := txn.Delete(failedKey(r.subID, did)); err != nil {
+			if err := txn.Delete(failedKey(r.subID, f.did)); err != nil {
 				return err
 			}
 			if e.queueKey == nil {
@@ -115,8 +129,19 @@ func (r *requeue) next() (requeued int, more bool, err error) {
 	if err != nil {
 		return 0, false, err
 	}
-	r.dids = r.dids[taken:]
-	return requeued, len(r.dids) > 0 || r.after != nil, nil
+	r.listed = r.listed[taken:]
+	return requeued, len(r.listed) > 0 || r.after != nil, nil
+}
+
+// stillListed reports whether a listed failure is still the one listed:
+// not requeued by another redelivery meanwhile (its failed key gone) nor
+// failed again since (the key written again).
+func (r *requeue) stillListed(txn *badger.Txn, f listedFailure) (bool, error) {
+	item, err := txn.Get(failedKey(r.subID, f.did))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil && item.Version() == f.version, err
 }
 
 // failedEntries returns a failed delivery made pending again, due now,
@@ -138,9 +163,10 @@ func (r *requeue) list() {
 	}
 	it := r.snap.NewIterator(badger.IteratorOptions{Prefix: r.prefix})
 	defer it.Close()
-	r.dids = r.dids[:0]
-	for it.Seek(r.after); it.ValidForPrefix(r.prefix) && len(r.dids) < failedListBatch; it.Next() {
-		r.dids = append(r.dids, string(it.Item().Key()[len(r.prefix):]))
+	r.listed = r.listed[:0]
+	for it.Seek(r.after); it.ValidForPrefix(r.prefix) && len(r.listed) < failedListBatch; it.Next() {
+		item := it.Item()
+		r.listed = append(r.listed, listedFailure{did: string(item.Key()[len(r.prefix):]), version: item.Version()})
 	}
 	r.after = nil
 	if it.ValidForPrefix(r.prefix) {

@@ -84,3 +84,36 @@ func TestRedeliveryTakesEachFailedDeliveryOnce(t *testing.T) {
 		t.Fatalf("%d attempts; want %d: each first attempt and one redelivery", hits, 2*n)
 	}
 }
+
+// Nor when another redelivery requeued it meanwhile and it failed again:
+// that failure waits for the next redelivery.
+func TestConcurrentRedeliveriesTakeEachFailureOnce(t *testing.T) {
+	rcv := newReceiver(t, status(http.StatusServiceUnavailable))
+	te := newTestEngine(t, Config{Retry: []time.Duration{}})
+	const n = 5
+	s := refusedBacklog(t, te, rcv, n, 0)
+	allFailed := func() bool {
+		failed, _ := te.store.FailedDeliveries(s.ID, n+1)
+		return len(failed) == n && te.QueueDepth() == 0
+	}
+	eventually(t, "all failed", allFailed)
+	late := te.store.failedRequeue(s.ID, te.clock.Now()) // asked for first, slower to start
+	defer late.close()
+	if got, err := te.Redeliver(s.ID); got != n || err != nil {
+		t.Fatalf("redelivered %d, %v; want %d", got, err, n)
+	}
+	eventually(t, "each attempted twice", func() bool { return len(rcv.got()) == 2*n })
+	eventually(t, "all failed again", allFailed)
+	var got int
+	err := te.queue.change(func() (int64, error) {
+		var err error
+		got, _, err = late.next()
+		return int64(got), err
+	})
+	if got != 0 || err != nil {
+		t.Fatalf("the later redelivery requeued %d that failed after it was asked for (%v)", got, err)
+	}
+	if failed, _ := te.store.FailedDeliveries(s.ID, n+1); len(failed) != n {
+		t.Fatalf("%d failed deliveries left for the next redelivery, want %d", len(failed), n)
+	}
+}
