@@ -90,15 +90,13 @@ func (r *requeue) next() (requeued int, more bool, err error) {
 		requeued, taken = 0, 0
 		var size int64
 		for _, f := range r.listed {
-			if still, err := r.stillListed(txn, f); err != nil {
-				return err
-			} else if !still {
-				taken++
-				continue
-			}
-			d, e, err := failedEntries(txn, f.did, r.now)
+			d, e, current, err := r.failedEntries(txn, f)
 			if err != nil {
 				return err
+			}
+			if !current {
+				taken++ // requeued by another redelivery since, maybe failed again
+				continue
 			}
 			// One large delivery fits a transaction alone, not with others.
 			if size += e.size(); size > discardBatchBytes && taken > 0 {
@@ -133,27 +131,46 @@ func (r *requeue) next() (requeued int, more bool, err error) {
 	return requeued, len(r.listed) > 0 || r.after != nil, nil
 }
 
-// stillListed reports whether a listed failure is still the one listed:
-// not requeued by another redelivery meanwhile (its failed key gone) nor
-// failed again since (the key written again).
+// failedEntries returns a listed failure made pending again, due now,
+// and the entries that queue it; none when its record has expired or it
+// is no longer failed. current is false when the delivery has been
+// requeued since it was listed (it may have failed again: that failure
+// is not this redelivery's to take).
+func (r *requeue) failedEntries(txn *badger.Txn, f listedFailure) (d Delivery, e entries, current bool, err error) {
+	item, err := txn.Get([]byte(prefixD + f.did))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return d, entries{}, true, nil
+	} else if err != nil {
+		return d, entries{}, false, err
+	}
+	// A failure writes the record and its failed key in one transaction,
+	// so a record written after the listed key is a later life of the
+	// delivery; unless the key is still the one listed (stores of earlier
+	// versions wrote them apart). The common case needs no second read.
+	if item.Version() > f.version {
+		if current, err = r.stillListed(txn, f); !current || err != nil {
+			return d, entries{}, current, err
+		}
+	}
+	if err := item.Value(func(b []byte) error { return decodeDelivery(b, &d) }); err != nil {
+		return d, entries{}, false, err
+	}
+	if d.State != StateFailed {
+		return d, entries{}, true, nil
+	}
+	d.State, d.Attempts, d.NextAttempt, d.UpdatedAt = StatePending, 0, r.now, r.now
+	return d, pendingEntries(&d), true, nil
+}
+
+// stillListed reports whether a listed failure's key is still the one
+// listed: neither deleted by another redelivery nor written again by a
+// later failure.
 func (r *requeue) stillListed(txn *badger.Txn, f listedFailure) (bool, error) {
 	item, err := txn.Get(failedKey(r.subID, f.did))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return false, nil
 	}
 	return err == nil && item.Version() == f.version, err
-}
-
-// failedEntries returns a failed delivery made pending again, due now,
-// and the entries that queue it; none when its record has expired or it
-// is no longer failed.
-func failedEntries(txn *badger.Txn, did string, now time.Time) (d Delivery, e entries, err error) {
-	found, err := getDelivery(txn, did, &d)
-	if err != nil || !found || d.State != StateFailed {
-		return d, entries{}, err
-	}
-	d.State, d.Attempts, d.NextAttempt, d.UpdatedAt = StatePending, 0, now, now
-	return d, pendingEntries(&d), nil
 }
 
 // list reads the next failed keys from the snapshot.

@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 // A large redelivery goes a batch at a time: the first deliveries are
@@ -82,6 +84,39 @@ func TestRedeliveryTakesEachFailedDeliveryOnce(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if hits := len(rcv.got()); hits != 2*n {
 		t.Fatalf("%d attempts; want %d: each first attempt and one redelivery", hits, 2*n)
+	}
+}
+
+// A failed record written after its failed key (as stores of earlier
+// versions may hold them) is still taken.
+func TestRedeliveryTakesRecordsWrittenAfterTheirKey(t *testing.T) {
+	rcv := newReceiver(t, status(http.StatusServiceUnavailable))
+	te := newTestEngine(t, Config{Retry: []time.Duration{}})
+	const n = 3
+	s := refusedBacklog(t, te, rcv, n, 0)
+	var failed []Delivery
+	eventually(t, "all failed", func() bool {
+		failed, _ = te.store.FailedDeliveries(s.ID, n+1)
+		return len(failed) == n
+	})
+	for _, d := range failed {
+		err := te.db.Update(func(txn *badger.Txn) error {
+			item, err := txn.Get([]byte(prefixD + d.ID))
+			if err != nil {
+				return err
+			}
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			return txn.Set([]byte(prefixD+d.ID), v)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := te.Redeliver(s.ID); got != n || err != nil {
+		t.Fatalf("redelivered %d, %v; want %d", got, err, n)
 	}
 }
 
