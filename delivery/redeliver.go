@@ -144,9 +144,9 @@ func (r *requeue) failedEntries(txn *badger.Txn, f listedFailure) (d Delivery, e
 		return d, entries{}, false, err
 	}
 	// A failure writes the record and its failed key in one transaction,
-	// so a record written after the listed key is a later life of the
-	// delivery; unless the key is still the one listed (stores of earlier
-	// versions wrote them apart). The common case needs no second read.
+	// so a record no newer than the listed key is that failure's, and the
+	// common case needs no second read. A newer record is a later life of
+	// the delivery unless the key is still the one listed; the key says.
 	if item.Version() > f.version {
 		if current, err = r.stillListed(txn, f); !current || err != nil {
 			return d, entries{}, current, err

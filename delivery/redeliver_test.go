@@ -87,8 +87,8 @@ func TestRedeliveryTakesEachFailedDeliveryOnce(t *testing.T) {
 	}
 }
 
-// A failed record written after its failed key (as stores of earlier
-// versions may hold them) is still taken.
+// A failed record written again after its failed key is still taken: the
+// key, not the record's version, decides then.
 func TestRedeliveryTakesRecordsWrittenAfterTheirKey(t *testing.T) {
 	rcv := newReceiver(t, status(http.StatusServiceUnavailable))
 	te := newTestEngine(t, Config{Retry: []time.Duration{}})
