@@ -76,8 +76,9 @@ func (s *Store) failedRequeue(subID string, now time.Time) *requeue {
 func (r *requeue) close() { r.snap.Discard() }
 
 // next requeues one batch and returns how many deliveries it put back
-// (those expired or redelivered meanwhile are only taken off the failed
-// list) and whether any are left to requeue.
+// (those expired meanwhile are only taken off the failed list, those
+// requeued meanwhile left as they are) and whether any are left to
+// requeue.
 func (r *requeue) next() (requeued int, more bool, err error) {
 	if len(r.listed) == 0 {
 		r.list()
