@@ -113,17 +113,21 @@ func (e *Engine) settler(stop <-chan struct{}) {
 			e.log().Error("recording delivery attempts", zap.Int("deliveries", len(batch)-stored), zap.Error(err))
 		}
 		for i, r := range reqs {
+			// A delivery still queued must be read again. A load that
+			// began while it was in flight skipped it, so the rewind is
+			// set in the same section that takes it out of flight.
 			e.mu.Lock()
 			switch {
 			case i >= stored:
 				// Unrecorded, the delivery is still queued, maybe behind
 				// the lane's cursor: read the queue again from its start.
-				r.lane.rewind, r.lane.rewindTo = true, time.Time{}
+				r.lane.rewindFrom(time.Time{})
 			case r.d.State == StatePending: // a retry went back in the queue
-				r.lane.exhausted = false
+				r.lane.rewindFrom(r.d.NextAttempt)
 			}
+			delete(r.lane.inflight, r.d.ID)
 			e.mu.Unlock()
-			e.leave(r.lane, r.d.ID)
+			r.lane.signal()
 		}
 	}
 }

@@ -577,6 +577,62 @@ func TestRetryDueWhileAnAttemptIsHeld(t *testing.T) {
 	})
 }
 
+// A retry stored while the lane is reading its queue is not lost: that
+// read skipped the delivery, which was still in flight when it began, so
+// the lane must read again rather than take the read's result as final.
+// Nothing else wakes the lane here; without the second read the retry
+// waits for the next message or a restart.
+func TestRetryStoredDuringALoadIsAttempted(t *testing.T) {
+	release := make(chan struct{})
+	rcv := newReceiver(t, func(n int, w http.ResponseWriter) {
+		if n == 1 {
+			<-release
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	db, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The lane asks whether it may load (the disk-space guard) at the start
+	// of every read of its queue: the test holds one read there.
+	var hold atomic.Bool
+	loading, resume := make(chan struct{}), make(chan struct{})
+	s := NewStore(db.DB)
+	s.SetWritable(func() error {
+		if hold.CompareAndSwap(true, false) {
+			close(loading)
+			<-resume
+		}
+		return nil
+	})
+	clock := testclock.New(t0)
+	e := NewEngine(s, nil, clock)
+	if err := e.Configure(Config{AllowPrivateTargets: true, Retry: []time.Duration{10 * time.Millisecond},
+		Subscriptions: []Subscription{sub("a", rcv.URL)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Stop(); db.Close() })
+
+	if _, err := e.Publish(msg("x", `{"n":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the first attempt held by the receiver", func() bool { return len(rcv.got()) == 1 })
+	hold.Store(true)
+	e.Kick() // a read with the attempt in flight
+	<-loading
+	close(release) // the attempt fails; its retry is stored while the read waits
+	eventually(t, "the failure settled", func() bool { return e.inFlight(StaticID("a")) == 0 })
+	clock.Advance(time.Second) // the retry is due
+	close(resume)
+	eventually(t, "the retry", func() bool { return len(rcv.got()) == 2 })
+}
+
 // A message acknowledged before a crash is delivered after the restart.
 func TestDeliveredAfterCrash(t *testing.T) {
 	dir := t.TempDir()

@@ -59,19 +59,13 @@ func (e *Engine) wakeFrom(subID string, due time.Time) {
 		l = &lane{inflight: map[string]bool{}, progress: make(chan struct{}, 1)}
 		e.lanes[subID] = l
 	}
-	if !l.rewind || due.Before(l.rewindTo) {
-		l.rewindTo = due // zero: from the start
-	}
-	l.rewind = true
+	l.rewindFrom(due)
 	if l.running {
 		l.kicked = true
 		// A lane waiting for its attempts in flight must look at the new
 		// entry now: free slots would otherwise stay idle until one of
 		// those attempts ends, which a slow receiver can make seconds.
-		select {
-		case l.progress <- struct{}{}:
-		default:
-		}
+		l.signal()
 		return
 	}
 	l.running = true
@@ -82,6 +76,25 @@ func (e *Engine) wakeFrom(subID string, due time.Time) {
 	e.activeLanes++
 	e.wg.Add(1)
 	go e.runLane(subID, l)
+}
+
+// rewindFrom makes the lane's next load start no later than due (zero:
+// from the start of the queue); e.mu held. Unlike exhausted, which every
+// load sets when it ends, rewind is cleared only when a load begins, so a
+// load already running cannot undo it.
+func (l *lane) rewindFrom(due time.Time) {
+	if !l.rewind || due.Before(l.rewindTo) {
+		l.rewindTo = due
+	}
+	l.rewind = true
+}
+
+// signal wakes the lane if it waits for progress.
+func (l *lane) signal() {
+	select {
+	case l.progress <- struct{}{}:
+	default:
+	}
 }
 
 // maxLanes bounds the lanes running at once. Each running lane is loading,
@@ -295,8 +308,5 @@ func (e *Engine) leave(l *lane, id string) {
 	e.mu.Lock()
 	delete(l.inflight, id)
 	e.mu.Unlock()
-	select {
-	case l.progress <- struct{}{}:
-	default:
-	}
+	l.signal()
 }
