@@ -33,14 +33,16 @@ type lane struct {
 	next      time.Time
 }
 
-// Kick makes every subscription look at its queue now. Useful after a
-// clock jump in tests and after configuration changes.
+// Kick makes every subscription look at its queue now, and the scheduler
+// at its wake-ups. Useful after a clock jump in tests, whose clock the
+// scheduler's timer does not follow, and after configuration changes.
 func (e *Engine) Kick() {
 	idx := e.index.Load()
 	if idx == nil {
 		return
 	}
 	idx.each(func(s *Subscription) { e.wake(s.ID) })
+	e.sched.poke()
 }
 
 // wake makes sure the subscription's queue is being worked on.

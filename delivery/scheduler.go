@@ -48,6 +48,11 @@ func (s *scheduler) add(subID string, t time.Time) {
 	s.next[subID] = t
 	heap.Push(&s.queue, wakeUp{at: t, subID: subID})
 	s.mu.Unlock()
+	s.poke()
+}
+
+// poke makes the scheduler look at its wake-ups now.
+func (s *scheduler) poke() {
 	select {
 	case s.signal <- struct{}{}:
 	default:

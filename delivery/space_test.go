@@ -8,28 +8,34 @@ import (
 	"time"
 
 	"github.com/hookgate/caddy-webhook/internal/store"
+	"github.com/hookgate/caddy-webhook/internal/testclock"
 )
 
 // While the store refuses to add data (a disk nearly full), nothing new
 // is accepted, queued deliveries wait without being attempted, and they
-// go out once space is back.
+// go out, with nothing else waking them, once space is back. It runs on
+// the test clock: a retry stored at wall time would wait longer if the
+// machine's clock were set back meanwhile.
 func TestLowSpacePausesIntakeAndDeliveries(t *testing.T) {
 	db, err := store.Open(t.TempDir(), store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var low atomic.Bool
+	var asked atomic.Int64 // how often the guard was asked
 	s := NewStore(db.DB)
 	s.SetWritable(func() error {
+		asked.Add(1)
 		if low.Load() {
 			return &store.LowSpaceError{Dir: "/data", Free: 1 << 20, Min: 256 << 20}
 		}
 		return nil
 	})
-	e := NewEngine(s, nil, nil)
+	clock := testclock.New(t0)
+	e := NewEngine(s, nil, clock)
 	var up atomic.Bool
 	r := newReceiver(t, failUntil(&up, http.StatusServiceUnavailable))
-	cfg := Config{AllowPrivateTargets: true, Retry: []time.Duration{300 * time.Millisecond, 300 * time.Millisecond},
+	cfg := Config{AllowPrivateTargets: true, Retry: []time.Duration{time.Minute, time.Minute},
 		Subscriptions: []Subscription{sub("a", r.URL)}}
 	if err := e.Configure(cfg); err != nil {
 		t.Fatal(err)
@@ -39,11 +45,15 @@ func TestLowSpacePausesIntakeAndDeliveries(t *testing.T) {
 	}
 	t.Cleanup(func() { e.Stop(); db.Close() })
 
-	if _, err := e.Publish(msg("order.status", `{"n":1}`)); err != nil {
+	first, err := e.Publish(msg("order.status", `{"n":1}`))
+	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the first attempt", func() bool { return len(r.got()) == 1 })
-	// The retry is 300 ms away: the store fills up before it comes due.
+	id := deliveryID(first.ID, StaticID("a"))
+	eventually(t, "the first attempt failed and settled", func() bool {
+		d, ok, _ := e.store.Delivery(id)
+		return ok && d.Attempts == 1 && e.inFlight(StaticID("a")) == 0
+	})
 	low.Store(true)
 	up.Store(true)
 
@@ -67,7 +77,20 @@ func TestLowSpacePausesIntakeAndDeliveries(t *testing.T) {
 		t.Error("the refused registration is in effect")
 	}
 
-	time.Sleep(time.Second) // three retry periods: would the retry go out?
+	// The retry comes due: the lane looks at its queue, is refused, and
+	// looks again after each pause, still refused. The clock moves while
+	// the test waits, since when the lane last looked is not known here.
+	before := asked.Load()
+	clock.Advance(2 * time.Minute)
+	e.Kick()
+	eventually(t, "the lane looking", func() bool { return asked.Load() > before })
+	for range 2 {
+		before := asked.Load()
+		eventually(t, "the lane looking again", func() bool {
+			clock.Advance(10 * time.Millisecond)
+			return asked.Load() > before
+		})
+	}
 	if n := len(r.got()); n != 1 {
 		t.Fatalf("%d attempts while the store was low, want the 1 before", n)
 	}
@@ -76,7 +99,10 @@ func TestLowSpacePausesIntakeAndDeliveries(t *testing.T) {
 	}
 
 	low.Store(false)
-	eventually(t, "the retry once space is back", func() bool { return len(r.got()) == 2 })
+	eventually(t, "the retry once space is back", func() bool {
+		clock.Advance(10 * time.Millisecond)
+		return len(r.got()) == 2
+	})
 	eventually(t, "the delivery settled", func() bool { return e.QueueDepth() == 0 })
 	if _, err := e.Publish(msg("order.status", `{"n":3}`)); err != nil {
 		t.Fatalf("publish after space came back: %v", err)
