@@ -120,8 +120,10 @@ func (e *Engine) settler(stop <-chan struct{}) {
 			switch {
 			case i >= stored:
 				// Unrecorded, the delivery is still queued, maybe behind
-				// the lane's cursor: read the queue again from its start.
+				// the lane's cursor: read the queue again from its start,
+				// after a pause, since the store is failing.
 				r.lane.rewindFrom(time.Time{})
+				r.lane.pausedUntil = e.clock.Now().Add(storeErrorPause)
 			case r.d.State == StatePending: // a retry went back in the queue
 				r.lane.rewindFrom(r.d.NextAttempt)
 			}

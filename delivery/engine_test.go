@@ -633,6 +633,49 @@ func TestRetryStoredDuringALoadIsAttempted(t *testing.T) {
 	eventually(t, "the retry", func() bool { return len(rcv.got()) == 2 })
 }
 
+// While the store keeps refusing to record outcomes (a failing disk), the
+// lane does not send the same deliveries again at full speed, and new
+// ones wait too: it pauses, and sends them once outcomes can be stored.
+func TestRefusedSettlesPauseTheLane(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("s", rcv.URL)}})
+	var refusing atomic.Bool
+	var refused atomic.Int64
+	refusing.Store(true)
+	te.store.writeFault = func(op string) error {
+		if op == "settle" && refusing.Load() {
+			refused.Add(1)
+			return errors.New("input/output error")
+		}
+		return nil
+	}
+	first, err := te.Publish(msg("x", `{"n":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Out of flight once the settler has paused the lane.
+	eventually(t, "the outcome refused", func() bool { return refused.Load() >= 1 && te.inFlight(StaticID("s")) == 0 })
+	second, err := te.Publish(msg("x", `{"n":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // would either be sent?
+	if n := len(rcv.got()); n != 1 {
+		t.Fatalf("%d requests while outcomes could not be stored, want the first only", n)
+	}
+
+	refusing.Store(false)
+	te.clock.Advance(storeErrorPause)
+	te.Kick()
+	for _, m := range []PublishResult{first, second} {
+		did := deliveryID(m.ID, StaticID("s"))
+		eventually(t, "delivered after the pause", func() bool { return te.delivery(t, did).State == StateDelivered })
+	}
+	if n := len(rcv.got()); n != 3 {
+		t.Fatalf("%d requests, want the refused one, its resend and the second message", n)
+	}
+}
+
 // A message acknowledged before a crash is delivered after the restart.
 func TestDeliveredAfterCrash(t *testing.T) {
 	dir := t.TempDir()
@@ -1125,9 +1168,9 @@ func TestConnectionsReusedAcrossSubscriptionsOfOneHost(t *testing.T) {
 }
 
 // A settle that fails to be stored (say the disk refused the write) loses
-// nothing: the lane reads its queue again from the start, behind its
-// cursor, and makes those attempts again; the queue depth counts them
-// until they are stored as delivered.
+// nothing: after a pause the lane reads its queue again from the start,
+// behind its cursor, and makes those attempts again; the queue depth
+// counts them until they are stored as delivered.
 func TestFailedSettleIsAttemptedAgain(t *testing.T) {
 	gate := make(chan struct{})
 	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) {
@@ -1156,6 +1199,12 @@ func TestFailedSettleIsAttemptedAgain(t *testing.T) {
 	}
 	eventually(t, "attempts held at the receiver", func() bool { return len(rcv.got()) == 8 })
 	close(gate)
+	// The lane pauses after the refused write: the store is failing.
+	eventually(t, "the attempts settled or refused", func() bool {
+		return failures.Load() >= 1 && te.inFlight(StaticID("s")) == 0
+	})
+	te.clock.Advance(storeErrorPause)
+	te.Kick()
 	for _, id := range ids {
 		did := deliveryID(id, StaticID("s"))
 		eventually(t, "every message delivered", func() bool { return te.delivery(t, did).State == StateDelivered })

@@ -31,6 +31,8 @@ type lane struct {
 	// first entry after them comes due (zero: none).
 	exhausted bool
 	next      time.Time
+	// pausedUntil: the store failed; nothing is loaded before then.
+	pausedUntil time.Time
 }
 
 // Kick makes every subscription look at its queue now, and the scheduler
@@ -126,8 +128,8 @@ func (e *Engine) runLane(subID string, l *lane) {
 	slots := make(chan struct{}, s.EndpointConcurrency)
 	for {
 		e.mu.Lock()
-		if e.knownEmpty(l) {
-			busy, next := len(l.inflight) > 0, l.next
+		if wait, next := e.nothingToLoad(l); wait {
+			busy := len(l.inflight) > 0
 			e.mu.Unlock()
 			if busy {
 				e.waitProgress(l, subID, next)
@@ -150,12 +152,15 @@ func (e *Engine) runLane(subID string, l *lane) {
 		batch, next, err := e.loadDue(subID, from, skip, cap(slots))
 		if err != nil && e.ctx.Err() == nil {
 			e.log().Error("reading delivery queue", zap.String("subscription", subID), zap.Error(err))
-			next = e.clock.Now().Add(5 * time.Second)
+			next = e.clock.Now().Add(storeErrorPause)
 		}
 		e.mu.Lock()
 		// A short batch is everything due; until something is added or
 		// retried, or next comes due, the queue need not be read again.
 		l.exhausted, l.next = err == nil && len(batch) < cap(slots), next
+		if err != nil {
+			l.pausedUntil = next
+		}
 		e.mu.Unlock()
 		if len(batch) == 0 {
 			if len(skip) > 0 && e.ctx.Err() == nil {
@@ -180,6 +185,20 @@ func (e *Engine) runLane(subID string, l *lane) {
 		}
 	}
 }
+
+// nothingToLoad reports whether the lane is to wait rather than read its
+// queue, and until when (zero: until woken); e.mu held.
+func (e *Engine) nothingToLoad(l *lane) (bool, time.Time) {
+	if e.ctx.Err() == nil && e.clock.Now().Before(l.pausedUntil) {
+		return true, l.pausedUntil
+	}
+	return e.knownEmpty(l), l.next
+}
+
+// storeErrorPause is how long a lane waits before reading its queue again
+// when the store failed to read it or to record an outcome. Sending while
+// outcomes cannot be stored would repeat the same requests at full speed.
+const storeErrorPause = 5 * time.Second
 
 // knownEmpty reports whether the lane's last load found everything due and
 // nothing was announced or retried since; e.mu held. It saves reading the
