@@ -123,9 +123,12 @@ func (e *Engine) settler(stop <-chan struct{}) {
 				// the lane's cursor: read the queue again from its start,
 				// after a pause, since the store is failing.
 				r.lane.rewindFrom(time.Time{})
-				r.lane.pausedUntil = e.clock.Now().Add(storeErrorPause)
+				e.pauseAfterStoreError(r.lane)
 			case r.d.State == StatePending: // a retry went back in the queue
 				r.lane.rewindFrom(r.d.NextAttempt)
+				r.lane.storeFailures = 0
+			default:
+				r.lane.storeFailures = 0
 			}
 			delete(r.lane.inflight, r.d.ID)
 			e.mu.Unlock()

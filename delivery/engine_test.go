@@ -635,7 +635,9 @@ func TestRetryStoredDuringALoadIsAttempted(t *testing.T) {
 
 // While the store keeps refusing to record outcomes (a failing disk), the
 // lane does not send the same deliveries again at full speed, and new
-// ones wait too: it pauses, and sends them once outcomes can be stored.
+// ones wait too: it pauses, twice as long after each refusal in a row,
+// and sends them once outcomes can be stored. A stored outcome brings the
+// pause back to its shortest.
 func TestRefusedSettlesPauseTheLane(t *testing.T) {
 	rcv := newReceiver(t, nil)
 	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("s", rcv.URL)}})
@@ -649,31 +651,59 @@ func TestRefusedSettlesPauseTheLane(t *testing.T) {
 		}
 		return nil
 	}
+	// Sent, then out of flight once the settler has paused the lane.
+	pausedAfter := func(requests int) {
+		t.Helper()
+		eventually(t, "the outcomes refused", func() bool {
+			return len(rcv.got()) == requests && refused.Load() > 0 && te.inFlight(StaticID("s")) == 0
+		})
+	}
+	requests := func(want int, when string) {
+		t.Helper()
+		if n := len(rcv.got()); n != want {
+			t.Fatalf("%d requests %s, want %d", n, when, want)
+		}
+	}
+	later := func(d time.Duration) { te.clock.Advance(d); te.Kick() }
+	delivered := func(m PublishResult) {
+		t.Helper()
+		did := deliveryID(m.ID, StaticID("s"))
+		eventually(t, "delivered after the pause", func() bool { return te.delivery(t, did).State == StateDelivered })
+	}
+
 	first, err := te.Publish(msg("x", `{"n":1}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Out of flight once the settler has paused the lane.
-	eventually(t, "the outcome refused", func() bool { return refused.Load() >= 1 && te.inFlight(StaticID("s")) == 0 })
+	pausedAfter(1)
 	second, err := te.Publish(msg("x", `{"n":2}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond) // would either be sent?
-	if n := len(rcv.got()); n != 1 {
-		t.Fatalf("%d requests while outcomes could not be stored, want the first only", n)
-	}
+	requests(1, "while outcomes could not be stored")
+
+	later(storeErrorPause)
+	pausedAfter(3) // both sent, refused again
+	later(storeErrorPause)
+	time.Sleep(100 * time.Millisecond)
+	requests(3, "halfway through the second, longer pause")
 
 	refusing.Store(false)
-	te.clock.Advance(storeErrorPause)
-	te.Kick()
-	for _, m := range []PublishResult{first, second} {
-		did := deliveryID(m.ID, StaticID("s"))
-		eventually(t, "delivered after the pause", func() bool { return te.delivery(t, did).State == StateDelivered })
+	later(storeErrorPause)
+	delivered(first)
+	delivered(second)
+	requests(5, "once outcomes could be stored")
+
+	refusing.Store(true)
+	third, err := te.Publish(msg("x", `{"n":3}`))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n := len(rcv.got()); n != 3 {
-		t.Fatalf("%d requests, want the refused one, its resend and the second message", n)
-	}
+	pausedAfter(6)
+	refusing.Store(false)
+	later(storeErrorPause)
+	delivered(third)
 }
 
 // A message acknowledged before a crash is delivered after the restart.

@@ -32,7 +32,9 @@ type lane struct {
 	exhausted bool
 	next      time.Time
 	// pausedUntil: the store failed; nothing is loaded before then.
-	pausedUntil time.Time
+	// storeFailures counts the failures since an outcome was last stored.
+	pausedUntil   time.Time
+	storeFailures int
 }
 
 // Kick makes every subscription look at its queue now, and the scheduler
@@ -150,17 +152,17 @@ func (e *Engine) runLane(subID string, l *lane) {
 		skip := maps.Clone(l.inflight)
 		e.mu.Unlock()
 		batch, next, err := e.loadDue(subID, from, skip, cap(slots))
-		if err != nil && e.ctx.Err() == nil {
+		failed := err != nil && e.ctx.Err() == nil
+		if failed {
 			e.log().Error("reading delivery queue", zap.String("subscription", subID), zap.Error(err))
-			next = e.clock.Now().Add(storeErrorPause)
 		}
 		e.mu.Lock()
+		if failed {
+			next = e.pauseAfterStoreError(l)
+		}
 		// A short batch is everything due; until something is added or
 		// retried, or next comes due, the queue need not be read again.
 		l.exhausted, l.next = err == nil && len(batch) < cap(slots), next
-		if err != nil {
-			l.pausedUntil = next
-		}
 		e.mu.Unlock()
 		if len(batch) == 0 {
 			if len(skip) > 0 && e.ctx.Err() == nil {
@@ -195,10 +197,27 @@ func (e *Engine) nothingToLoad(l *lane) (bool, time.Time) {
 	return e.knownEmpty(l), l.next
 }
 
-// storeErrorPause is how long a lane waits before reading its queue again
-// when the store failed to read it or to record an outcome. Sending while
-// outcomes cannot be stored would repeat the same requests at full speed.
-const storeErrorPause = 5 * time.Second
+// pauseAfterStoreError pauses the lane after the store failed to read its
+// queue or to record an outcome, and returns when the pause ends; e.mu
+// held. Sending while outcomes cannot be stored would repeat the same
+// requests at full speed, so each pause that ends in another failure is
+// twice as long as the one before, from storeErrorPause up to
+// maxStoreErrorPause, until an outcome is stored again. Failures during a
+// pause (attempts that began before it) belong to that pause.
+func (e *Engine) pauseAfterStoreError(l *lane) time.Time {
+	if e.clock.Now().Before(l.pausedUntil) {
+		return l.pausedUntil
+	}
+	l.storeFailures++
+	pause := min(storeErrorPause<<min(l.storeFailures-1, 8), maxStoreErrorPause)
+	l.pausedUntil = e.clock.Now().Add(pause)
+	return l.pausedUntil
+}
+
+const (
+	storeErrorPause    = 5 * time.Second
+	maxStoreErrorPause = time.Minute
+)
 
 // knownEmpty reports whether the lane's last load found everything due and
 // nothing was announced or retried since; e.mu held. It saves reading the
