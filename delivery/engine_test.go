@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -704,6 +705,32 @@ func TestRefusedSettlesPauseTheLane(t *testing.T) {
 	refusing.Store(false)
 	later(storeErrorPause)
 	delivered(third)
+}
+
+// An operator's retry ends a lane's pause after store failures: the
+// deliveries go out at once rather than when the pause ends.
+func TestRetryNowEndsAStoreFailurePause(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("s", rcv.URL)}})
+	var refusing atomic.Bool
+	refusing.Store(true)
+	te.store.writeFault = func(op string) error {
+		if op == "settle" && refusing.Load() {
+			return errors.New("input/output error")
+		}
+		return nil
+	}
+	m, err := te.Publish(msg("x", `{"n":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the outcome refused", func() bool { return len(rcv.got()) == 1 && te.inFlight(StaticID("s")) == 0 })
+	refusing.Store(false)
+	if _, err := te.RetryNow(context.Background(), StaticID("s")); err != nil {
+		t.Fatal(err)
+	}
+	did := deliveryID(m.ID, StaticID("s"))
+	eventually(t, "delivered with the clock standing still", func() bool { return te.delivery(t, did).State == StateDelivered })
 }
 
 // A message acknowledged before a crash is delivered after the restart.

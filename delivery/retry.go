@@ -21,8 +21,9 @@ import (
 // most the attempt timeout, or until ctx ends), so that their retries are
 // moved too. Their own entries are due already and never moved, unless
 // the clock stepped back: the entry settled would then be gone and the
-// moved one left queued. It returns how many deliveries it moved, also
-// when it stops on an error.
+// moved one left queued. It ends a pause after store failures (see
+// endPause). It returns how many deliveries it moved, also when it stops
+// on an error.
 func (e *Engine) RetryNow(ctx context.Context, subID string) (int, error) {
 	if err := e.store.canAdd(); err != nil {
 		return 0, err
@@ -45,9 +46,23 @@ func (e *Engine) RetryNow(ctx context.Context, subID string) (int, error) {
 	log := e.log().Info
 	if err != nil {
 		log = e.log().Error
+	} else {
+		e.endPause(subID)
 	}
 	log("pending deliveries made due now", zap.String("subscription", subID), zap.Int("count", n), zap.Error(err))
 	return n, err
+}
+
+// endPause lets a lane paused by store failures read its queue when it
+// is next woken: an operator asked for its deliveries now, typically once
+// the disk is fixed, rather than at the end of a pause of up to a minute.
+// Should the store still fail, the next pause is the next longer one.
+func (e *Engine) endPause(subID string) {
+	e.mu.Lock()
+	if l := e.lanes[subID]; l != nil {
+		l.pausedUntil = time.Time{}
+	}
+	e.mu.Unlock()
 }
 
 // reschedule moves every queue entry of a subscription due after now to
