@@ -593,32 +593,19 @@ func TestRetryStoredDuringALoadIsAttempted(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The lane asks whether it may load (the disk-space guard) at the start
 	// of every read of its queue: the test holds one read there.
 	var hold atomic.Bool
 	loading, resume := make(chan struct{}), make(chan struct{})
-	s := NewStore(db.DB)
-	s.SetWritable(func() error {
+	e := newGuardedTestEngine(t, Config{Retry: []time.Duration{10 * time.Millisecond},
+		Subscriptions: []Subscription{sub("a", rcv.URL)}}, func() error {
 		if hold.CompareAndSwap(true, false) {
 			close(loading)
 			<-resume
 		}
 		return nil
 	})
-	clock := testclock.New(t0)
-	e := NewEngine(s, nil, clock)
-	if err := e.Configure(Config{AllowPrivateTargets: true, Retry: []time.Duration{10 * time.Millisecond},
-		Subscriptions: []Subscription{sub("a", rcv.URL)}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Stop(); db.Close() })
+	clock := e.clock
 
 	if _, err := e.Publish(msg("x", `{"n":1}`)); err != nil {
 		t.Fatal(err)

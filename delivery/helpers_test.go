@@ -90,11 +90,27 @@ func newTestEngine(t testing.TB, cfg Config) *testEngine {
 
 func openTestEngine(t testing.TB, dir string, cfg Config, clock *fakeClock) *testEngine {
 	t.Helper()
+	return startTestEngine(t, dir, cfg, clock, nil)
+}
+
+// newGuardedTestEngine is newTestEngine with writable as its store's
+// disk-space guard (see Store.SetWritable), set before the engine starts.
+func newGuardedTestEngine(t testing.TB, cfg Config, writable func() error) *testEngine {
+	t.Helper()
+	return startTestEngine(t, t.TempDir(), cfg, testclock.New(t0), writable)
+}
+
+func startTestEngine(t testing.TB, dir string, cfg Config, clock *fakeClock, writable func() error) *testEngine {
+	t.Helper()
 	db, err := store.Open(dir, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	te := &testEngine{Engine: NewEngine(NewStore(db.DB), nil, clock), db: db, dir: dir, clock: clock}
+	s := NewStore(db.DB)
+	if writable != nil {
+		s.SetWritable(writable)
+	}
+	te := &testEngine{Engine: NewEngine(s, nil, clock), db: db, dir: dir, clock: clock}
 	cfg.AllowPrivateTargets = true // receivers are on 127.0.0.1
 	if err := te.Configure(cfg); err != nil {
 		t.Fatal(err)

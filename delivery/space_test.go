@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/hookgate/caddy-webhook/internal/store"
-	"github.com/hookgate/caddy-webhook/internal/testclock"
 )
 
 // While the store refuses to add data (a disk nearly full), nothing new
@@ -17,33 +16,19 @@ import (
 // the test clock: a retry stored at wall time would wait longer if the
 // machine's clock were set back meanwhile.
 func TestLowSpacePausesIntakeAndDeliveries(t *testing.T) {
-	db, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var low atomic.Bool
 	var asked atomic.Int64 // how often the guard was asked
-	s := NewStore(db.DB)
-	s.SetWritable(func() error {
+	var up atomic.Bool
+	r := newReceiver(t, failUntil(&up, http.StatusServiceUnavailable))
+	cfg := Config{Retry: []time.Duration{time.Minute, time.Minute}, Subscriptions: []Subscription{sub("a", r.URL)}}
+	e := newGuardedTestEngine(t, cfg, func() error {
 		asked.Add(1)
 		if low.Load() {
 			return &store.LowSpaceError{Dir: "/data", Free: 1 << 20, Min: 256 << 20}
 		}
 		return nil
 	})
-	clock := testclock.New(t0)
-	e := NewEngine(s, nil, clock)
-	var up atomic.Bool
-	r := newReceiver(t, failUntil(&up, http.StatusServiceUnavailable))
-	cfg := Config{AllowPrivateTargets: true, Retry: []time.Duration{time.Minute, time.Minute},
-		Subscriptions: []Subscription{sub("a", r.URL)}}
-	if err := e.Configure(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Stop(); db.Close() })
+	clock := e.clock
 
 	first, err := e.Publish(msg("order.status", `{"n":1}`))
 	if err != nil {
