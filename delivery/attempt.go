@@ -126,9 +126,9 @@ func (e *Engine) settler(stop <-chan struct{}) {
 				e.pauseAfterStoreError(r.lane)
 			case r.d.State == StatePending: // a retry went back in the queue
 				r.lane.rewindFrom(r.d.NextAttempt)
-				r.lane.storeFailures = 0
+				fallthrough
 			default:
-				r.lane.storeFailures = 0
+				r.lane.storeFailures = 0 // an outcome was stored
 			}
 			delete(r.lane.inflight, r.d.ID)
 			e.mu.Unlock()
