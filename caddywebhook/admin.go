@@ -224,6 +224,9 @@ type subscriptionJSON struct {
 	// past, it waits for a worker (or, disabled, for enable).
 	NextAttempt *time.Time      `json:"next_attempt,omitempty"`
 	Health      delivery.Health `json:"health"`
+	// StorePause is set while its deliveries pause because the store
+	// failed to read its queue or to record an outcome.
+	StorePause *delivery.StorePause `json:"store_pause,omitempty"`
 }
 
 func subscriptionView(eng *delivery.Engine, s delivery.Subscription, queued int) subscriptionJSON {
@@ -248,6 +251,10 @@ func subscriptionView(eng *delivery.Engine, s delivery.Subscription, queued int)
 		}
 	}
 	v.Health, _ = eng.Health(s.ID)
+	if p, ok := eng.StorePause(s.ID); ok {
+		p.Until = p.Until.UTC()
+		v.StorePause = &p
+	}
 	if queued > 0 {
 		if due, ok, err := eng.Store().NextDue(s.ID); err == nil && ok {
 			due = due.UTC()

@@ -49,6 +49,10 @@ var (
 		"Subscriptions disabled after failing (410 Gone or disable_after).",
 		func(e *delivery.Engine) int64 { return int64(e.DisabledEndpoints()) })
 
+	pausedSubscriptions = engineGauge("subscriptions_paused",
+		"Subscriptions whose deliveries pause (5 s, doubling up to 1 min) because the store failed to read their queue or to record an outcome; the error log says why.",
+		func(e *delivery.Engine) int64 { return int64(e.PausedSubscriptions()) })
+
 	storeFreeBytes = storeGauge("store_free_bytes",
 		"Free space on the filesystem of storage_dir, read every 100 ms; below min_free_space new messages, registrations and pushes are refused and deliveries pause. NaN when it cannot be read.",
 		func(db *store.DB) int64 { return db.FreeSpace() })
@@ -90,7 +94,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{ingestPushes, deliveryAttempts, attemptDuration, published, queueDepth, disabledEndpoints, storeFreeBytes, storeBytes} {
+	for _, c := range []prometheus.Collector{ingestPushes, deliveryAttempts, attemptDuration, published, queueDepth, disabledEndpoints, pausedSubscriptions, storeFreeBytes, storeBytes} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -107,6 +107,10 @@ http://localhost:9080 {
 	// Waiting: down's 3 + endpoint.disabled, gone's 3 + endpoint.disabled.
 	waitFor(t, "the disabled endpoint", func() bool { return metricValue(t, "caddy_webhooks_endpoints_disabled") == 1 })
 	waitFor(t, "the queue to settle", func() bool { return metricValue(t, "caddy_webhooks_queue_depth") == 8 })
+	// Listed while no subscription pauses after store failures.
+	if _, b := adminRequest(t, "GET", "/metrics", "", nil); !strings.Contains(string(b), "\ncaddy_webhooks_subscriptions_paused 0\n") {
+		t.Error("caddy_webhooks_subscriptions_paused is not listed as 0")
+	}
 	// The store's files are allocated as badger writes them: tens of KB
 	// here, where their sizes add up to hundreds of MB.
 	if v := metricValue(t, "caddy_webhooks_store_bytes"); !(v > 0 && v < 64<<20) {

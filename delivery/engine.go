@@ -46,6 +46,10 @@ type Engine struct {
 
 	mu    sync.Mutex
 	lanes map[string]*lane
+	// paused holds the lanes paused after store failures, so that
+	// counting them need not look at every lane; those whose pause has
+	// ended leave it when it is next counted.
+	paused map[*lane]struct{}
 	// held holds the subscriptions whose queues an operator's operation
 	// (Discard, RetryNow) is rewriting; holds counts them so that
 	// workable need not lock when it is 0.
@@ -101,6 +105,7 @@ func NewEngine(store *Store, logger *zap.Logger, clock Clock) *Engine {
 		health:        map[string]*Health{},
 		successStored: map[string]time.Time{},
 		lanes:         map[string]*lane{},
+		paused:        map[*lane]struct{}{},
 		held:          map[string]bool{},
 	}
 	e.sched = newScheduler(e)
@@ -307,6 +312,7 @@ func (e *Engine) Start() error {
 	e.started = true
 	// Lanes of an earlier run may have ended without going idle.
 	e.lanes, e.activeLanes, e.waitingLanes = map[string]*lane{}, 0, nil
+	clear(e.paused)
 	e.mu.Unlock()
 	e.wg.Add(3)
 	go e.sched.run(e.ctx)

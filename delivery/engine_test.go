@@ -658,12 +658,38 @@ func TestRefusedSettlesPauseTheLane(t *testing.T) {
 		did := deliveryID(m.ID, StaticID("s"))
 		eventually(t, "delivered after the pause", func() bool { return te.delivery(t, did).State == StateDelivered })
 	}
+	// What operators see: the admin API's store_pause, the gauge, the log.
+	core, logs := observer.New(zapcore.InfoLevel)
+	te.SetLogger(zap.New(core))
+	shown := func(pauses int, pause time.Duration) {
+		t.Helper()
+		p, ok := te.StorePause(StaticID("s"))
+		if want := (StorePause{te.clock.Now().Add(pause), pauses}); pauses > 0 && (!ok || !p.Until.Equal(want.Until) || p.Pauses != pauses) {
+			t.Fatalf("pause shown: %+v %v, want %+v", p, ok, want)
+		}
+		if pauses == 0 && ok {
+			t.Fatalf("a pause shown after it ended: %+v", p)
+		}
+		if n := te.PausedSubscriptions(); n != min(pauses, 1) {
+			t.Fatalf("%d subscriptions counted as paused, want %d", n, min(pauses, 1))
+		}
+		warned := logs.FilterMessage("deliveries paused after a store failure").FilterField(zap.String("subscription", StaticID("s")))
+		if warned.Len() != pauses && pauses > 0 {
+			t.Fatalf("%d pauses logged, want %d: %v", warned.Len(), pauses, logs.All())
+		}
+	}
 
+	shown(0, 0)
 	first, err := te.Publish(msg("x", `{"n":1}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	pausedAfter(1)
+	shown(1, storeErrorPause)
+	p, _ := te.StorePause(StaticID("s"))
+	if b, _ := json.Marshal(p); string(b) != `{"until":"`+te.clock.Now().Add(storeErrorPause).Format(time.RFC3339Nano)+`","pauses":1}` {
+		t.Fatalf("the admin API would show the pause as %s", b)
+	}
 	second, err := te.Publish(msg("x", `{"n":2}`))
 	if err != nil {
 		t.Fatal(err)
@@ -673,15 +699,18 @@ func TestRefusedSettlesPauseTheLane(t *testing.T) {
 
 	later(storeErrorPause)
 	pausedAfter(3) // both sent, refused again
+	shown(2, 2*storeErrorPause)
 	later(storeErrorPause)
 	time.Sleep(100 * time.Millisecond)
 	requests(3, "halfway through the second, longer pause")
+	shown(2, storeErrorPause)
 
 	refusing.Store(false)
 	later(storeErrorPause)
 	delivered(first)
 	delivered(second)
 	requests(5, "once outcomes could be stored")
+	shown(0, 0)
 
 	refusing.Store(true)
 	third, err := te.Publish(msg("x", `{"n":3}`))
@@ -713,8 +742,14 @@ func TestRetryNowEndsAStoreFailurePause(t *testing.T) {
 	}
 	eventually(t, "the outcome refused", func() bool { return len(rcv.got()) == 1 && te.inFlight(StaticID("s")) == 0 })
 	refusing.Store(false)
+	if _, ok := te.StorePause(StaticID("s")); !ok || te.PausedSubscriptions() != 1 {
+		t.Fatal("no pause shown after the refusal")
+	}
 	if _, err := te.RetryNow(context.Background(), StaticID("s")); err != nil {
 		t.Fatal(err)
+	}
+	if p, ok := te.StorePause(StaticID("s")); ok || te.PausedSubscriptions() != 0 {
+		t.Fatalf("the retry ended the pause, yet it is shown: %+v", p)
 	}
 	did := deliveryID(m.ID, StaticID("s"))
 	eventually(t, "delivered with the clock standing still", func() bool { return te.delivery(t, did).State == StateDelivered })

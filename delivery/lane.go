@@ -14,6 +14,7 @@ type waitingLane struct {
 
 // lane tracks the runner of one subscription's queue.
 type lane struct {
+	subID   string
 	running bool // running or waiting for its turn
 	kicked  bool
 	// cursor: every entry due before it has been loaded, except those
@@ -62,7 +63,7 @@ func (e *Engine) wakeFrom(subID string, due time.Time) {
 	}
 	l := e.lanes[subID]
 	if l == nil {
-		l = &lane{inflight: map[string]bool{}, progress: make(chan struct{}, 1)}
+		l = &lane{subID: subID, inflight: map[string]bool{}, progress: make(chan struct{}, 1)}
 		e.lanes[subID] = l
 	}
 	l.rewindFrom(due)
@@ -211,7 +212,46 @@ func (e *Engine) pauseAfterStoreError(l *lane) time.Time {
 	l.storeFailures++
 	pause := min(storeErrorPause<<min(l.storeFailures-1, 8), maxStoreErrorPause)
 	l.pausedUntil = e.clock.Now().Add(pause)
+	e.paused[l] = struct{}{}
+	e.log().Warn("deliveries paused after a store failure", zap.String("subscription", l.subID),
+		zap.Int("pauses", l.storeFailures), zap.Duration("pause", pause))
 	return l.pausedUntil
+}
+
+// StorePause is a subscription's pause after store failures, as operators
+// see it.
+type StorePause struct {
+	// Until is when its queue is read again.
+	Until time.Time `json:"until"`
+	// Pauses counts the pauses since an outcome was last recorded; each
+	// is twice as long as the one before, up to a minute.
+	Pauses int `json:"pauses"`
+}
+
+// StorePause reports whether the subscription's deliveries pause because
+// the store failed (see pauseAfterStoreError), and until when.
+func (e *Engine) StorePause(subID string) (StorePause, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l := e.lanes[subID]
+	if l == nil || !e.clock.Now().Before(l.pausedUntil) {
+		return StorePause{}, false
+	}
+	return StorePause{Until: l.pausedUntil, Pauses: l.storeFailures}, true
+}
+
+// PausedSubscriptions counts the subscriptions whose deliveries pause
+// because the store failed.
+func (e *Engine) PausedSubscriptions() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.clock.Now()
+	for l := range e.paused {
+		if !now.Before(l.pausedUntil) {
+			delete(e.paused, l)
+		}
+	}
+	return len(e.paused)
 }
 
 const (
