@@ -14,12 +14,16 @@ const testEvent = "webhook.test"
 // the APIs report it.
 func Milliseconds(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
 
+// Timestamp renders a time as the seeds write times, and so as the APIs
+// and test events do: RFC 3339, UTC, milliseconds.
+func Timestamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }
+
 // TestPayload is the data of a test event (Kinguin's "TEST URL", FlyBuy's
 // "Send"): the event it stands for, that it is a test, and when it was
-// sent (RFC 3339, UTC, milliseconds, as the seeds write times).
+// sent (see Timestamp).
 func TestPayload(event string, now time.Time) []byte {
 	b, _ := json.Marshal(map[string]any{
-		"event": event, "test": true, "sentAt": now.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
+		"event": event, "test": true, "sentAt": Timestamp(now),
 	})
 	return b
 }

@@ -237,9 +237,6 @@ func (c *call) verify(sub *delivery.Subscription) bool {
 	return true
 }
 
-// timestamp renders times as the seeds do: RFC 3339, UTC, milliseconds.
-func timestamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }
-
 // maxWebhooks is the bound on one tenant's webhooks; 0 for none.
 func (h *Handler) maxWebhooks() int {
 	switch {

@@ -143,8 +143,8 @@ func (c *call) doshiiView(s delivery.Subscription) doshiiWebhook {
 	return doshiiWebhook{
 		Event: s.Events[0], WebhookURL: s.URL, AuthenticationEnabled: s.Auth.Authorization != "",
 		WebhookLatency: s.LatencyMS, URI: u.String(),
-		UpdatedAt: timestamp(s.UpdatedAt),
-		CreatedAt: timestamp(s.CreatedAt),
+		UpdatedAt: delivery.Timestamp(s.UpdatedAt),
+		CreatedAt: delivery.Timestamp(s.CreatedAt),
 	}
 }
 

@@ -120,7 +120,7 @@ func (c *call) attempts(subs []delivery.Subscription) {
 	for _, a := range all {
 		out = append(out, c.names(map[string]any{
 			"event": a.Event, "message_id": a.MessageID, "attempt": a.N,
-			"at": timestamp(a.At), "status": a.Status,
+			"at": delivery.Timestamp(a.At), "status": a.Status,
 			"success": a.Success, "error": a.Error, "latency_ms": delivery.Milliseconds(a.Duration),
 		}))
 	}
