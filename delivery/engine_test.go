@@ -1612,3 +1612,66 @@ func TestStaticNewURLStartsWithCleanHealth(t *testing.T) {
 		t.Fatalf("a record without a URL was cleared: %+v", h)
 	}
 }
+
+// An idle lane is dropped: registrations made and deleted, or a fan-out
+// to many subscriptions, leave no lane behind. Lanes were kept until the
+// engine stopped, so that churning registrations grew the process
+// without bound. A lane paused after store failures is kept for its pause.
+func TestIdleLanesAreDropped(t *testing.T) {
+	rcv := newReceiver(t, nil)
+	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("s", rcv.URL)}})
+	lanes := func() int {
+		te.mu.Lock()
+		defer te.mu.Unlock()
+		return len(te.lanes)
+	}
+	const n = 200
+	for i := range n {
+		reg := Subscription{ID: fmt.Sprintf("sub_%d", i), URL: rcv.URL, Events: []string{"*"}}
+		if err := te.CreateSubscription(reg, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := te.Publish(msg("x", `{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the fan-out delivered", func() bool { return len(rcv.got()) == n+1 })
+	for i := range n {
+		if err := te.DeleteSubscription(fmt.Sprintf("sub_%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "every lane dropped", func() bool { return lanes() == 0 })
+
+	// A paused lane stays, with its pause, until an outcome is stored.
+	var refusing atomic.Bool
+	refusing.Store(true)
+	te.store.writeFault = func(op string) error {
+		if op == "settle" && refusing.Load() {
+			return errors.New("input/output error")
+		}
+		return nil
+	}
+	m, err = te.Publish(msg("x", `{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the outcome refused", func() bool { _, ok := te.StorePause(StaticID("s")); return ok })
+	te.clock.Advance(storeErrorPause)
+	te.Kick()
+	eventually(t, "the pause doubled", func() bool {
+		p, _ := te.StorePause(StaticID("s"))
+		return p.Pauses == 2 && te.inFlight(StaticID("s")) == 0
+	})
+	if lanes() != 1 {
+		t.Fatal("the paused lane was dropped")
+	}
+	refusing.Store(false)
+	te.clock.Advance(2 * storeErrorPause)
+	te.Kick()
+	eventually(t, "delivered and the lane dropped", func() bool {
+		d := te.delivery(t, deliveryID(m.ID, StaticID("s")))
+		return d.State == StateDelivered && lanes() == 0
+	})
+}

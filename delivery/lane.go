@@ -338,11 +338,26 @@ func (e *Engine) idle(l *lane, next time.Time, subID string) bool {
 	}
 	l.running = false
 	e.laneDone()
+	e.dropIdle(subID, l)
 	e.mu.Unlock()
 	if !next.IsZero() && e.ctx.Err() == nil {
 		e.sched.add(subID, next)
 	}
 	return true
+}
+
+// dropIdle forgets a lane that just went idle; e.mu held. Nothing is in
+// flight and the next load begins from the start of the queue, which
+// finds what the lane would have. Kept, lanes added up to one per
+// subscription ever woken (several hundred bytes each): registrations
+// made and deleted grew the process until the engine stopped. A lane
+// after store failures is kept for its pause and its doubling.
+func (e *Engine) dropIdle(subID string, l *lane) {
+	if l.storeFailures > 0 || e.lanes[subID] != l {
+		return
+	}
+	delete(e.lanes, subID)
+	delete(e.paused, l)
 }
 
 // waitProgress waits for an attempt in flight to end or, through the
