@@ -193,6 +193,7 @@ func (e *Engine) reviewRemoved(before []*Subscription) {
 		delete(e.health, sub.ID)
 		delete(e.successStored, sub.ID)
 		e.healthMu.Unlock()
+		e.forgetRemoved(sub.ID)
 		n, err := e.store.QueueDepth(sub.ID)
 		if err != nil {
 			e.log().Error("counting the queue of a removed subscription", zap.String("subscription", sub.ID), zap.Error(err))

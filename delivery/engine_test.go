@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1613,65 +1615,60 @@ func TestStaticNewURLStartsWithCleanHealth(t *testing.T) {
 	}
 }
 
-// An idle lane is dropped: registrations made and deleted, or a fan-out
-// to many subscriptions, leave no lane behind. Lanes were kept until the
-// engine stopped, so that churning registrations grew the process
-// without bound. A lane paused after store failures is kept for its pause.
-func TestIdleLanesAreDropped(t *testing.T) {
+// A removed subscription's lane is dropped, whether it is idle when the
+// subscription goes or still has an attempt in flight. Lanes were kept
+// until the engine stopped, so churning registrations grew the process
+// without bound. A known subscription keeps its lane, and its cursor.
+func TestRemovedSubscriptionsLeaveNoLanes(t *testing.T) {
 	rcv := newReceiver(t, nil)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	let := func() { releaseOnce.Do(func() { close(release) }) }
+	held := newReceiver(t, func(int, http.ResponseWriter) { <-release })
+	t.Cleanup(let) // before the receiver's Close, which waits for it
 	te := newTestEngine(t, Config{Subscriptions: []Subscription{sub("s", rcv.URL)}})
-	lanes := func() int {
+	lanes := func() []string {
 		te.mu.Lock()
 		defer te.mu.Unlock()
-		return len(te.lanes)
+		return slices.Sorted(maps.Keys(te.lanes))
 	}
-	const n = 200
-	for i := range n {
-		reg := Subscription{ID: fmt.Sprintf("sub_%d", i), URL: rcv.URL, Events: []string{"*"}}
-		if err := te.CreateSubscription(reg, 0); err != nil {
+	register := func(id, url, event string) {
+		t.Helper()
+		if err := te.CreateSubscription(Subscription{ID: id, URL: url, Events: []string{event}}, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	m, err := te.Publish(msg("x", `{}`))
-	if err != nil {
+	register("sub_0", held.URL, "held")
+	if _, err := te.Publish(msg("held", `{}`)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the fan-out delivered", func() bool { return len(rcv.got()) == n+1 })
+	eventually(t, "sub_0's attempt held", func() bool { return len(held.got()) == 1 })
+	const n = 200
+	for i := 1; i < n; i++ {
+		register(fmt.Sprintf("sub_%d", i), rcv.URL, "*")
+	}
+	if _, err := te.Publish(msg("x", `{}`)); err != nil {
+		t.Fatal(err)
+	}
+	// s took both events, the others the second.
+	eventually(t, "the fan-out delivered", func() bool { return len(rcv.got()) == 2+n-1 })
+	eventually(t, "the idle lanes", func() bool { return te.inFlight(StaticID("s")) == 0 && len(lanes()) == n+1 })
 	for i := range n {
 		if err := te.DeleteSubscription(fmt.Sprintf("sub_%d", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "every lane dropped", func() bool { return lanes() == 0 })
-
-	// A paused lane stays, with its pause, until an outcome is stored.
-	var refusing atomic.Bool
-	refusing.Store(true)
-	te.store.writeFault = func(op string) error {
-		if op == "settle" && refusing.Load() {
-			return errors.New("input/output error")
-		}
-		return nil
+	if got := lanes(); !slices.Equal(got, []string{StaticID("s"), "sub_0"}) {
+		t.Fatalf("lanes left after the deletes: %d, want s's and sub_0's (still in flight)", len(got))
 	}
-	m, err = te.Publish(msg("x", `{}`))
-	if err != nil {
+	let()
+	eventually(t, "sub_0's lane dropped once idle", func() bool { return slices.Equal(lanes(), []string{StaticID("s")}) })
+
+	// A reload that drops the static subscription drops its lane.
+	if err := te.Configure(Config{AllowPrivateTargets: true}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the outcome refused", func() bool { _, ok := te.StorePause(StaticID("s")); return ok })
-	te.clock.Advance(storeErrorPause)
-	te.Kick()
-	eventually(t, "the pause doubled", func() bool {
-		p, _ := te.StorePause(StaticID("s"))
-		return p.Pauses == 2 && te.inFlight(StaticID("s")) == 0
-	})
-	if lanes() != 1 {
-		t.Fatal("the paused lane was dropped")
+	if got := lanes(); len(got) != 0 {
+		t.Fatalf("lanes left after the reload: %v", got)
 	}
-	refusing.Store(false)
-	te.clock.Advance(2 * storeErrorPause)
-	te.Kick()
-	eventually(t, "delivered and the lane dropped", func() bool {
-		d := te.delivery(t, deliveryID(m.ID, StaticID("s")))
-		return d.State == StateDelivered && lanes() == 0
-	})
 }

@@ -338,7 +338,7 @@ func (e *Engine) idle(l *lane, next time.Time, subID string) bool {
 	}
 	l.running = false
 	e.laneDone()
-	e.dropIdle(subID, l)
+	e.dropLane(subID, l)
 	e.mu.Unlock()
 	if !next.IsZero() && e.ctx.Err() == nil {
 		e.sched.add(subID, next)
@@ -346,18 +346,31 @@ func (e *Engine) idle(l *lane, next time.Time, subID string) bool {
 	return true
 }
 
-// dropIdle forgets a lane that just went idle; e.mu held. Nothing is in
-// flight and the next load begins from the start of the queue, which
-// finds what the lane would have. Kept, lanes added up to one per
-// subscription ever woken (several hundred bytes each): registrations
-// made and deleted grew the process until the engine stopped. A lane
-// after store failures is kept for its pause and its doubling.
-func (e *Engine) dropIdle(subID string, l *lane) {
-	if l.storeFailures > 0 || e.lanes[subID] != l {
+// dropLane forgets the lane of a subscription no longer configured or
+// registered, unless it is running: it drops itself once idle; e.mu held.
+// Kept, such lanes (about 580 bytes each) added up to one per
+// registration ever deleted until Caddy stopped. A known subscription's
+// lane is kept even when idle: its cursor lets the next load seek past
+// the deleted entries of deliveries already made, which a load from the
+// start of the queue must step over one by one until badger compacts
+// them away (a load then took 0.1 ms instead of 10 µs after a drain of
+// 20,000).
+func (e *Engine) dropLane(subID string, l *lane) {
+	if l == nil || l.running || e.lanes[subID] != l {
+		return
+	}
+	if _, known := e.subscription(subID); known {
 		return
 	}
 	delete(e.lanes, subID)
 	delete(e.paused, l)
+}
+
+// forgetRemoved drops the lane of a subscription just removed.
+func (e *Engine) forgetRemoved(subID string) {
+	e.mu.Lock()
+	e.dropLane(subID, e.lanes[subID])
+	e.mu.Unlock()
 }
 
 // waitProgress waits for an attempt in flight to end or, through the

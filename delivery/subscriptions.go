@@ -145,6 +145,14 @@ func (e *Engine) storeSubscription(sub *Subscription, mode putMode, limit int, v
 // record. Its pending deliveries stay in the queue but are no longer
 // attempted.
 func (e *Engine) DeleteSubscription(id string) error {
+	if err := e.deleteRegistered(id); err != nil {
+		return err
+	}
+	e.forgetRemoved(id)
+	return nil
+}
+
+func (e *Engine) deleteRegistered(id string) error {
 	e.subsMu.Lock()
 	defer e.subsMu.Unlock()
 	// Under healthMu, so that an attempt settling now either records its
