@@ -353,8 +353,8 @@ func (e *Engine) idle(l *lane, next time.Time, subID string) bool {
 // lane is kept even when idle: its cursor lets the next load seek past
 // the deleted entries of deliveries already made, which a load from the
 // start of the queue must step over one by one until badger compacts
-// them away (a load then took 0.1 ms instead of 10 µs after a drain of
-// 20,000).
+// them away (after a drain of 20,000, dropping idle lanes took the p50
+// from publish to first attempt from about 95 to 200 µs; bench/delivery).
 func (e *Engine) dropLane(subID string, l *lane) {
 	if l == nil || l.running || e.lanes[subID] != l {
 		return
