@@ -112,28 +112,34 @@ func (e *Engine) settler(stop <-chan struct{}) {
 		if err != nil {
 			e.log().Error("recording delivery attempts", zap.Int("deliveries", len(batch)-stored), zap.Error(err))
 		}
-		for i, r := range reqs {
-			// A delivery still queued must be read again. A load that
-			// began while it was in flight skipped it, so the rewind is
-			// set in the same section that takes it out of flight.
-			e.mu.Lock()
-			switch {
-			case i >= stored:
-				// Unrecorded, the delivery is still queued, maybe behind
-				// the lane's cursor: read the queue again from its start,
-				// after a pause, since the store is failing.
-				r.lane.rewindFrom(time.Time{})
-				e.pauseAfterStoreError(r.lane)
-			case r.d.State == StatePending: // a retry went back in the queue
-				r.lane.rewindFrom(r.d.NextAttempt)
-				fallthrough
-			default:
-				r.lane.storeFailures = 0 // an outcome was stored
-			}
-			delete(r.lane.inflight, r.d.ID)
-			e.mu.Unlock()
-			r.lane.signal()
+		e.returnToLanes(reqs, stored)
+	}
+}
+
+// returnToLanes takes settled deliveries out of flight in their lanes;
+// the first stored of them had their outcome recorded.
+func (e *Engine) returnToLanes(reqs []settleReq, stored int) {
+	for i, r := range reqs {
+		// A delivery still queued must be read again. A load that began
+		// while it was in flight skipped it, so the rewind is set in the
+		// same section that takes it out of flight.
+		e.mu.Lock()
+		switch {
+		case i >= stored:
+			// Unrecorded, the delivery is still queued, maybe behind the
+			// lane's cursor: read the queue again from its start, after a
+			// pause, since the store is failing.
+			r.lane.rewindFrom(time.Time{})
+			e.pauseAfterStoreError(r.lane)
+		case r.d.State == StatePending: // a retry went back in the queue
+			r.lane.rewindFrom(r.d.NextAttempt)
+			fallthrough
+		default:
+			r.lane.storeFailures = 0 // an outcome was stored
 		}
+		delete(r.lane.inflight, r.d.ID)
+		e.mu.Unlock()
+		r.lane.signal()
 	}
 }
 
