@@ -13,6 +13,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -219,6 +220,17 @@ func subID(dialect, tenant, location, event string) string {
 // mine returns the caller's registrations of this dialect.
 func (c *call) mine() []delivery.Subscription {
 	return c.h.Engine.TenantSubscriptions(c.h.Dialect, c.r.Tenant)
+}
+
+// inScope is the caller's webhooks, for Doshii only those of the location
+// the request names in its doshii-location-id header, if it names one.
+func (c *call) inScope() []delivery.Subscription {
+	subs := c.mine()
+	if c.h.Dialect != Doshii || c.r.Header.Get(HeaderDoshiiLocation) == "" {
+		return subs
+	}
+	loc := c.location()
+	return slices.DeleteFunc(subs, func(s delivery.Subscription) bool { return s.Location != loc })
 }
 
 // validURL is the dialects' notion of a usable webhook URL.

@@ -416,6 +416,36 @@ func TestDoshiiSeedExample(t *testing.T) {
 		t.Fatalf("deliveries %v", byPath)
 	}
 
+	// Attempts: all of the partner's, or only a location's when the
+	// header names one; a location webhook's carry their location.
+	type attemptView struct {
+		Location string `json:"locationId"`
+		Status   int    `json:"status"`
+	}
+	attemptsOf := func(header ...string) []attemptView {
+		t.Helper()
+		r := e.do(e.doshii, "partner", "GET", "/partner/v3/webhooks/attempts", "", header...)
+		var got struct{ Data []attemptView }
+		if err := json.Unmarshal([]byte(r.Body), &got); err != nil || r.Status != 200 {
+			t.Fatalf("attempts: %d %s", r.Status, r.Body)
+		}
+		return got.Data
+	}
+	eventually(t, "three attempts recorded", func() bool { return len(attemptsOf()) == 3 })
+	locations := map[string]int{}
+	for _, a := range attemptsOf() {
+		locations[a.Location]++
+	}
+	if locations[""] != 2 || locations["loc-1"] != 1 {
+		t.Fatalf("attempts by location %v, want 2 of the global webhook and 1 of loc-1's", locations)
+	}
+	if got := attemptsOf(HeaderDoshiiLocation, "loc-1"); len(got) != 1 || got[0].Location != "loc-1" || got[0].Status != 204 {
+		t.Fatalf("loc-1's attempts: %+v", got)
+	}
+	if got := attemptsOf(HeaderDoshiiLocation, "loc-2"); len(got) != 0 {
+		t.Fatalf("loc-2 has no webhook, yet attempts %+v", got)
+	}
+
 	// GET, PUT, DELETE by event, in the location scope of the header.
 	if got := e.do(e.doshii, "partner", "GET", "/partner/v3/webhooks/order_created", "", HeaderDoshiiLocation, "loc-1").json(t); got["webhookUrl"] != rcv.URL+"/loc1" {
 		t.Fatalf("GET loc-1: %v", got)

@@ -149,12 +149,9 @@ func (c *call) doshiiView(s delivery.Subscription) doshiiWebhook {
 }
 
 func (c *call) doshiiList() {
-	loc, filter := c.location(), c.r.Header.Get(HeaderDoshiiLocation) != ""
 	out := []doshiiWebhook{}
-	for _, s := range c.mine() {
-		if !filter || s.Location == loc {
-			out = append(out, c.doshiiView(s))
-		}
+	for _, s := range c.inScope() {
+		out = append(out, c.doshiiView(s))
 	}
 	slices.SortFunc(out, func(a, b doshiiWebhook) int { return strings.Compare(a.Event, b.Event) })
 	c.json(http.StatusOK, out)

@@ -15,6 +15,7 @@ const maxAttempts = 500
 // operation serves what both dialects offer beside registration:
 //
 //	GET  …/webhooks/attempts            recent attempts of all the caller's webhooks
+//	                                    (Doshii: of the location's, if the request names one)
 //	GET  …/webhooks/{event}/attempts    recent attempts of one
 //	POST …/webhooks/{event}/test        send a test event, report status and latency
 //	POST …/webhooks/{event}/enable      re-enable a disabled webhook
@@ -27,7 +28,7 @@ func (c *call) operation(location string) {
 			c.methodNotAllowed("GET")
 			return
 		}
-		c.attempts(c.mine())
+		c.attempts(c.inScope())
 		return
 	}
 	if len(tail) != 2 {
@@ -106,7 +107,9 @@ func (c *call) attempts(subs []delivery.Subscription) {
 		limit = min(v, maxAttempts)
 	}
 	var all []delivery.Attempt
+	locations := make(map[string]string, len(subs))
 	for _, s := range subs {
+		locations[s.ID] = s.Location
 		a, err := c.h.Engine.RecentAttempts(s.ID, limit)
 		if err != nil {
 			c.fail(http.StatusInternalServerError, "internal error")
@@ -118,11 +121,17 @@ func (c *call) attempts(subs []delivery.Subscription) {
 	all = all[:min(len(all), limit)]
 	out := make([]map[string]any, 0, len(all))
 	for _, a := range all {
-		out = append(out, c.names(map[string]any{
+		m := map[string]any{
 			"event": a.Event, "message_id": a.MessageID, "attempt": a.N,
 			"at": delivery.Timestamp(a.At), "status": a.Status,
 			"success": a.Success, "error": a.Error, "latency_ms": delivery.Milliseconds(a.Duration),
-		}))
+		}
+		// A Doshii event may have a global webhook and one per location:
+		// the location tells their attempts apart.
+		if loc := locations[a.SubscriptionID]; loc != "" {
+			m["location"] = loc
+		}
+		out = append(out, c.names(m))
 	}
 	c.json(http.StatusOK, map[string]any{"data": out})
 }
@@ -133,7 +142,7 @@ func (c *call) names(m map[string]any) map[string]any {
 	if c.h.Dialect != Doshii {
 		return m
 	}
-	rename := map[string]string{"message_id": "messageId", "latency_ms": "webhookLatency"}
+	rename := map[string]string{"message_id": "messageId", "latency_ms": "webhookLatency", "location": "locationId"}
 	out := make(map[string]any, len(m))
 	for k, v := range m {
 		if n, ok := rename[k]; ok {
