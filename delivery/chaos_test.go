@@ -39,7 +39,10 @@ type chaosReceiver struct {
 	mu     sync.Mutex
 	hits   map[string]int // "<name> <message ID>" -> requests
 	taken  map[string]int // of those, the ones answered 204
-	wrong  []string       // message IDs that came with another payload, or unknown
+	// takenAt: when each was answered 204 and at which URL, to explain
+	// a delivery taken twice.
+	takenAt map[string][]string
+	wrong   []string // message IDs that came with another payload, or unknown
 }
 
 // chaosData is the payload of the i-th message of a publisher: every third
@@ -52,7 +55,7 @@ func chaosData(i int) []byte {
 }
 
 func newChaosReceiver(t *testing.T, timeout time.Duration) *chaosReceiver {
-	rcv := &chaosReceiver{hits: map[string]int{}, taken: map[string]int{}}
+	rcv := &chaosReceiver{hits: map[string]int{}, taken: map[string]int{}, takenAt: map[string][]string{}}
 	rcv.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		name, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 		id := r.Header.Get("Webhook-Id")
@@ -88,6 +91,7 @@ func newChaosReceiver(t *testing.T, timeout time.Duration) *chaosReceiver {
 		w.WriteHeader(http.StatusNoContent)
 		rcv.mu.Lock()
 		rcv.taken[key]++
+		rcv.takenAt[key] = append(rcv.takenAt[key], time.Now().Format("15:04:05.000000")+" "+r.URL.Path)
 		rcv.mu.Unlock()
 	}))
 	t.Cleanup(rcv.Close)
@@ -539,6 +543,22 @@ func (c *chaos) describe() {
 	e.mu.Unlock()
 }
 
+// explainTwice logs what the receiver and the store know of a delivery
+// taken more than once.
+func (c *chaos) explainTwice(name string, d Delivery) {
+	c.rcv.mu.Lock()
+	taken := c.rcv.takenAt[name+" "+d.Message.ID]
+	c.rcv.mu.Unlock()
+	all, err := c.e.RecentAttempts(d.SubscriptionID, 10000)
+	var attempts []string
+	for _, a := range all {
+		if a.DeliveryID == d.ID {
+			attempts = append(attempts, fmt.Sprintf("#%d at %s: %d %q after %v", a.N, a.At.Format("15:04:05.000000"), a.Status, a.Error, a.Duration))
+		}
+	}
+	c.t.Logf("%s to %s taken at %v; its recorded attempts (newest first, %v): %v", d.Message.ID, name, taken, err, attempts)
+}
+
 func (c *chaos) check(published []acked) {
 	t := c.t
 	if n := c.e.QueueDepth(); n != 0 {
@@ -569,7 +589,9 @@ func (c *chaos) check(published []acked) {
 				t.Errorf("%s to %s: %s after %d attempts, taken %d times", p.id, name, d.State, d.Attempts, took)
 			}
 			if took > 1 {
-				twice++
+				if twice++; twice <= 5 {
+					c.explainTwice(name, d)
+				}
 			}
 		}
 		if stored != p.deliveries {
