@@ -748,6 +748,12 @@ func TestAttemptsOfOneWebhook(t *testing.T) {
 		got.Data[0].Event != "a" || !got.Data[0].Success {
 		t.Fatalf("attempts of a, limit 2: %s\nwant messages %s then %s", r.Body, ids[2], ids[1])
 	}
+	for _, bad := range []string{"abc", "0", "-1", "2.5"} {
+		expect(t, e.do(e.tiki, "s", "GET", "/v1/webhooks/a/attempts?limit="+bad, ""), 400,
+			`{"error":{"message":"limit must be a positive number"}}`)
+		expect(t, e.do(e.doshii, "s", "GET", "/webhooks/attempts?limit="+bad, ""), 400,
+			`{"message":"limit must be a positive number"}`)
+	}
 }
 
 // While the store is low on disk space, writes are refused with 507 and

@@ -83,6 +83,22 @@ func (c *call) operation(location string) {
 	}
 }
 
+// limit reads ?limit=n: default 100, at most maxAttempts. A value that is
+// not a positive number is refused rather than ignored, so that a caller
+// paging through attempts learns of its mistake.
+func (c *call) limit() (int, bool) {
+	v := c.r.URL.Query().Get("limit")
+	if v == "" {
+		return 100, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		c.fail(http.StatusBadRequest, "limit must be a positive number")
+		return 0, false
+	}
+	return min(n, maxAttempts), true
+}
+
 func (c *call) notFoundMessage() string {
 	if c.h.Dialect == Tiki {
 		return tikiNotFound
@@ -102,9 +118,9 @@ func (c *call) test(sub delivery.Subscription) {
 }
 
 func (c *call) attempts(subs []delivery.Subscription) {
-	limit := 100
-	if v, err := strconv.Atoi(c.r.URL.Query().Get("limit")); err == nil && v > 0 {
-		limit = min(v, maxAttempts)
+	limit, ok := c.limit()
+	if !ok {
+		return
 	}
 	var all []delivery.Attempt
 	locations := make(map[string]string, len(subs))
