@@ -148,6 +148,7 @@ func Open(dir string, opts Options) (*DB, error) {
 		bopts = bopts.WithEncryptionKey(opts.EncryptionKey).
 			WithEncryptionKeyRotationDuration(30 * 24 * time.Hour)
 	}
+	removeEmptyLogs(dir, logger(opts.Logger))
 	bdb, err := badger.Open(bopts)
 	if err != nil {
 		if strings.Contains(err.Error(), "Encryption key mismatch") || strings.Contains(err.Error(), "encryption key") {
