@@ -20,10 +20,7 @@ import (
 // such files and keeps everything else.
 func TestOpenAfterAKillLeftEmptyLogs(t *testing.T) {
 	dir := t.TempDir()
-	db, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := mustOpen(t, dir, Options{})
 	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("delivery/q/1"), []byte("kept")) }); err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +35,7 @@ func TestOpenAfterAKillLeftEmptyLogs(t *testing.T) {
 	}
 
 	core, logs := observer.New(zapcore.InfoLevel)
-	db, err = Open(dir, Options{Logger: zap.New(core)})
+	db, err := Open(dir, Options{Logger: zap.New(core)})
 	if err != nil {
 		t.Fatalf("open after empty log files were left: %v", err)
 	}
@@ -74,10 +71,7 @@ func TestOpenAfterAKillLeftEmptyLogs(t *testing.T) {
 // badger's directory lock, as before.
 func TestOpenLeavesALockedDirectoryAlone(t *testing.T) {
 	dir := t.TempDir()
-	db, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := mustOpen(t, dir, Options{})
 	defer db.Close()
 	creating := filepath.Join(dir, "00099.mem")
 	if err := os.WriteFile(creating, nil, 0o600); err != nil {

@@ -136,10 +136,7 @@ func TestFormatBytes(t *testing.T) {
 // BenchmarkWritable is what the guard adds to every publish and push,
 // with the real statfs of the test's filesystem.
 func BenchmarkWritable(b *testing.B) {
-	db, err := Open(b.TempDir(), Options{MinFreeSpace: 1 << 20})
-	if err != nil {
-		b.Fatal(err)
-	}
+	db := mustOpen(b, b.TempDir(), Options{MinFreeSpace: 1 << 20})
 	defer db.Close()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

@@ -22,11 +22,8 @@ var needle = []byte("FFCPUG2A-secret-token-needle")
 
 func writeNeedle(t *testing.T, dir string, key []byte) {
 	t.Helper()
-	db, err := Open(dir, Options{EncryptionKey: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(txn *badger.Txn) error {
+	db := mustOpen(t, dir, Options{EncryptionKey: key})
+	err := db.Update(func(txn *badger.Txn) error {
 		return txn.Set([]byte("delivery/sub/x"), append([]byte(`{"token":"`), append(needle, '"', '}')...))
 	})
 	if err != nil {
@@ -35,6 +32,16 @@ func writeNeedle(t *testing.T, dir string, key []byte) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// mustOpen opens the store in dir or ends the test.
+func mustOpen(t testing.TB, dir string, opts Options) *DB {
+	t.Helper()
+	db, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
 }
 
 func dirContains(t *testing.T, dir string, b []byte) bool {
@@ -67,10 +74,7 @@ func TestEncryptionAtRest(t *testing.T) {
 		t.Fatal("the secret is readable from the encrypted data directory")
 	}
 	// It reads back with the key...
-	db, err := Open(enc, Options{EncryptionKey: key})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := mustOpen(t, enc, Options{EncryptionKey: key})
 	err = db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get([]byte("delivery/sub/x"))
 		if err != nil {
@@ -159,11 +163,8 @@ func TestParseEncryptionKey(t *testing.T) {
 // of hanging Caddy's stop or reload.
 func TestCloseGivesUpWhenTheDirectoryIsGone(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
-	db, err := Open(dir, Options{CloseTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("ingest/window/a"), []byte("x")) })
+	db := mustOpen(t, dir, Options{CloseTimeout: time.Second})
+	err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("ingest/window/a"), []byte("x")) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,10 +209,7 @@ func TestReadsTablesWrittenCompressed(t *testing.T) {
 	if dirContains(t, dir, value) {
 		t.Fatal("the table is not compressed: the test would prove nothing")
 	}
-	db, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := mustOpen(t, dir, Options{})
 	defer db.Close()
 	err = db.View(func(txn *badger.Txn) error {
 		for i := range 100 {
@@ -261,10 +259,7 @@ func TestBadgerLogger(t *testing.T) {
 
 func TestSyncWritesReachesBadger(t *testing.T) {
 	for _, sync := range []bool{false, true} {
-		db, err := Open(t.TempDir(), Options{SyncWrites: sync})
-		if err != nil {
-			t.Fatal(err)
-		}
+		db := mustOpen(t, t.TempDir(), Options{SyncWrites: sync})
 		if got := db.Opts().SyncWrites; got != sync {
 			t.Errorf("SyncWrites %v: badger opened with %v", sync, got)
 		}
@@ -281,10 +276,7 @@ func TestSyncWritesReachesBadger(t *testing.T) {
 // not on stderr in badger's format.
 func TestBadgerLogsBelowTheStore(t *testing.T) {
 	core, logs := observer.New(zapcore.WarnLevel)
-	db, err := Open(t.TempDir(), Options{Logger: zap.New(core).Named("webhooks.store")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := mustOpen(t, t.TempDir(), Options{Logger: zap.New(core).Named("webhooks.store")})
 	defer db.Close()
 	db.Opts().Logger.Warningf("a warning from badger")
 	entries := logs.FilterMessage("a warning from badger").All()

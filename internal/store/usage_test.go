@@ -30,10 +30,7 @@ func apparentSize(t *testing.T, dir string) int64 {
 
 func TestDiskUse(t *testing.T) {
 	dir := t.TempDir()
-	db, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := mustOpen(t, dir, Options{})
 	defer db.Close()
 
 	empty, apparent := db.DiskUse(), apparentSize(t, dir)
