@@ -56,6 +56,9 @@ func main() {
 	child := flag.Bool("writer", false, "run as the writer (internal)")
 	from := flag.Int("from", 1, "the writer's first transaction (internal)")
 	flag.Parse()
+	if s.keep < 2 || s.keys < 1 || s.size < 32 {
+		log.Fatal("-keep must be at least 2, -keys at least 1 and -size at least 32")
+	}
 	if *child {
 		if err := write(*dir, s, *from); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -262,7 +265,8 @@ func check(db *store.DB, s settings, last int) error {
 	})
 }
 
-// du is the size of the store's directory, for the progress lines.
+// du is the size of the files in the store's directory (as their sizes
+// say: badger's logs are sparse), for the progress lines.
 func du(dir string) string {
 	var total int64
 	_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
@@ -273,5 +277,5 @@ func du(dir string) string {
 		}
 		return nil
 	})
-	return fmt.Sprintf("%.0f MB on disk", float64(total)/1e6)
+	return fmt.Sprintf("%.0f MB of files", float64(total)/1e6)
 }
