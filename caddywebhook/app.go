@@ -4,7 +4,9 @@
 package caddywebhook
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -35,8 +37,17 @@ type App struct {
 	// Encrypt the database at rest (AES) with this key: base64 of 16, 24
 	// or 32 bytes, normally a placeholder such as {env.WEBHOOK_KEY}. The
 	// key cannot change while Caddy runs, and data written with a key can
-	// only be read with it.
+	// only be read with it, or moved to a new key with
+	// previous_encryption_keys.
 	EncryptionKey string `json:"encryption_key,omitempty"`
+
+	// Keys the database may have been encrypted with before
+	// encryption_key, in the same form. A database found under one of
+	// them is moved to encryption_key when Caddy opens it, at a start (a
+	// reload cannot change the key of the open database): badger's data
+	// keys are sealed anew, nothing else is rewritten. Once that is
+	// logged, the previous keys can be removed.
+	PreviousEncryptionKeys []string `json:"previous_encryption_keys,omitempty"`
 
 	// Free space, in bytes, that the filesystem of storage_dir must keep.
 	// Below it new messages, registrations and pushes are refused (507,
@@ -152,13 +163,15 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	key, err := a.encryptionKey()
+	key, previous, err := a.encryptionKeys()
 	if err != nil {
 		return err
 	}
 	keyID := sha256.Sum256(key)
 	val, _, err := stores.LoadOrNew(dir, func() (caddy.Destructor, error) {
-		return newSharedStore(dir, key, keyID, a.SyncWrites), nil
+		s := newSharedStore(dir, key, keyID, a.SyncWrites)
+		s.previousKeys = previous
+		return s, nil
 	})
 	if err != nil {
 		return fmt.Errorf("webhooks: %w", err)
@@ -169,14 +182,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 	switch {
 	case shared.keyID != keyID:
 		_, _ = stores.Delete(dir)
-		return fmt.Errorf("webhooks: encryption_key differs from the one the open database uses; it can only change with a restart")
+		return fmt.Errorf("webhooks: encryption_key differs from the one the open database uses; it can only change with a restart (with the key in use among previous_encryption_keys)")
 	case shared.syncWrites != a.SyncWrites:
 		_, _ = stores.Delete(dir)
 		return fmt.Errorf("webhooks: sync_writes differs from what the open database uses (%v); it can only change with a restart", shared.syncWrites)
 	}
 	// The database opens at Start, which `caddy validate` never reaches:
 	// what would stop it opening is checked here.
-	if err := store.CheckDir(dir, key); err != nil {
+	if err := store.CheckDir(dir, key, previous); err != nil {
 		_, _ = stores.Delete(dir)
 		return fmt.Errorf("webhooks: storage_dir: %w", err)
 	}
@@ -197,19 +210,40 @@ func (a *App) minFreeSpace() int64 {
 	return a.MinFreeSpace
 }
 
-func (a *App) encryptionKey() ([]byte, error) {
+// encryptionKeys resolves and decodes encryption_key and
+// previous_encryption_keys. Errors name the key by its place, never its
+// value.
+func (a *App) encryptionKeys() (key []byte, previous [][]byte, err error) {
 	if a.EncryptionKey == "" {
-		return nil, nil
+		if len(a.PreviousEncryptionKeys) > 0 {
+			return nil, nil, errors.New("webhooks: previous_encryption_keys need an encryption_key to move the data to")
+		}
+		return nil, nil, nil
 	}
-	v, err := caddy.NewReplacer().ReplaceOrErr(a.EncryptionKey, true, true)
+	if key, err = decodeEncryptionKey(a.EncryptionKey); err != nil {
+		return nil, nil, fmt.Errorf("webhooks: encryption_key: %v", err)
+	}
+	for i, raw := range a.PreviousEncryptionKeys {
+		k, err := decodeEncryptionKey(raw)
+		if err != nil {
+			return nil, nil, fmt.Errorf("webhooks: previous encryption key #%d: %v", i+1, err)
+		}
+		if bytes.Equal(k, key) {
+			return nil, nil, fmt.Errorf("webhooks: previous encryption key #%d is the encryption_key itself", i+1)
+		}
+		previous = append(previous, k)
+	}
+	return key, previous, nil
+}
+
+// decodeEncryptionKey replaces the placeholders in raw and decodes the
+// key.
+func decodeEncryptionKey(raw string) ([]byte, error) {
+	v, err := caddy.NewReplacer().ReplaceOrErr(raw, true, true)
 	if err != nil {
-		return nil, fmt.Errorf("webhooks: encryption_key: %v", err)
+		return nil, err
 	}
-	key, err := store.ParseEncryptionKey(v)
-	if err != nil {
-		return nil, fmt.Errorf("webhooks: %w", err)
-	}
-	return key, nil
+	return store.ParseEncryptionKey(v)
 }
 
 func (a *App) storageDir() (string, error) {

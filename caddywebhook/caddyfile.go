@@ -45,7 +45,7 @@ func parseGlobalWebhooks(d *caddyfile.Dispenser, existing any) (any, error) {
 //
 //	webhooks {
 //	    storage_dir <dir>
-//	    encryption_key <base64 key>
+//	    encryption_key <base64 key> [<previous key>…]
 //	    min_free_space <size>|off
 //	    sync_writes
 //	    workers <n>
@@ -89,8 +89,13 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "encryption_key":
-			if !d.AllArgs(&a.EncryptionKey) {
-				return d.ArgErr()
+			keys := d.RemainingArgs()
+			if len(keys) == 0 {
+				return d.Err("encryption_key needs a key, then any previous ones the data may still be under")
+			}
+			a.EncryptionKey = keys[0]
+			if len(keys) > 1 {
+				a.PreviousEncryptionKeys = keys[1:]
 			}
 		case "min_free_space":
 			a.MinFreeSpace, err = offOr(d, sizeArg)

@@ -1,6 +1,8 @@
 package caddywebhook
 
 import (
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"os"
 	"strings"
@@ -92,7 +94,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 	var a App
 	err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`webhooks {
 		storage_dir /var/lib/hooks
-		encryption_key {env.WEBHOOK_KEY}
+		encryption_key {env.WEBHOOK_KEY} {env.OLD_WEBHOOK_KEY}
 		min_free_space 1GiB
 		workers 16
 		endpoint_concurrency 4
@@ -126,7 +128,7 @@ func TestUnmarshalWebhooksOption(t *testing.T) {
 		Timeout:      caddy.Duration(3 * time.Second),
 		Retry:        []caddy.Duration{caddy.Duration(time.Second), caddy.Duration(time.Minute), caddy.Duration(time.Hour)},
 		DisableAfter: caddy.Duration(48 * time.Hour), Retention: caddy.Duration(72 * time.Hour),
-		AllowPrivateTargets: true, SyncWrites: true,
+		AllowPrivateTargets: true, SyncWrites: true, PreviousEncryptionKeys: []string{"{env.OLD_WEBHOOK_KEY}"},
 		Subscriptions: []SubscriptionConfig{
 			{Name: "kinguin", URL: "https://shop.example/hooks", Events: []string{"product.update", "order.status"}, SecretHeader: "X-Event-Secret", Secret: "{env.KINGUIN_SECRET}",
 				BasicUser: "id", BasicPassword: "secret"},
@@ -172,7 +174,7 @@ func TestUnmarshalWebhooksOptionErrors(t *testing.T) {
 		"webhooks {\n workers\n}":                                    "wrong argument count",
 		"webhooks {\n disable_after 0\n}":                            "disable_after must be positive",
 		"webhooks {\n retention -1h\n}":                              "retention must not be negative",
-		"webhooks {\n encryption_key\n}":                             "wrong argument count",
+		"webhooks {\n encryption_key\n}":                             "encryption_key needs a key, then any previous ones",
 		"webhooks {\n min_free_space\n}":                             "wrong argument count",
 		"webhooks {\n min_free_space 0\n}":                           `invalid min_free_space "0"`,
 		"webhooks {\n min_free_space lots\n}":                        `invalid min_free_space "lots"`,
@@ -432,5 +434,35 @@ func TestMinFreeSpace(t *testing.T) {
 		if got := (&App{MinFreeSpace: set}).minFreeSpace(); got != want {
 			t.Errorf("MinFreeSpace %d resolves to %d, want %d", set, got, want)
 		}
+	}
+}
+
+func TestEncryptionKeyErrors(t *testing.T) {
+	good := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))
+	short := base64.StdEncoding.EncodeToString([]byte("hunter2"))
+	t.Setenv("E2E_EMPTY_KEY", "")
+	cases := []struct {
+		key      string
+		previous []string
+		want     string
+	}{
+		{"", []string{good}, "previous_encryption_keys need an encryption_key"},
+		{short, nil, "webhooks: encryption_key: must decode to 16, 24 or 32 bytes, not 7"},
+		{"hunter2!", nil, "webhooks: encryption_key: must be base64"},
+		{"{env.E2E_EMPTY_KEY}", nil, "webhooks: encryption_key: "},
+		{good, []string{base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{2}, 16)), short}, "previous encryption key #2: must decode to 16, 24 or 32 bytes"},
+		{good, []string{good}, "previous encryption key #1 is the encryption_key itself"},
+	}
+	for _, tc := range cases {
+		a := App{EncryptionKey: tc.key, PreviousEncryptionKeys: tc.previous}
+		_, _, err := a.encryptionKeys()
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), good) {
+			t.Errorf("err = %v, want %q", err, tc.want)
+		}
+	}
+	a := App{EncryptionKey: good, PreviousEncryptionKeys: []string{base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{2}, 24))}}
+	key, previous, err := a.encryptionKeys()
+	if err != nil || !bytes.Equal(key, bytes.Repeat([]byte{1}, 32)) || len(previous) != 1 || !bytes.Equal(previous[0], bytes.Repeat([]byte{2}, 24)) {
+		t.Fatalf("good keys: %v %v %v", key, previous, err)
 	}
 }

@@ -276,6 +276,38 @@ func TestEncryptionAtRestThroughCaddy(t *testing.T) {
 			t.Errorf("%q is readable in the data directory", secret)
 		}
 	}
+
+	// A start with a new key, the old one after it, moves the store to
+	// the new key; from then on the new key alone opens it, the old one
+	// no longer.
+	publish := func(n int) {
+		t.Helper()
+		res, err := tester.Client.Post(testBase+"/", "application/json", strings.NewReader(`{"event":"e","data":{}}`))
+		if err != nil || res.StatusCode != 202 {
+			t.Fatalf("publish: %v %v", res, err)
+		}
+		res.Body.Close()
+		waitFor(t, "the delivery", func() bool { return len(sub.received()) >= n })
+	}
+	loadConfig(t, strings.Replace(cfg, "{env.E2E_WEBHOOK_KEY}", "{env.E2E_OTHER_KEY} {env.E2E_WEBHOOK_KEY}", 1))
+	publish(2)
+	if log := readFile(t, logFile); !strings.Contains(log, `"msg":"re-keyed the store`) {
+		t.Fatalf("no re-key logged:\n%s", log)
+	}
+	loadConfig(t, emptyConfig)
+	loadConfig(t, changed)
+	publish(3)
+	loadConfig(t, emptyConfig)
+	status, b = adminRequest(t, "POST", "/load", "text/caddyfile", []byte(cfg))
+	if status == 200 || !strings.Contains(string(b), "encryption_key does not match") {
+		t.Fatalf("the old key after the re-key: %d %s", status, b)
+	}
+	log := readFile(t, logFile)
+	for _, env := range []string{"E2E_WEBHOOK_KEY", "E2E_OTHER_KEY"} {
+		if strings.Contains(log, os.Getenv(env)) {
+			t.Errorf("the log holds the key in %s", env)
+		}
+	}
 }
 
 // sync_writes reaches badger, and like the key it is fixed while the

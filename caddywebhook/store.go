@@ -33,6 +33,9 @@ type sharedStore struct {
 	// keyID fingerprints the encryption key, so that a reload with another
 	// key is refused before it can try the open database.
 	keyID [32]byte
+	// previousKeys are the first config's previous_encryption_keys, for
+	// the open to move the data from.
+	previousKeys [][]byte
 	// syncWrites is the first config's sync_writes: badger fixes it at
 	// open, so later configs must agree.
 	syncWrites bool
@@ -143,7 +146,7 @@ func (s *sharedStore) openFor(a *App) (*openStore, error) {
 	// process-wide logger rather than this config's: its free-space
 	// guard as webhooks.store, badger itself as webhooks.store.badger.
 	db, err := store.Open(s.dir, store.Options{
-		Logger: caddy.Log().Named("webhooks.store"), EncryptionKey: s.key,
+		Logger: caddy.Log().Named("webhooks.store"), EncryptionKey: s.key, PreviousKeys: s.previousKeys,
 		MinFreeSpace: a.minFreeSpace(), FreeSpace: freeSpace,
 		SyncWrites: s.syncWrites,
 	})

@@ -29,6 +29,10 @@ type Options struct {
 	// EncryptionKey, when set, turns on badger's encryption at rest.
 	// It must be 16, 24 or 32 bytes long (AES-128/192/256).
 	EncryptionKey []byte
+	// PreviousKeys are keys the database may have been encrypted with
+	// before EncryptionKey. Open moves a database written under one of
+	// them to EncryptionKey (see rekey).
+	PreviousKeys [][]byte
 	// GCInterval is how often the store's upkeep runs (reclaiming the
 	// space of expired and deleted entries, value-log garbage
 	// collection); 0 means 5m.
@@ -62,29 +66,30 @@ type DB struct {
 }
 
 // ParseEncryptionKey reads a key given as base64 of 16, 24 or 32 bytes.
-// Errors never quote the key.
+// Errors never quote the key, nor name the option: callers do.
 func ParseEncryptionKey(s string) ([]byte, error) {
 	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
 	if err != nil {
-		return nil, errors.New("encryption_key must be base64 (e.g. the output of `openssl rand -base64 32`)")
+		return nil, errors.New("must be base64 (e.g. the output of `openssl rand -base64 32`)")
 	}
 	switch len(key) {
 	case 16, 24, 32:
 		return key, nil
 	}
-	return nil, fmt.Errorf("encryption_key must decode to 16, 24 or 32 bytes, not %d", len(key))
+	return nil, fmt.Errorf("must decode to 16, 24 or 32 bytes, not %d", len(key))
 }
 
 const keyMismatch = "the encryption_key does not match the one the data was written with"
 
 // CheckDir reports, without opening the database, what Open(dir) with key
-// would refuse: a dir that is not a directory, or a database in it written
-// with another key (or none). Badger's key registry, a small file that
-// starts with a sanity text sealed with the key, tells; it can be read
-// while another process has the database open, so `caddy validate` can
-// check a config against the directory a running Caddy uses. A directory
-// that does not exist yet passes: Open creates it.
-func CheckDir(dir string, key []byte) error {
+// and previous would refuse: a dir that is not a directory, or a database
+// in it written with another key than key or one of previous (or none).
+// Badger's key registry, a small file that starts with a sanity text
+// sealed with the key, tells; it can be read while another process has
+// the database open, so `caddy validate` can check a config against the
+// directory a running Caddy uses. A directory that does not exist yet
+// passes: Open creates it.
+func CheckDir(dir string, key []byte, previous [][]byte) error {
 	fi, err := os.Stat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -94,17 +99,25 @@ func CheckDir(dir string, key []byte) error {
 	case !fi.IsDir():
 		return fmt.Errorf("%s is not a directory", dir)
 	}
-	kr, err := badger.OpenKeyRegistry(badger.KeyRegistryOptions{Dir: dir, ReadOnly: true, EncryptionKey: key})
-	if errors.Is(err, badger.ErrEncryptionKeyMismatch) {
-		return fmt.Errorf("badger database in %s: %s", dir, keyMismatch)
-	}
+	which, err := sealingKey(dir, append([][]byte{key}, previous...))
 	if err != nil {
 		// Left to Open to report: a running database appends a data key
 		// to the registry when it rotates keys, and a read that meets the
 		// append half done fails without anything being wrong.
 		return nil
 	}
-	return kr.Close()
+	if which < 0 {
+		return fmt.Errorf("badger database in %s: %s", dir, mismatch(previous))
+	}
+	return nil
+}
+
+// mismatch says that no key given opens the database.
+func mismatch(previous [][]byte) string {
+	if len(previous) > 0 {
+		return keyMismatchAny
+	}
+	return keyMismatch
 }
 
 // Open opens (creating if needed) the database in dir.
@@ -149,10 +162,13 @@ func Open(dir string, opts Options) (*DB, error) {
 			WithEncryptionKeyRotationDuration(30 * 24 * time.Hour)
 	}
 	removeEmptyLogs(dir, logger(opts.Logger))
+	if err := rekey(dir, opts.EncryptionKey, opts.PreviousKeys, logger(opts.Logger)); err != nil {
+		return nil, err
+	}
 	bdb, err := badger.Open(bopts)
 	if err != nil {
 		if strings.Contains(err.Error(), "Encryption key mismatch") || strings.Contains(err.Error(), "encryption key") {
-			return nil, fmt.Errorf("opening badger database in %s: %s: %w", dir, keyMismatch, err)
+			return nil, fmt.Errorf("opening badger database in %s: %s: %w", dir, mismatch(opts.PreviousKeys), err)
 		}
 		return nil, fmt.Errorf("opening badger database in %s: %w", dir, err)
 	}

@@ -116,23 +116,29 @@ func TestCheckDir(t *testing.T) {
 
 	missing := filepath.Join(t.TempDir(), "new", "dir")
 	const mismatch = "encryption_key does not match"
+	const noneMatches = "neither the encryption_key nor any previous key matches"
 	for _, c := range []struct {
-		name string
-		dir  string
-		key  []byte
-		want string // "": accepted
+		name     string
+		dir      string
+		key      []byte
+		previous [][]byte
+		want     string // "": accepted
 	}{
-		{"missing", missing, keyA, ""},
-		{"empty", t.TempDir(), keyA, ""},
-		{"right key", enc, keyA, ""},
-		{"no key, none used", plain, nil, ""},
-		{"other key", enc, keyB, mismatch},
-		{"no key, one used", enc, nil, mismatch},
-		{"key, none used", plain, keyA, mismatch},
-		{"a file", file, nil, "is not a directory"},
-		{"under a file", filepath.Join(file, "sub"), nil, "not a directory"},
+		{"missing", missing, keyA, nil, ""},
+		{"empty", t.TempDir(), keyA, nil, ""},
+		{"right key", enc, keyA, nil, ""},
+		{"right key, with previous", enc, keyA, [][]byte{keyB}, ""},
+		{"no key, none used", plain, nil, nil, ""},
+		{"other key", enc, keyB, nil, mismatch},
+		{"no key, one used", enc, nil, nil, mismatch},
+		{"key, none used", plain, keyA, nil, mismatch},
+		{"new key, the one used as previous", enc, keyB, [][]byte{keyB, keyA}, ""},
+		{"new key, other previous", enc, keyB, [][]byte{bytes.Repeat([]byte{9}, 32)}, noneMatches},
+		{"key and previous, none used", plain, keyA, [][]byte{keyB}, noneMatches},
+		{"a file", file, nil, nil, "is not a directory"},
+		{"under a file", filepath.Join(file, "sub"), nil, nil, "not a directory"},
 	} {
-		err := CheckDir(c.dir, c.key)
+		err := CheckDir(c.dir, c.key, c.previous)
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("%s: %v, want %q", c.name, err, c.want)
 		}

@@ -1,5 +1,3 @@
-//go:build linux || darwin || freebsd
-
 package store
 
 import (
@@ -8,7 +6,6 @@ import (
 	"strings"
 
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 )
 
 // removeEmptyLogs removes the empty write-ahead and value log files
@@ -22,17 +19,17 @@ import (
 // It holds badger's own lock (flock on the directory) while it looks, so
 // that the files of a database another process has open, which may be
 // empty for a moment while it creates them, are never touched: then it
-// does nothing, and badger.Open reports the lock.
+// does nothing, and badger.Open reports the lock. On systems where badger
+// locks the directory its own way (Windows) it does nothing either: an
+// empty log file then makes the first start fail, that failed open sizes
+// the file, and the next start succeeds.
 func removeEmptyLogs(dir string, log *zap.Logger) {
-	d, err := os.Open(dir)
+	unlock, err := lockDir(dir)
 	if err != nil {
-		return // badger.Open says what is wrong with dir
+		return // locked, or a system where badger locks its own way
 	}
-	defer d.Close() // releases the lock
-	if unix.Flock(int(d.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-		return
-	}
-	entries, err := d.ReadDir(-1)
+	defer unlock()
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
@@ -53,6 +50,6 @@ func removeEmptyLogs(dir string, log *zap.Logger) {
 		log.Warn("removed an empty log file left by a kill", zap.String("file", name), zap.String("dir", dir))
 	}
 	if removed {
-		_ = d.Sync() // the removals outlast a power cut before badger writes anew
+		_ = syncDir(dir) // the removals outlast a power cut before badger writes anew
 	}
 }
