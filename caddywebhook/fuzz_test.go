@@ -20,6 +20,7 @@ func FuzzCaddyfile(f *testing.F) {
 		"webhooks {\n min_free_space off\n workers 2\n}",
 		"webhooks {\n min_free_space 1GiB\n}",
 		"webhooks {\n sync_writes\n allow_private_targets\n}",
+		"webhooks {\n encryption_key AQEBAQEBAQEBAQEBAQEBAQ== AgICAgICAgICAgICAgICAgICAgICAgIC\n}",
 		"webhook_publish {\n max_body 1KB\n}",
 		"webhook_api {\n dialect doshii\n tenant {http.auth.user.id}\n verify\n}",
 		"webhook_api {\n dialect\n}",
@@ -38,6 +39,9 @@ func FuzzCaddyfile(f *testing.F) {
 			if u.UnmarshalCaddyfile(d) == nil {
 				if _, err := jsonMarshal(u); err != nil {
 					t.Fatalf("%T parsed but does not encode: %v", u, err)
+				}
+				if a, ok := u.(*App); ok {
+					_, _, _ = a.encryptionKeys() // decodes the keys: no panic
 				}
 			}
 		}
