@@ -1,0 +1,175 @@
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/pb"
+	"google.golang.org/protobuf/proto"
+)
+
+// backupEndKey is the last entry of every complete backup. Badger's
+// format is a series of length-prefixed records with nothing at the end,
+// so a copy cut short between two records would otherwise restore as if
+// it were whole, without what came after the cut.
+const backupEndKey = "backup/end"
+
+// BackupInfo is the value of the end entry.
+type BackupInfo struct {
+	// At is when the backup was taken.
+	At time.Time `json:"at"`
+	// Version is the last badger version in it.
+	Version uint64 `json:"version"`
+}
+
+// Backup writes a consistent copy of every live entry to w (one snapshot,
+// while writes go on): badger's backup format, then an end entry that
+// Restore requires. The copy is not encrypted, even when the store is.
+func (db *DB) Backup(w io.Writer, now time.Time) (BackupInfo, error) {
+	version, err := db.DB.Backup(w, 0)
+	if err != nil {
+		return BackupInfo{}, err
+	}
+	info := BackupInfo{At: now.UTC(), Version: version}
+	value, err := json.Marshal(info)
+	if err != nil {
+		return BackupInfo{}, err
+	}
+	end, err := proto.Marshal(&pb.KVList{Kv: []*pb.KV{{Key: []byte(backupEndKey), Value: value, Version: max(version, 1)}}})
+	if err != nil {
+		return BackupInfo{}, err
+	}
+	if err := binary.Write(w, binary.LittleEndian, uint64(len(end))); err != nil {
+		return BackupInfo{}, err
+	}
+	_, err = w.Write(end)
+	return info, err
+}
+
+// ErrIncompleteBackup: the backup lacks its end entry.
+var ErrIncompleteBackup = errors.New("the backup is incomplete (it ends before its end entry): it was cut short while it was taken or copied")
+
+// Restore creates a database in dir, which must be empty or not exist,
+// from a backup written by Backup, with opts (an encryption key encrypts
+// the restored database). On any error it removes what it created, so
+// dir is as it was.
+func Restore(dir string, opts Options, r io.Reader) (BackupInfo, error) {
+	existed, err := emptyDir(dir)
+	if err != nil {
+		return BackupInfo{}, err
+	}
+	info, err := restoreInto(dir, opts, r)
+	if err != nil {
+		if existed {
+			clearDir(dir)
+		} else {
+			os.RemoveAll(dir)
+		}
+		return BackupInfo{}, err
+	}
+	return info, nil
+}
+
+// emptyDir checks that dir is empty or missing, and reports whether it
+// exists.
+func emptyDir(dir string) (exists bool, err error) {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, err
+	case len(entries) > 0:
+		return true, fmt.Errorf("%s is not empty: restore into a new directory, and point storage_dir at it", dir)
+	}
+	return true, nil
+}
+
+func clearDir(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		os.RemoveAll(filepath.Join(dir, e.Name()))
+	}
+}
+
+func restoreInto(dir string, opts Options, r io.Reader) (info BackupInfo, err error) {
+	db, err := Open(dir, opts)
+	if err != nil {
+		return info, err
+	}
+	defer func() {
+		if cerr := db.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	if err := db.Load(&framedReader{r: r}, 256); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return info, ErrIncompleteBackup
+		}
+		return info, fmt.Errorf("reading the backup: %w", err)
+	}
+	err = db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(backupEndKey))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return ErrIncompleteBackup
+		}
+		if err != nil {
+			return err
+		}
+		if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &info) }); err != nil {
+			return fmt.Errorf("reading the backup's end entry: %w", err)
+		}
+		return txn.Delete([]byte(backupEndKey))
+	})
+	return info, err
+}
+
+// maxBackupRecord bounds one record of a backup. Badger's streams write
+// batches of up to about 100 MB (a soft limit, and an entry is at most
+// our 1.2 MB transaction limit); the bound keeps a file that is no backup at all from making Load
+// allocate whatever its first eight bytes say.
+const maxBackupRecord = 256 << 20
+
+// errNotABackup: a record's size is out of bounds.
+var errNotABackup = errors.New("this is not a backup taken from the webhooks admin API (a record's size is out of bounds)")
+
+// framedReader passes a backup through to badger's Load, checking each
+// record's size prefix before Load sees it.
+type framedReader struct {
+	r       io.Reader
+	sizeBuf [8]byte
+	prefix  []byte // the part of the checked size prefix not yet handed out
+	left    uint64 // bytes of the current record still to come
+}
+
+func (f *framedReader) Read(p []byte) (int, error) {
+	if len(f.prefix) == 0 && f.left == 0 {
+		if _, err := io.ReadFull(f.r, f.sizeBuf[:]); err != nil {
+			return 0, err // io.EOF between records: the end
+		}
+		f.left = binary.LittleEndian.Uint64(f.sizeBuf[:])
+		if f.left > maxBackupRecord {
+			return 0, errNotABackup
+		}
+		f.prefix = f.sizeBuf[:]
+	}
+	if len(f.prefix) > 0 {
+		n := copy(p, f.prefix)
+		f.prefix = f.prefix[n:]
+		return n, nil
+	}
+	n, err := f.r.Read(p[:min(uint64(len(p)), f.left)])
+	f.left -= uint64(n)
+	if err == io.EOF && f.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}

@@ -1,0 +1,157 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// backupOf fills a store with n entries (the needle among them, and one
+// that has expired) and returns its backup.
+func backupOf(t *testing.T, n int) []byte {
+	t.Helper()
+	db := mustOpen(t, t.TempDir(), Options{EncryptionKey: keyOld})
+	defer db.Close()
+	err := db.Update(func(txn *badger.Txn) error {
+		for i := range n {
+			if err := txn.Set(fmt.Appendf(nil, "delivery/q/%06d", i), bytes.Repeat([]byte{byte(i)}, 100)); err != nil {
+				return err
+			}
+		}
+		if err := txn.SetEntry(badger.NewEntry([]byte("delivery/a/kept-a-while"), []byte("x")).WithTTL(time.Hour)); err != nil {
+			return err
+		}
+		if err := txn.Set([]byte("delivery/q/deleted"), []byte("x")); err != nil {
+			return err
+		}
+		return txn.Set([]byte("delivery/sub/x"), needle)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(txn *badger.Txn) error { return txn.Delete([]byte("delivery/q/deleted")) }); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	at := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	info, err := db.Backup(&buf, at)
+	if err != nil || !info.At.Equal(at) || info.Version == 0 {
+		t.Fatalf("backup: %+v %v", info, err)
+	}
+	return buf.Bytes()
+}
+
+func TestBackupRestoresIntoANewEncryptedStore(t *testing.T) {
+	backup := backupOf(t, 2000)
+	dir := filepath.Join(t.TempDir(), "restored")
+	info, err := Restore(dir, Options{EncryptionKey: keyNew}, bytes.NewReader(backup))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC); !info.At.Equal(want) {
+		t.Errorf("backup time %v, want %v", info.At, want)
+	}
+	if dirContains(t, dir, needle) {
+		t.Error("the restored store is not encrypted")
+	}
+	db := mustOpen(t, dir, Options{EncryptionKey: keyNew})
+	defer db.Close()
+	if v := readValue(t, db, "delivery/sub/x"); v != string(needle) {
+		t.Errorf("needle read back as %q", v)
+	}
+	keys := 0
+	err = db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			switch k := string(it.Item().Key()); {
+			case k == backupEndKey, k == "delivery/q/deleted":
+				t.Errorf("%s was restored", k)
+			case k == "delivery/a/kept-a-while" && it.Item().ExpiresAt() == 0:
+				t.Errorf("%s lost its expiry", k)
+			}
+			keys++
+		}
+		return nil
+	})
+	if err != nil || keys != 2002 {
+		t.Fatalf("%d keys restored (%v), want 2002", keys, err)
+	}
+	// What is written next is newer than everything restored.
+	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("delivery/sub/x"), []byte("after")) }); err != nil {
+		t.Fatal(err)
+	}
+	if v := readValue(t, db, "delivery/sub/x"); v != "after" {
+		t.Errorf("a write after the restore read back as %q", v)
+	}
+}
+
+// A backup cut short, at a record boundary or within one, or a file that
+// is no backup, restores nothing and leaves the directory as it was.
+func TestRestoreRefusesWhatIsNotAWholeBackup(t *testing.T) {
+	backup := backupOf(t, 2000)
+	endLen := lastRecordLen(t, backup)
+	cases := map[string]struct {
+		data []byte
+		want string
+	}{
+		"cut before the end entry": {backup[:len(backup)-endLen], "incomplete"},
+		"cut within a record":      {backup[:len(backup)/2], "incomplete"},
+		"cut within a size":        {backup[:3], "incomplete"},
+		"empty":                    {nil, "incomplete"},
+		"a text file":              {[]byte("storage_dir /var/lib/caddy/webhook\n"), "not a backup"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			parent := t.TempDir()
+			dir := filepath.Join(parent, "restored")
+			if _, err := Restore(dir, Options{}, bytes.NewReader(c.data)); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("restore: %v, want %q", err, c.want)
+			}
+			if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the failed restore left %s (%v)", dir, err)
+			}
+			empty := t.TempDir()
+			if _, err := Restore(empty, Options{}, bytes.NewReader(c.data)); err == nil {
+				t.Fatal("restored into an existing directory")
+			}
+			if entries, _ := os.ReadDir(empty); len(entries) != 0 {
+				t.Errorf("the failed restore left %d files in the directory that was empty", len(entries))
+			}
+		})
+	}
+}
+
+// lastRecordLen is the length of the backup's last record (the end
+// entry), size prefix included, found by walking the size prefixes.
+func lastRecordLen(t *testing.T, b []byte) int {
+	t.Helper()
+	last := 0
+	for off := 0; off < len(b); {
+		last = off
+		off += 8 + int(binary.LittleEndian.Uint64(b[off:]))
+	}
+	return len(b) - last
+}
+
+func TestRestoreRefusesADirectoryInUse(t *testing.T) {
+	backup := backupOf(t, 10)
+	dir := t.TempDir()
+	writeNeedle(t, dir, nil)
+	if _, err := Restore(dir, Options{}, bytes.NewReader(backup)); err == nil || !strings.Contains(err.Error(), "is not empty") {
+		t.Fatalf("restore over a store: %v", err)
+	}
+	db := mustOpen(t, dir, Options{})
+	defer db.Close()
+	if v := readValue(t, db, "delivery/sub/x"); !strings.Contains(v, string(needle)) {
+		t.Fatalf("the store under the refused restore: %q", v)
+	}
+}
