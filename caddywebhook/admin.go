@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
 	"github.com/hookgate/caddy-webhook/delivery"
 	"github.com/hookgate/caddy-webhook/internal/store"
@@ -37,10 +38,13 @@ func init() {
 //	GET  /webhooks/windows/{client}[?scope=s]     one client's push window
 //	DELETE /webhooks/windows/{client}[?scope=s]   forget it (a client no longer configured)
 //	POST /webhooks/windows/{client}/open[?scope=s]  let a client push at once
+//	GET  /webhooks/backup                         a consistent copy of the store (see backup.go)
 //
 // Admin modules are provisioned before apps and are not rolled back with a
 // failed reload, so the running engine is looked up on every request.
-type adminAPI struct{}
+type adminAPI struct {
+	logger *zap.Logger
+}
 
 // CaddyModule returns the Caddy module information.
 func (adminAPI) CaddyModule() caddy.ModuleInfo {
@@ -48,6 +52,12 @@ func (adminAPI) CaddyModule() caddy.ModuleInfo {
 		ID:  "admin.api.webhooks",
 		New: func() caddy.Module { return new(adminAPI) },
 	}
+}
+
+// Provision sets up the module's logger.
+func (a *adminAPI) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	return nil
 }
 
 // Routes returns the admin routes.
@@ -93,6 +103,8 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return a.act(w, r, eng, parts[1], parts[2])
 	case parts[0] == "windows":
 		return a.windows(w, r, o, parts[1:])
+	case len(parts) == 1 && parts[0] == "backup":
+		return onlyGet(r, func() error { return a.backup(w, o) })
 	}
 	return apiErr(http.StatusNotFound, "no such route")
 }
@@ -410,8 +422,11 @@ func writeAdmin(w http.ResponseWriter, v any) error {
 	return nil
 }
 
-// Interface guard
-var _ caddy.AdminRouter = adminAPI{}
+// Interface guards
+var (
+	_ caddy.AdminRouter = adminAPI{}
+	_ caddy.Provisioner = (*adminAPI)(nil)
+)
 
 func sortByID(s []subscriptionJSON) {
 	slices.SortFunc(s, func(a, b subscriptionJSON) int { return strings.Compare(a.ID, b.ID) })

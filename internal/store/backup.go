@@ -31,27 +31,77 @@ type BackupInfo struct {
 }
 
 // Backup writes a consistent copy of every live entry to w (one snapshot,
-// while writes go on): badger's backup format, then an end entry that
-// Restore requires. The copy is not encrypted, even when the store is.
+// while writes go on) in badger's backup format (what badger's Load and
+// `badger restore` read), then an end entry that Restore requires. The
+// copy is not encrypted, even when the store is.
+//
+// It reads the snapshot with one iterator rather than badger's own
+// Backup: that one streams with 8 goroutines, each filling 32 MB
+// buffers, queues up to 32 of them for a slow reader, and copies every
+// version and deletion. For a million 600-byte entries it took 1.5 GB of
+// heap on top of the store's (380 MB with 2 goroutines); this loop holds
+// one record of up to backupRecordSize.
 func (db *DB) Backup(w io.Writer, now time.Time) (BackupInfo, error) {
-	version, err := db.DB.Backup(w, 0)
+	info := BackupInfo{At: now.UTC()}
+	var list pb.KVList
+	size := 0
+	flush := func() error {
+		if len(list.Kv) == 0 {
+			return nil
+		}
+		err := writeRecord(w, &list)
+		list.Kv, size = list.Kv[:0], 0
+		return err
+	}
+	err := db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.DefaultIteratorOptions)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			value, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			list.Kv = append(list.Kv, &pb.KV{
+				Key: item.KeyCopy(nil), Value: value, UserMeta: []byte{item.UserMeta()},
+				Version: item.Version(), ExpiresAt: item.ExpiresAt(),
+			})
+			info.Version = max(info.Version, item.Version())
+			if size += len(value) + int(item.KeySize()); size >= backupRecordSize {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		return flush()
+	})
 	if err != nil {
 		return BackupInfo{}, err
 	}
-	info := BackupInfo{At: now.UTC(), Version: version}
 	value, err := json.Marshal(info)
 	if err != nil {
 		return BackupInfo{}, err
 	}
-	end, err := proto.Marshal(&pb.KVList{Kv: []*pb.KV{{Key: []byte(backupEndKey), Value: value, Version: max(version, 1)}}})
+	end := &pb.KVList{Kv: []*pb.KV{{Key: []byte(backupEndKey), Value: value, Version: max(info.Version, 1)}}}
+	return info, writeRecord(w, end)
+}
+
+// backupRecordSize is about how much of the store one record of a backup
+// holds.
+const backupRecordSize = 1 << 20
+
+// writeRecord writes one record of badger's backup format: the size of
+// the encoded list, then the list.
+func writeRecord(w io.Writer, list *pb.KVList) error {
+	b, err := proto.Marshal(list)
 	if err != nil {
-		return BackupInfo{}, err
+		return err
 	}
-	if err := binary.Write(w, binary.LittleEndian, uint64(len(end))); err != nil {
-		return BackupInfo{}, err
+	if err := binary.Write(w, binary.LittleEndian, uint64(len(b))); err != nil {
+		return err
 	}
-	_, err = w.Write(end)
-	return info, err
+	_, err = w.Write(b)
+	return err
 }
 
 // ErrIncompleteBackup: the backup lacks its end entry.

@@ -14,18 +14,26 @@ import (
 	"github.com/dgraph-io/badger/v4"
 )
 
-// backupOf fills a store with n entries (the needle among them, and one
-// that has expired) and returns its backup.
+// backupOf fills a store with n entries of 1 KB and three more (the
+// needle, one that expires and one deleted) and returns its backup.
 func backupOf(t *testing.T, n int) []byte {
 	t.Helper()
 	db := mustOpen(t, t.TempDir(), Options{EncryptionKey: keyOld})
 	defer db.Close()
-	err := db.Update(func(txn *badger.Txn) error {
-		for i := range n {
-			if err := txn.Set(fmt.Appendf(nil, "delivery/q/%06d", i), bytes.Repeat([]byte{byte(i)}, 100)); err != nil {
-				return err
+	for from := 0; from < n; from += 500 { // within badger's transaction limit
+		err := db.Update(func(txn *badger.Txn) error {
+			for i := from; i < min(from+500, n); i++ {
+				if err := txn.Set(fmt.Appendf(nil, "delivery/q/%06d", i), bytes.Repeat([]byte{byte(i)}, 1000)); err != nil {
+					return err
+				}
 			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
+	}
+	err := db.Update(func(txn *badger.Txn) error {
 		if err := txn.SetEntry(badger.NewEntry([]byte("delivery/a/kept-a-while"), []byte("x")).WithTTL(time.Hour)); err != nil {
 			return err
 		}
@@ -51,6 +59,9 @@ func backupOf(t *testing.T, n int) []byte {
 
 func TestBackupRestoresIntoANewEncryptedStore(t *testing.T) {
 	backup := backupOf(t, 2000)
+	if n := records(t, backup); n < 3 {
+		t.Fatalf("the backup has %d records: the test needs several", n)
+	}
 	dir := filepath.Join(t.TempDir(), "restored")
 	info, err := Restore(dir, Options{EncryptionKey: keyNew}, bytes.NewReader(backup))
 	if err != nil {
@@ -66,6 +77,9 @@ func TestBackupRestoresIntoANewEncryptedStore(t *testing.T) {
 	defer db.Close()
 	if v := readValue(t, db, "delivery/sub/x"); v != string(needle) {
 		t.Errorf("needle read back as %q", v)
+	}
+	if v := readValue(t, db, "delivery/q/001999"); v != string(bytes.Repeat([]byte{1999 % 256}, 1000)) {
+		t.Errorf("the last queue entry read back as %q", v)
 	}
 	keys := 0
 	err = db.View(func(txn *badger.Txn) error {
@@ -128,6 +142,16 @@ func TestRestoreRefusesWhatIsNotAWholeBackup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// records counts the records of a backup.
+func records(t *testing.T, b []byte) int {
+	t.Helper()
+	n := 0
+	for off := 0; off < len(b); n++ {
+		off += 8 + int(binary.LittleEndian.Uint64(b[off:]))
+	}
+	return n
 }
 
 // lastRecordLen is the length of the backup's last record (the end
