@@ -101,20 +101,7 @@ func TestBackupAndRestoreThroughCaddy(t *testing.T) {
 func TestRestoreCommand(t *testing.T) {
 	bin := caddyBinary(t)
 	admin, port := freePort(t), freePort(t)
-	cfg := func(dir string) string {
-		return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	skip_install_trust
-	webhooks {
-		storage_dir %s
-		min_free_space 16MiB
-	}
-}
-http://127.0.0.1:%d {
-	webhook_publish
-}
-`, admin, dir, port)
-	}
+	cfg := func(dir string) string { return processConfig(admin, dir, "", port, "\twebhook_publish\n") }
 	startCaddyProcess(t, bin, cfg(t.TempDir()), fmt.Sprintf("http://127.0.0.1:%d/", port))
 	res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/webhooks/backup", admin))
 	if err != nil {

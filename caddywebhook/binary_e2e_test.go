@@ -61,6 +61,23 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// processConfig is the Caddyfile of a Caddy process in these tests: its
+// admin endpoint, the webhooks app in storage with more options (each
+// line ending in a newline), and one site on port.
+func processConfig(admin int, storage, options string, port int, site string) string {
+	return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	skip_install_trust
+	webhooks {
+		storage_dir %s
+		min_free_space 16MiB
+%s	}
+}
+http://127.0.0.1:%d {
+%s}
+`, admin, storage, options, port, site)
+}
+
 // caddyProcess is a Caddy binary running a Caddyfile.
 type caddyProcess struct {
 	cmd *exec.Cmd
@@ -112,22 +129,12 @@ func TestIngestWindowSurvivesKill9(t *testing.T) {
 	up := newTestUpstream(t)
 	admin, port := freePort(t), freePort(t)
 	storage := t.TempDir()
-	cfg := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	skip_install_trust
-	webhooks {
-		storage_dir %s
-		min_free_space 16MiB
-	}
-}
-http://127.0.0.1:%d {
-	webhook_ingest {
+	cfg := processConfig(admin, storage, "", port, fmt.Sprintf(`	webhook_ingest {
 		access_key {env.KILL_ACCESS_KEY}
 		client acme acme-kill-key interval 1h
 	}
 	reverse_proxy %s
-}
-`, admin, storage, port, up.addr())
+`, up.addr()))
 	t.Setenv("KILL_ACCESS_KEY", "kill-access")
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 
@@ -168,24 +175,13 @@ func TestBacklogDeliveredAfterKill9(t *testing.T) {
 	sub := newSubscriber(t)
 	sub.fail.Store(true)
 	admin, port := freePort(t), freePort(t)
-	cfg := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	skip_install_trust
-	webhooks {
-		storage_dir %s
-		min_free_space 16MiB
-		allow_private_targets
+	cfg := processConfig(admin, t.TempDir(), fmt.Sprintf(`		allow_private_targets
 		retry 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s
 		subscription backend {
 			url %s
 			events *
 		}
-	}
-}
-http://127.0.0.1:%d {
-	webhook_publish
-}
-`, admin, t.TempDir(), sub.URL, port)
+`, sub.URL), port, "\twebhook_publish\n")
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 
 	p := startCaddyProcess(t, bin, cfg, url)
@@ -230,22 +226,7 @@ func TestValidateWhileRunning(t *testing.T) {
 	admin, port := freePort(t), freePort(t)
 	storage := t.TempDir()
 	cfg := func(dir, sub string) string {
-		return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	skip_install_trust
-	webhooks {
-		storage_dir %s
-		min_free_space 16MiB
-		subscription s {
-			%s
-			events *
-		}
-	}
-}
-http://127.0.0.1:%d {
-	webhook_publish
-}
-`, admin, dir, sub, port)
+		return processConfig(admin, dir, fmt.Sprintf("\t\tsubscription s {\n\t\t\t%s\n\t\t\tevents *\n\t\t}\n", sub), port, "\twebhook_publish\n")
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	startCaddyProcess(t, bin, cfg(storage, "url https://example.com/hook"), url)
