@@ -2,6 +2,7 @@ package caddywebhook
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 
@@ -36,7 +37,7 @@ func (a adminAPI) backup(w http.ResponseWriter, o *openStore) error {
 
 // countingWriter counts what went through it.
 type countingWriter struct {
-	w http.ResponseWriter
+	w io.Writer
 	n int64
 }
 

@@ -75,21 +75,10 @@ func TestEncryptionAtRest(t *testing.T) {
 	}
 	// It reads back with the key...
 	db := mustOpen(t, enc, Options{EncryptionKey: key})
-	err = db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get([]byte("delivery/sub/x"))
-		if err != nil {
-			return err
-		}
-		v, _ := item.ValueCopy(nil)
-		if !bytes.Contains(v, needle) {
-			t.Fatalf("read back %q", v)
-		}
-		return nil
-	})
-	db.Close()
-	if err != nil {
-		t.Fatal(err)
+	if v := readValue(t, db, "delivery/sub/x"); !strings.Contains(v, string(needle)) {
+		t.Fatalf("read back %q", v)
 	}
+	db.Close()
 	// ...and not with another one.
 	other, _ := ParseEncryptionKey(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{8}, 32)))
 	if _, err := Open(enc, Options{EncryptionKey: other}); err == nil || !strings.Contains(err.Error(), "encryption_key does not match") {
