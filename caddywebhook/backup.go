@@ -12,7 +12,7 @@ import (
 // backup streams a consistent copy of the store: GET /webhooks/backup on
 // the admin endpoint. It is taken from one snapshot while Caddy goes on
 // serving, in badger's backup format with an end entry that
-// `caddy webhooks-restore` requires. It holds every secret the store
+// `caddy webhooks-restore` requires, holding the checksum it verifies. It holds every secret the store
 // does, in the clear, encrypted store or not.
 func (a adminAPI) backup(w http.ResponseWriter, o *openStore) error {
 	now := time.Now()
@@ -31,7 +31,7 @@ func (a adminAPI) backup(w http.ResponseWriter, o *openStore) error {
 		// restore would refuse anyway).
 		panic(http.ErrAbortHandler)
 	}
-	a.logger.Info("backup taken", zap.String("dir", o.db.Dir()), zap.Int64("bytes", cw.n), zap.Uint64("version", info.Version))
+	a.logger.Info("backup taken", zap.String("dir", o.db.Dir()), zap.Int64("bytes", cw.n), zap.Uint64("version", info.Version), zap.String("sha256", info.SHA256))
 	return nil
 }
 

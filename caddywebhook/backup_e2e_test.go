@@ -97,7 +97,7 @@ func TestBackupAndRestoreThroughCaddy(t *testing.T) {
 
 // The command a user runs: `caddy webhooks-restore` on a backup taken
 // from a running Caddy process, into the store its --config names; it
-// refuses a store that exists and a backup cut short.
+// refuses a store that exists, a backup cut short and a damaged one.
 func TestRestoreCommand(t *testing.T) {
 	bin := caddyBinary(t)
 	admin, port := freePort(t), freePort(t)
@@ -122,6 +122,13 @@ func TestRestoreCommand(t *testing.T) {
 		return p
 	}
 	whole, cut := write("whole.bak", backup), write("cut.bak", backup[:len(backup)-1])
+	i := bytes.Index(backup, []byte(`"sha256":"`))
+	if i < 0 {
+		t.Fatal("the backup's end entry has no checksum")
+	}
+	changed := append([]byte{}, backup...)
+	changed[i+len(`"sha256":"`)] ^= 1
+	damaged := write("damaged.bak", changed)
 	restore := func(storage, input string) (string, error) {
 		cmd := exec.Command(bin, "webhooks-restore", "--config", write("Caddyfile", []byte(cfg(storage))), "--input", input)
 		cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+home, "XDG_DATA_HOME="+home)
@@ -132,8 +139,17 @@ func TestRestoreCommand(t *testing.T) {
 	if out, err := restore(target, cut); err == nil || !strings.Contains(out, "incomplete") {
 		t.Fatalf("restore of a backup cut short: %v\n%s", err, out)
 	}
-	if out, err := restore(target, whole); err != nil || !strings.Contains(out, "restored the webhooks store into "+target) {
+	if out, err := restore(target, damaged); err == nil || !strings.Contains(out, "damaged") {
+		t.Fatalf("restore of a damaged backup: %v\n%s", err, out)
+	}
+	out, err := restore(target, whole)
+	if err != nil || !strings.Contains(out, "restored the webhooks store into "+target) || !strings.Contains(out, "checksum matched") {
 		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	// As caddy run does, so that a restore in a container stays in its
+	// memory (automemlimit logs what it did either way).
+	if !strings.Contains(out, "GOMEMLIMIT") {
+		t.Errorf("the restore did not set its memory limit:\n%s", out)
 	}
 	if out, err := restore(target, whole); err == nil || !strings.Contains(out, "is not empty") {
 		t.Fatalf("restore over a store: %v\n%s", err, out)

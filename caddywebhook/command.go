@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+	"go.uber.org/zap/exp/zapslog"
 
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
@@ -29,7 +32,8 @@ The store goes where the config's webhooks app keeps it (storage_dir,
 or webhook under Caddy's data directory), which must be empty or not
 exist: restore before Caddy starts with that config. With an
 encryption_key in the config, the restored store is encrypted with it.
-A backup cut short is refused, and a failed restore leaves nothing.
+A backup cut short, or changed since it was taken (it carries a
+checksum), is refused, and a failed restore leaves nothing.
 
 --config
     The config Caddy will run with (required).
@@ -58,6 +62,7 @@ func cmdRestore(fl caddycmd.Flags) (int, error) {
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
+	setMemoryLimit()
 	in := io.Reader(os.Stdin)
 	if input != "-" {
 		f, err := os.Open(input)
@@ -71,8 +76,26 @@ func cmdRestore(fl caddycmd.Flags) (int, error) {
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
-	fmt.Printf("restored the webhooks store into %s from a backup taken at %s\n", dir, info.At.Format("2006-01-02T15:04:05Z"))
+	checked := "its checksum matched"
+	if !info.Verified() {
+		checked = "not verified: taken by a version without checksums"
+	}
+	fmt.Printf("restored the webhooks store into %s from a backup taken at %s (%s)\n", dir, info.At.Format("2006-01-02T15:04:05Z"), checked)
 	return caddy.ExitCodeSuccess, nil
+}
+
+// setMemoryLimit sets GOMEMLIMIT from the container's memory limit (or
+// the machine's memory), as caddy run does, unless GOMEMLIMIT is set.
+// A restore writes as fast as the disk takes it; without a limit the Go
+// heap may grow to twice what is live before it is collected, and the
+// restore would be OOM-killed in a container where Caddy itself runs the
+// restored store.
+func setMemoryLimit() {
+	logger := slog.New(zapslog.NewHandler(caddy.Log().Core(), zapslog.WithName("memlimit")))
+	_, _ = memlimit.Set(
+		memlimit.WithLogger(logger),
+		memlimit.WithProvider(memlimit.ApplyFallback(memlimit.FromCgroup, memlimit.FromSystem)),
+	)
 }
 
 // restoreFor restores the backup into the store the JSON config's

@@ -8,12 +8,16 @@
 //     (disabled by a 410, so its deliveries are kept, not retried), then
 //     kill -9 and restart (time until Caddy serves again), then the endpoint
 //     comes back (re-enabled through the admin API) and the drain is timed
-//     and compared with a bare Go client loop against the same sink.
+//     and compared with a bare Go client loop against the same sink. The
+//     backlog is backed up through the admin API before the kill, and
+//     restored at the end with caddy webhooks-restore (in the cgroup,
+//     under -memlimit), and Caddy started on the restored store.
 //
 //     go run ./bench/scale -fanout 1000,10000,100000 -backlog 1000000
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -119,13 +124,14 @@ var heapProfile, cpuProfile string
 func backlogRun(bin, dir string, s *sink, n, c int) {
 	run, _ := os.MkdirTemp(dir, "backlog")
 	port, admin := caddyrun.FreePort(), caddyrun.FreePort()
-	cfg := config(admin, run, fmt.Sprintf(`workers %d
+	webhooks := fmt.Sprintf(`workers %d
 		endpoint_concurrency %d
 		subscription down {
 			url %s/down
 			events *
 		}
-`, c, c, s.url), port)
+`, c, c, s.url)
+	cfg := config(admin, run, webhooks, port)
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
 	p, err := caddyrun.Start(bin, run, cfg, url)
@@ -150,6 +156,8 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 	rss, anon := peak()
 	fmt.Printf("\nbacklog: %d messages published at %.0f/s for a disabled endpoint; peak RSS while queueing %.0f MB (anon %.0f MB); data directory %.0f MB\n",
 		n, pubRate, float64(rss)/1e6, float64(anon)/1e6, float64(store.DiskUse(run+"/data"))/1e6)
+
+	backup := takeBackup(p, adminURL, run)
 
 	p.Kill()
 	t1 := time.Now()
@@ -202,6 +210,79 @@ func backlogRun(bin, dir string, s *sink, n, c int) {
 		fmt.Printf("memory cgroup of %d MB: peak charged %.0f MB, OOM kills %s\n", caddyrun.MemoryLimit/1e6,
 			float64(caddyrun.CgroupPeak())/1e6, caddyrun.CgroupOOMKills())
 	}
+	p.Stop()
+	restoreBackup(bin, dir, backup, webhooks, n+2)
+}
+
+// takeBackup saves the store's backup from the admin API in run and
+// reports its size, time and what it cost Caddy in memory.
+func takeBackup(p *caddyrun.Process, adminURL, run string) string {
+	file := filepath.Join(run, "backup")
+	before := p.RSSAnon()
+	peak := watchRSS(p)
+	t0 := time.Now()
+	res, err := http.Get(adminURL + "/webhooks/backup")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer res.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		log.Fatal(err)
+	}
+	size, err := io.Copy(f, res.Body)
+	if err := errors.Join(err, f.Close()); err != nil || res.StatusCode != http.StatusOK {
+		log.Fatalf("backup: %s, %v", res.Status, err)
+	}
+	alive(p)
+	_, anon := peak()
+	fmt.Printf("backup (GET /webhooks/backup): %.0f MB in %v; Caddy's anon memory %.0f MB before, peak %.0f MB while it ran\n",
+		float64(size)/1e6, time.Since(t0).Round(time.Millisecond), float64(before)/1e6, float64(anon)/1e6)
+	return file
+}
+
+// restoreBackup runs caddy webhooks-restore with the backup into a new
+// storage_dir (in the memory cgroup, if any, as a restore in the
+// container would run), then Caddy on the restored store, which must
+// have queued as it did when the backup was taken.
+func restoreBackup(bin, dir, backup, webhooks string, queued int) {
+	run, _ := os.MkdirTemp(dir, "restore")
+	port, admin := caddyrun.FreePort(), caddyrun.FreePort()
+	cfg := config(admin, run, webhooks, port)
+	cf := filepath.Join(run, "Caddyfile")
+	if err := os.WriteFile(cf, []byte(cfg), 0o600); err != nil {
+		log.Fatal(err)
+	}
+	kills := caddyrun.CgroupOOMKills()
+	t0 := time.Now()
+	p, err := caddyrun.Run(bin, run, "webhooks-restore", "--config", cf, "--adapter", "caddyfile", "--input", backup)
+	if err != nil {
+		log.Fatal(err)
+	}
+	peak := watchRSS(p)
+	err = p.Wait()
+	took := time.Since(t0)
+	rss, anon := peak()
+	fmt.Printf("restore (caddy webhooks-restore): %v, peak RSS %.0f MB (anon %.0f MB), data directory %.0f MB",
+		took.Round(time.Millisecond), float64(rss)/1e6, float64(anon)/1e6, float64(store.DiskUse(run+"/data"))/1e6)
+	if caddyrun.MemoryLimit > 0 {
+		fmt.Printf(", OOM kills in the cgroup %s before, %s after", kills, caddyrun.CgroupOOMKills())
+	}
+	fmt.Println()
+	if err != nil {
+		log.Fatalf("the restore failed (%v); see %s", err, p.Log)
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	if p, err = caddyrun.Start(bin, run, cfg, url); err != nil {
+		log.Fatal(err)
+	}
+	defer p.Stop()
+	adminURL := fmt.Sprintf("http://127.0.0.1:%d", admin)
+	t1 := time.Now()
+	for depth(adminURL) != queued && time.Since(t1) < time.Minute {
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Printf("Caddy on the restored store: %d queued (%d when the backup was taken)\n", depth(adminURL), queued)
 }
 
 // saveCPUProfile saves seconds of Caddy's CPU profile in file, in the

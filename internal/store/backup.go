@@ -1,10 +1,13 @@
 package store
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -28,12 +31,21 @@ type BackupInfo struct {
 	At time.Time `json:"at"`
 	// Version is the last badger version in it.
 	Version uint64 `json:"version"`
+	// SHA256 is the hex SHA-256 of every byte of the backup before its
+	// last record (the one holding this entry). Backups taken before it
+	// was added have none.
+	SHA256 string `json:"sha256,omitempty"`
 }
+
+// Verified reports whether a restore checked the backup's checksum: it
+// is false only for a backup older than the checksum.
+func (i BackupInfo) Verified() bool { return i.SHA256 != "" }
 
 // Backup writes a consistent copy of every live entry to w (one snapshot,
 // while writes go on) in badger's backup format (what badger's Load and
-// `badger restore` read), then an end entry that Restore requires. The
-// copy is not encrypted, even when the store is.
+// `badger restore` read), then an end entry that Restore requires, with
+// the checksum of what came before it. The copy is not encrypted, even
+// when the store is.
 //
 // It reads the snapshot with one iterator rather than badger's own
 // Backup: that one streams with 8 goroutines, each filling 32 MB
@@ -43,13 +55,15 @@ type BackupInfo struct {
 // one record of up to backupRecordSize.
 func (db *DB) Backup(w io.Writer, now time.Time) (BackupInfo, error) {
 	info := BackupInfo{At: now.UTC()}
+	sum := sha256.New()
+	body := io.MultiWriter(w, sum)
 	var list pb.KVList
 	size := 0
 	flush := func() error {
 		if len(list.Kv) == 0 {
 			return nil
 		}
-		err := writeRecord(w, &list)
+		err := writeRecord(body, &list)
 		list.Kv, size = list.Kv[:0], 0
 		return err
 	}
@@ -78,6 +92,7 @@ func (db *DB) Backup(w io.Writer, now time.Time) (BackupInfo, error) {
 	if err != nil {
 		return BackupInfo{}, err
 	}
+	info.SHA256 = hex.EncodeToString(sum.Sum(nil))
 	value, err := json.Marshal(info)
 	if err != nil {
 		return BackupInfo{}, err
@@ -106,6 +121,9 @@ func writeRecord(w io.Writer, list *pb.KVList) error {
 
 // ErrIncompleteBackup: the backup lacks its end entry.
 var ErrIncompleteBackup = errors.New("the backup is incomplete (it ends before its end entry): it was cut short while it was taken or copied")
+
+// ErrDamagedBackup: the backup does not match its checksum.
+var ErrDamagedBackup = errors.New("the backup is damaged: its contents do not match the checksum taken with it (changed on disk or in a copy, or two files joined)")
 
 // Restore creates a database in dir, which must be empty or not exist,
 // from a backup written by Backup, with opts (an encryption key encrypts
@@ -160,7 +178,8 @@ func restoreInto(dir string, opts Options, r io.Reader) (info BackupInfo, err er
 			err = cerr
 		}
 	}()
-	if err := db.Load(&framedReader{r: r}, 256); err != nil {
+	framed := &framedReader{r: r, sum: sha256.New()}
+	if err := db.Load(framed, restorePendingWrites); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			return info, ErrIncompleteBackup
 		}
@@ -177,10 +196,21 @@ func restoreInto(dir string, opts Options, r io.Reader) (info BackupInfo, err er
 		if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &info) }); err != nil {
 			return fmt.Errorf("reading the backup's end entry: %w", err)
 		}
+		if info.Verified() && info.SHA256 != hex.EncodeToString(framed.beforeLast) {
+			return ErrDamagedBackup
+		}
 		return txn.Delete([]byte(backupEndKey))
 	})
 	return info, err
 }
+
+// restorePendingWrites is how many batches (of up to badger's 1.2 MB
+// transaction limit, with our memtables) Load hands to badger's writer
+// before waiting for the first. The restore of a million 600-byte
+// entries took 21 s with 256 and with 4, but 256 kept some 700 MB of
+// heap live (1.4 GB resident): `caddy webhooks-restore` was OOM-killed in
+// a 300 MB container where Caddy itself runs that store.
+const restorePendingWrites = 4
 
 // maxBackupRecord bounds one record of a backup. Badger's streams write
 // batches of up to about 100 MB (a soft limit, and an entry is at most
@@ -192,12 +222,15 @@ const maxBackupRecord = 256 << 20
 var errNotABackup = errors.New("this is not a backup taken from the webhooks admin API (a record's size is out of bounds)")
 
 // framedReader passes a backup through to badger's Load, checking each
-// record's size prefix before Load sees it.
+// record's size prefix before Load sees it, and sums what it passes.
 type framedReader struct {
 	r       io.Reader
 	sizeBuf [8]byte
 	prefix  []byte // the part of the checked size prefix not yet handed out
 	left    uint64 // bytes of the current record still to come
+
+	sum        hash.Hash
+	beforeLast []byte // the sum of everything before the latest record
 }
 
 func (f *framedReader) Read(p []byte) (int, error) {
@@ -209,6 +242,8 @@ func (f *framedReader) Read(p []byte) (int, error) {
 		if f.left > maxBackupRecord {
 			return 0, errNotABackup
 		}
+		f.beforeLast = f.sum.Sum(f.beforeLast[:0])
+		f.sum.Write(f.sizeBuf[:])
 		f.prefix = f.sizeBuf[:]
 	}
 	if len(f.prefix) > 0 {
@@ -217,6 +252,7 @@ func (f *framedReader) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	n, err := f.r.Read(p[:min(uint64(len(p)), f.left)])
+	f.sum.Write(p[:n])
 	f.left -= uint64(n)
 	if err == io.EOF && f.left > 0 {
 		err = io.ErrUnexpectedEOF

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/pb"
+	"google.golang.org/protobuf/proto"
 )
 
 // backupOf fills a store with n entries of 1 KB and three more (the
@@ -67,6 +70,9 @@ func TestBackupRestoresIntoANewEncryptedStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !info.Verified() {
+		t.Error("the restore did not verify the backup's checksum")
+	}
 	if want := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC); !info.At.Equal(want) {
 		t.Errorf("backup time %v, want %v", info.At, want)
 	}
@@ -117,11 +123,13 @@ func TestRestoreRefusesWhatIsNotAWholeBackup(t *testing.T) {
 		data []byte
 		want string
 	}{
-		"cut before the end entry": {backup[:len(backup)-endLen], "incomplete"},
-		"cut within a record":      {backup[:len(backup)/2], "incomplete"},
-		"cut within a size":        {backup[:3], "incomplete"},
-		"empty":                    {nil, "incomplete"},
-		"a text file":              {[]byte("storage_dir /var/lib/caddy/webhook\n"), "not a backup"},
+		"cut before the end entry":  {backup[:len(backup)-endLen], "incomplete"},
+		"cut within a record":       {backup[:len(backup)/2], "incomplete"},
+		"cut within a size":         {backup[:3], "incomplete"},
+		"empty":                     {nil, "incomplete"},
+		"a text file":               {[]byte("storage_dir /var/lib/caddy/webhook\n"), "not a backup"},
+		"a byte of a value changed": {changedValueByte(t, backup), "damaged"},
+		"two backups joined":        {append(append([]byte{}, backup...), backup...), "damaged"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -141,6 +149,52 @@ func TestRestoreRefusesWhatIsNotAWholeBackup(t *testing.T) {
 				t.Errorf("the failed restore left %d files in the directory that was empty", len(entries))
 			}
 		})
+	}
+}
+
+// changedValueByte returns a copy of the backup with one byte changed in
+// the middle of a queue entry's value: the records still decode, so only
+// the checksum tells.
+func changedValueByte(t *testing.T, backup []byte) []byte {
+	t.Helper()
+	b := append([]byte{}, backup...)
+	i := bytes.Index(b, bytes.Repeat([]byte{7}, 1000))
+	if i < 0 {
+		t.Fatal("no value of 7s in the backup")
+	}
+	b[i+500] = 8
+	return b
+}
+
+// A backup taken before backups carried a checksum still restores, and
+// says it was not verified.
+func TestRestoreTakesABackupWithoutChecksum(t *testing.T) {
+	backup := backupOf(t, 100)
+	endLen := lastRecordLen(t, backup)
+	var end pb.KVList
+	if err := proto.Unmarshal(backup[len(backup)-endLen+8:], &end); err != nil {
+		t.Fatal(err)
+	}
+	var info map[string]any
+	if err := json.Unmarshal(end.Kv[0].Value, &info); err != nil || info["sha256"] == nil {
+		t.Fatalf("end entry %s (%v): want a sha256", end.Kv[0].Value, err)
+	}
+	delete(info, "sha256")
+	end.Kv[0].Value, _ = json.Marshal(info)
+	var old bytes.Buffer
+	old.Write(backup[:len(backup)-endLen])
+	if err := writeRecord(&old, &end); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "restored")
+	restored, err := Restore(dir, Options{}, &old)
+	if err != nil || restored.Verified() {
+		t.Fatalf("restore: %+v, %v; want success, not verified", restored, err)
+	}
+	db := mustOpen(t, dir, Options{})
+	defer db.Close()
+	if v := readValue(t, db, "delivery/sub/x"); v != string(needle) {
+		t.Errorf("needle read back as %q", v)
 	}
 }
 

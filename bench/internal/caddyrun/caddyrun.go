@@ -42,8 +42,10 @@ func FreePort() int {
 
 // Process is a running Caddy.
 type Process struct {
-	cmd *exec.Cmd
-	Log string
+	cmd  *exec.Cmd
+	Log  string
+	done chan struct{}
+	err  error // how it ended, once done is closed
 }
 
 // Start runs bin with the Caddyfile and waits until probeURL answers.
@@ -52,34 +54,10 @@ func Start(bin, dir, caddyfile, probeURL string) (*Process, error) {
 	if err := os.WriteFile(cf, []byte(caddyfile), 0o600); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(dir, "caddy.log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	p, err := Run(bin, dir, "run", "--config", cf, "--adapter", "caddyfile")
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "run", "--config", cf, "--adapter", "caddyfile")
-	if MemoryLimit > 0 {
-		// Join the cgroup before exec, so that Caddy sizes GOMEMLIMIT
-		// from its limit as it does in a container, and run a copy of the
-		// binary made in it: the page cache of the one just built is
-		// charged to the builder, and would be resident but uncounted.
-		dir, err := cgroup()
-		if err != nil {
-			return nil, err
-		}
-		script := `echo $$ > "$0/cgroup.procs" && b="$1.cgroup" && cp "$1" "$b" && shift && exec "$b" "$@"`
-		cmd = exec.Command("/bin/sh", "-c", script, dir, bin, "run", "--config", cf, "--adapter", "caddyfile")
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Autosave and certificates go to a home of their own in dir.
-	home := filepath.Join(dir, "xdg")
-	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+home, "XDG_DATA_HOME="+home)
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &Process{cmd: cmd, Log: logPath}
-
-	go func() { cmd.Wait(); logf.Close() }()
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if res, err := http.Get(probeURL); err == nil {
 			res.Body.Close()
@@ -87,7 +65,52 @@ func Start(bin, dir, caddyfile, probeURL string) (*Process, error) {
 		}
 	}
 	p.Kill()
-	return nil, fmt.Errorf("caddy did not answer %s; see %s", probeURL, logPath)
+	return nil, fmt.Errorf("caddy did not answer %s; see %s", probeURL, p.Log)
+}
+
+// Run starts bin with args (a Caddy command), its output appended to
+// caddy.log in dir, in the memory cgroup when MemoryLimit is set.
+func Run(bin, dir string, args ...string) (*Process, error) {
+	logPath := filepath.Join(dir, "caddy.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	if MemoryLimit > 0 {
+		// Join the cgroup before exec, so that Caddy sizes GOMEMLIMIT
+		// from its limit as it does in a container, and run a copy of the
+		// binary made in it: the page cache of the one just built is
+		// charged to the builder, and would be resident but uncounted.
+		dir, err := cgroup()
+		if err != nil {
+			logf.Close()
+			return nil, err
+		}
+		script := `echo $$ > "$0/cgroup.procs" && b="$1.cgroup" && cp "$1" "$b" && shift && exec "$b" "$@"`
+		cmd = exec.Command("/bin/sh", append([]string{"-c", script, dir, bin}, args...)...)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Autosave and certificates go to a home of their own in dir.
+	home := filepath.Join(dir, "xdg")
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+home, "XDG_DATA_HOME="+home)
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, err
+	}
+	p := &Process{cmd: cmd, Log: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Wait waits for the process to end and returns how it ended.
+func (p *Process) Wait() error {
+	<-p.done
+	return p.err
 }
 
 // Kill sends SIGKILL and waits for the process to be gone.
@@ -111,7 +134,14 @@ func (p *Process) Stop() {
 	}
 }
 
-func (p *Process) exited() bool { return p.cmd.ProcessState != nil }
+func (p *Process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
 
 // Exited reports whether the process is gone (killed by the OOM killer,
 // say).
