@@ -1,17 +1,20 @@
 package store
 
 import (
+	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -178,84 +181,131 @@ func restoreInto(dir string, opts Options, r io.Reader) (info BackupInfo, err er
 			err = cerr
 		}
 	}()
-	framed := &framedReader{r: r, sum: sha256.New()}
-	if err := db.Load(framed, restorePendingWrites); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return info, ErrIncompleteBackup
-		}
-		return info, fmt.Errorf("reading the backup: %w", err)
-	}
-	err = db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get([]byte(backupEndKey))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return ErrIncompleteBackup
-		}
-		if err != nil {
-			return err
-		}
-		if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &info) }); err != nil {
-			return fmt.Errorf("reading the backup's end entry: %w", err)
-		}
-		if info.Verified() && info.SHA256 != hex.EncodeToString(framed.beforeLast) {
-			return ErrDamagedBackup
-		}
-		return txn.Delete([]byte(backupEndKey))
-	})
-	return info, err
+	return load(db, r)
 }
 
 // restorePendingWrites is how many batches (of up to badger's 1.2 MB
-// transaction limit, with our memtables) Load hands to badger's writer
-// before waiting for the first. The restore of a million 600-byte
-// entries took 21 s with 256 and with 4, but 256 kept some 700 MB of
-// heap live (1.4 GB resident): `caddy webhooks-restore` was OOM-killed in
-// a 300 MB container where Caddy itself runs that store.
+// transaction limit, with our memtables) the restore hands to badger's
+// writer before waiting for the first. The restore of a million 600-byte
+// entries took 21 s with 256 (what badger's own Load is usually given)
+// and with 4, but 256 kept some 700 MB of heap live (1.4 GB resident):
+// `caddy webhooks-restore` was OOM-killed in a 300 MB container where
+// Caddy itself runs that store.
 const restorePendingWrites = 4
 
 // maxBackupRecord bounds one record of a backup. Badger's streams write
 // batches of up to about 100 MB (a soft limit, and an entry is at most
-// our 1.2 MB transaction limit); the bound keeps a file that is no backup at all from making Load
-// allocate whatever its first eight bytes say.
+// our 1.2 MB transaction limit); the bound keeps a file that is no
+// backup at all from making the restore allocate whatever its first
+// eight bytes say.
 const maxBackupRecord = 256 << 20
 
-// errNotABackup: a record's size is out of bounds.
-var errNotABackup = errors.New("this is not a backup taken from the webhooks admin API (a record's size is out of bounds)")
+// errNotABackup: a record's size is out of bounds, or it does not decode.
+var errNotABackup = errors.New("this is not a backup taken from the webhooks admin API")
 
-// framedReader passes a backup through to badger's Load, checking each
-// record's size prefix before Load sees it, and sums what it passes.
-type framedReader struct {
-	r       io.Reader
-	sizeBuf [8]byte
-	prefix  []byte // the part of the checked size prefix not yet handed out
-	left    uint64 // bytes of the current record still to come
-
-	sum        hash.Hash
-	beforeLast []byte // the sum of everything before the latest record
+// load writes the entries of a backup into db, record by record, as
+// badger's Load does, but checks each entry first, keeps the end entry
+// out of the store and verifies the checksum it holds. Load would write
+// whatever the file says: badger's internal keys, or meta bits that make
+// an inline value read as a pointer into the value log.
+func load(db *DB, r io.Reader) (info BackupInfo, err error) {
+	loader := db.NewKVLoader(restorePendingWrites)
+	defer func() {
+		// Badger's writer still holds the batches sent: wait for them
+		// before the database closes, whatever happened.
+		if ferr := loader.Finish(); err == nil && ferr != nil {
+			err = ferr
+		}
+	}()
+	in := bufio.NewReaderSize(r, 1<<20)
+	sum := sha256.New()
+	var sizeBuf [8]byte
+	var body []byte
+	ended := false
+	for {
+		if _, err := io.ReadFull(in, sizeBuf[:]); err == io.EOF {
+			break
+		} else if err != nil {
+			return info, readError(err)
+		}
+		size := binary.LittleEndian.Uint64(sizeBuf[:])
+		if size > maxBackupRecord {
+			return info, fmt.Errorf("%w (a record's size is out of bounds)", errNotABackup)
+		}
+		if ended { // two backups joined, or bytes added to one
+			return info, ErrDamagedBackup
+		}
+		before := sum.Sum(nil)
+		body = slices.Grow(body[:0], int(size))[:size]
+		if _, err := io.ReadFull(in, body); err != nil {
+			return info, readError(err)
+		}
+		sum.Write(sizeBuf[:])
+		sum.Write(body)
+		var list pb.KVList
+		if err := proto.Unmarshal(body, &list); err != nil {
+			return info, fmt.Errorf("%w (a record does not decode: %v)", errNotABackup, err)
+		}
+		if info, ended, err = endOf(&list, before); err != nil || ended {
+			if err != nil {
+				return info, err
+			}
+			continue
+		}
+		for _, kv := range list.Kv {
+			if err := checkEntry(kv); err != nil {
+				return info, err
+			}
+			if err := loader.Set(kv); err != nil {
+				return info, err
+			}
+		}
+	}
+	if !ended {
+		return info, ErrIncompleteBackup
+	}
+	return info, nil
 }
 
-func (f *framedReader) Read(p []byte) (int, error) {
-	if len(f.prefix) == 0 && f.left == 0 {
-		if _, err := io.ReadFull(f.r, f.sizeBuf[:]); err != nil {
-			return 0, err // io.EOF between records: the end
-		}
-		f.left = binary.LittleEndian.Uint64(f.sizeBuf[:])
-		if f.left > maxBackupRecord {
-			return 0, errNotABackup
-		}
-		f.beforeLast = f.sum.Sum(f.beforeLast[:0])
-		f.sum.Write(f.sizeBuf[:])
-		f.prefix = f.sizeBuf[:]
+// readError names what a read error of the backup means.
+func readError(err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return ErrIncompleteBackup
 	}
-	if len(f.prefix) > 0 {
-		n := copy(p, f.prefix)
-		f.prefix = f.prefix[n:]
-		return n, nil
-	}
-	n, err := f.r.Read(p[:min(uint64(len(p)), f.left)])
-	f.sum.Write(p[:n])
-	f.left -= uint64(n)
-	if err == io.EOF && f.left > 0 {
-		err = io.ErrUnexpectedEOF
-	}
-	return n, err
+	return fmt.Errorf("reading the backup: %w", err)
 }
+
+// endOf reports whether list is the end record and, if it is, reads its
+// info and checks the checksum of what came before it (sumBefore).
+func endOf(list *pb.KVList, sumBefore []byte) (info BackupInfo, end bool, err error) {
+	if len(list.Kv) != 1 || string(list.Kv[0].Key) != backupEndKey {
+		return info, false, nil
+	}
+	if err := json.Unmarshal(list.Kv[0].Value, &info); err != nil {
+		return info, true, fmt.Errorf("reading the backup's end entry: %w", err)
+	}
+	if info.Verified() && info.SHA256 != hex.EncodeToString(sumBefore) {
+		return info, true, ErrDamagedBackup
+	}
+	return info, true, nil
+}
+
+// checkEntry refuses what Backup never writes.
+func checkEntry(kv *pb.KV) error {
+	switch {
+	case len(kv.Key) == 0 || len(kv.Key) > maxKeySize:
+		return fmt.Errorf("%w (a key of %d bytes)", errNotABackup, len(kv.Key))
+	case bytes.HasPrefix(kv.Key, []byte("!badger!")):
+		return fmt.Errorf("%w (badger's internal key %q)", errNotABackup, kv.Key)
+	case string(kv.Key) == backupEndKey:
+		return fmt.Errorf("%w (an end entry among others)", errNotABackup)
+	case len(kv.Meta) > 0 && kv.Meta[0] != 0:
+		return fmt.Errorf("%w (an entry with badger's meta bits %#x)", errNotABackup, kv.Meta[0])
+	case kv.Version == 0 || kv.Version > math.MaxUint64/2:
+		return fmt.Errorf("%w (version %d)", errNotABackup, kv.Version)
+	}
+	return nil
+}
+
+// maxKeySize is badger's limit on a key.
+const maxKeySize = 65000

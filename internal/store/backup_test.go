@@ -2,7 +2,9 @@ package store
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -232,4 +234,97 @@ func TestRestoreRefusesADirectoryInUse(t *testing.T) {
 	if v := readValue(t, db, "delivery/sub/x"); !strings.Contains(v, string(needle)) {
 		t.Fatalf("the store under the refused restore: %q", v)
 	}
+}
+
+// crafted is a backup of one record holding kvs, ended as Backup ends
+// one, checksum included: only the entries themselves can be refused.
+func crafted(t testing.TB, kvs ...*pb.KV) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := writeRecord(&b, &pb.KVList{Kv: kvs}); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b.Bytes())
+	end, _ := json.Marshal(BackupInfo{At: time.Unix(0, 0).UTC(), Version: 1, SHA256: hex.EncodeToString(sum[:])})
+	if err := writeRecord(&b, &pb.KVList{Kv: []*pb.KV{{Key: []byte(backupEndKey), Value: end, Version: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// Entries that Backup never writes are refused, not handed to badger:
+// its internal keys, or meta bits under which an inline value would be
+// read as a pointer into the value log.
+func TestRestoreRefusesEntriesBackupNeverWrites(t *testing.T) {
+	good := func() *pb.KV { return &pb.KV{Key: []byte("delivery/sub/x"), Value: []byte("v"), Version: 3} }
+	t.Run("a well-formed entry", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "restored")
+		if _, err := Restore(dir, Options{}, bytes.NewReader(crafted(t, good()))); err != nil {
+			t.Fatal(err)
+		}
+		db := mustOpen(t, dir, Options{})
+		defer db.Close()
+		if v := readValue(t, db, "delivery/sub/x"); v != "v" {
+			t.Errorf("read back %q", v)
+		}
+	})
+	bad := map[string]func(kv *pb.KV) []*pb.KV{
+		"badger's internal key": func(kv *pb.KV) []*pb.KV { kv.Key = []byte("!badger!head"); return []*pb.KV{kv} },
+		"a value pointer bit":   func(kv *pb.KV) []*pb.KV { kv.Meta = []byte{1 << 1}; return []*pb.KV{kv} },
+		"an empty key":          func(kv *pb.KV) []*pb.KV { kv.Key = nil; return []*pb.KV{kv} },
+		"a key over badger's limit": func(kv *pb.KV) []*pb.KV {
+			kv.Key = bytes.Repeat([]byte("k"), maxKeySize+1)
+			return []*pb.KV{kv}
+		},
+		"version 0": func(kv *pb.KV) []*pb.KV { kv.Version = 0; return []*pb.KV{kv} },
+		"an end entry among others": func(kv *pb.KV) []*pb.KV {
+			return []*pb.KV{kv, {Key: []byte(backupEndKey), Value: []byte("{}"), Version: 1}}
+		},
+	}
+	for name, change := range bad {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "restored")
+			_, err := Restore(dir, Options{}, bytes.NewReader(crafted(t, change(good())...)))
+			if err == nil || !strings.Contains(err.Error(), "not a backup") {
+				t.Fatalf("restore: %v, want not a backup", err)
+			}
+			if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the failed restore left %s (%v)", dir, err)
+			}
+		})
+	}
+}
+
+// Whatever the file holds, the restore answers with an error or a store
+// that opens; it never panics.
+func FuzzRestore(f *testing.F) {
+	f.Add(crafted(f, &pb.KV{Key: []byte("delivery/sub/x"), Value: []byte("v"), Version: 3}))
+	f.Add(crafted(f, &pb.KV{Key: []byte("ingest/w/a"), Value: []byte("{}"), Version: 1, ExpiresAt: 1}))
+	f.Add([]byte("storage_dir /var/lib/caddy/webhook\n"))
+	f.Fuzz(func(t *testing.T, backup []byte) {
+		dir := filepath.Join(t.TempDir(), "restored")
+		if _, err := Restore(dir, Options{}, bytes.NewReader(backup)); err != nil {
+			return
+		}
+		db, err := Open(dir, Options{})
+		if err != nil {
+			t.Fatalf("a restored store does not open: %v", err)
+		}
+		err = db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.DefaultIteratorOptions)
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				if _, err := it.Item().ValueCopy(nil); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if cerr := db.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			t.Fatalf("reading the restored store: %v", err)
+		}
+	})
 }
