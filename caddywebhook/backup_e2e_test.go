@@ -97,7 +97,8 @@ func TestBackupAndRestoreThroughCaddy(t *testing.T) {
 
 // The command a user runs: `caddy webhooks-restore` on a backup taken
 // from a running Caddy process, into the store its --config names; it
-// refuses a store that exists, a backup cut short and a damaged one.
+// refuses a store that exists, a backup cut short and a damaged one,
+// which --verify tells apart from a whole one without restoring.
 func TestRestoreCommand(t *testing.T) {
 	bin := caddyBinary(t)
 	admin, port := freePort(t), freePort(t)
@@ -142,8 +143,18 @@ func TestRestoreCommand(t *testing.T) {
 	if out, err := restore(target, damaged); err == nil || !strings.Contains(out, "damaged") {
 		t.Fatalf("restore of a damaged backup: %v\n%s", err, out)
 	}
+	verify := func(input string) (string, error) {
+		out, err := exec.Command(bin, "webhooks-restore", "--verify", "--input", input).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := verify(damaged); err == nil || !strings.Contains(out, "damaged") {
+		t.Fatalf("verify of a damaged backup: %v\n%s", err, out)
+	}
+	if out, err := verify(whole); err != nil || !strings.Contains(out, "the backup is whole") {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
 	out, err := restore(target, whole)
-	if err != nil || !strings.Contains(out, "restored the webhooks store into "+target) || !strings.Contains(out, "checksum matched") {
+	if err != nil || !strings.Contains(out, "into the webhooks store in "+target) || !strings.Contains(out, "checksum matched") {
 		t.Fatalf("restore: %v\n%s", err, out)
 	}
 	// As caddy run does, so that a restore in a container stays in its

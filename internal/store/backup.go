@@ -38,6 +38,9 @@ type BackupInfo struct {
 	// last record (the one holding this entry). Backups taken before it
 	// was added have none.
 	SHA256 string `json:"sha256,omitempty"`
+	// Entries is how many entries the backup holds, before its end
+	// entry.
+	Entries int `json:"entries"`
 }
 
 // Verified reports whether a restore checked the backup's checksum: it
@@ -84,6 +87,7 @@ func (db *DB) Backup(w io.Writer, now time.Time) (BackupInfo, error) {
 				Version: item.Version(), ExpiresAt: item.ExpiresAt(),
 			})
 			info.Version = max(info.Version, item.Version())
+			info.Entries++
 			if size += len(value) + int(item.KeySize()); size >= backupRecordSize {
 				if err := flush(); err != nil {
 					return err
@@ -203,11 +207,11 @@ const maxBackupRecord = 256 << 20
 // errNotABackup: a record's size is out of bounds, or it does not decode.
 var errNotABackup = errors.New("this is not a backup taken from the webhooks admin API")
 
-// load writes the entries of a backup into db, record by record, as
-// badger's Load does, but checks each entry first, keeps the end entry
-// out of the store and verifies the checksum it holds. Load would write
-// whatever the file says: badger's internal keys, or meta bits that make
-// an inline value read as a pointer into the value log.
+// load writes the entries of a backup into db, as badger's Load does,
+// but checks each entry first and keeps the end entry out of the store.
+// Load would write whatever the file says: badger's internal keys, or
+// meta bits that make an inline value read as a pointer into the value
+// log.
 func load(db *DB, r io.Reader) (info BackupInfo, err error) {
 	loader := db.NewKVLoader(restorePendingWrites)
 	defer func() {
@@ -217,31 +221,36 @@ func load(db *DB, r io.Reader) (info BackupInfo, err error) {
 			err = ferr
 		}
 	}()
+	return readBackup(r, loader.Set)
+}
+
+// VerifyBackup reads a backup through as Restore does, restoring
+// nothing: it returns what Restore would refuse it for, or its info.
+func VerifyBackup(r io.Reader) (BackupInfo, error) {
+	return readBackup(r, func(*pb.KV) error { return nil })
+}
+
+// readBackup hands each entry of a backup to use, once checked, and
+// returns the info of its end entry once the checksum it holds matches.
+func readBackup(r io.Reader, use func(*pb.KV) error) (info BackupInfo, err error) {
 	in := bufio.NewReaderSize(r, 1<<20)
 	sum := sha256.New()
-	var sizeBuf [8]byte
+	entries, ended := 0, false
 	var body []byte
-	ended := false
 	for {
-		if _, err := io.ReadFull(in, sizeBuf[:]); err == io.EOF {
-			break
-		} else if err != nil {
-			return info, readError(err)
-		}
-		size := binary.LittleEndian.Uint64(sizeBuf[:])
-		if size > maxBackupRecord {
-			return info, fmt.Errorf("%w (a record's size is out of bounds)", errNotABackup)
-		}
-		if ended { // two backups joined, or bytes added to one
+		before := sum.Sum(nil)
+		body, err = readRecord(in, body, sum)
+		switch {
+		case err == io.EOF && ended:
+			info.Entries = entries
+			return info, nil
+		case err == io.EOF:
+			return info, ErrIncompleteBackup
+		case err != nil:
+			return info, err
+		case ended: // two backups joined, or bytes added to one
 			return info, ErrDamagedBackup
 		}
-		before := sum.Sum(nil)
-		body = slices.Grow(body[:0], int(size))[:size]
-		if _, err := io.ReadFull(in, body); err != nil {
-			return info, readError(err)
-		}
-		sum.Write(sizeBuf[:])
-		sum.Write(body)
 		var list pb.KVList
 		if err := proto.Unmarshal(body, &list); err != nil {
 			return info, fmt.Errorf("%w (a record does not decode: %v)", errNotABackup, err)
@@ -256,20 +265,41 @@ func load(db *DB, r io.Reader) (info BackupInfo, err error) {
 			if err := checkEntry(kv); err != nil {
 				return info, err
 			}
-			if err := loader.Set(kv); err != nil {
+			if err := use(kv); err != nil {
 				return info, err
 			}
+			entries++
 		}
 	}
-	if !ended {
-		return info, ErrIncompleteBackup
-	}
-	return info, nil
 }
 
-// readError names what a read error of the backup means.
+// readRecord reads the next record of a backup into buf (grown as
+// needed) and adds it to sum. It returns io.EOF only between records.
+func readRecord(in io.Reader, buf []byte, sum io.Writer) ([]byte, error) {
+	var sizeBuf [8]byte
+	if _, err := io.ReadFull(in, sizeBuf[:]); err != nil {
+		return buf, readError(err)
+	}
+	size := binary.LittleEndian.Uint64(sizeBuf[:])
+	if size > maxBackupRecord {
+		return buf, fmt.Errorf("%w (a record's size is out of bounds)", errNotABackup)
+	}
+	buf = slices.Grow(buf[:0], int(size))[:size]
+	if _, err := io.ReadFull(in, buf); err != nil {
+		return buf, readError(err)
+	}
+	sum.Write(sizeBuf[:])
+	sum.Write(buf)
+	return buf, nil
+}
+
+// readError names what a read error of the backup means; io.EOF (the
+// end of the file between records) passes.
 func readError(err error) error {
-	if errors.Is(err, io.ErrUnexpectedEOF) {
+	switch {
+	case err == io.EOF:
+		return err
+	case errors.Is(err, io.ErrUnexpectedEOF):
 		return ErrIncompleteBackup
 	}
 	return fmt.Errorf("reading the backup: %w", err)

@@ -72,8 +72,11 @@ func TestBackupRestoresIntoANewEncryptedStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !info.Verified() {
-		t.Error("the restore did not verify the backup's checksum")
+	if !info.Verified() || info.Entries != 2002 {
+		t.Errorf("the restore gave %+v: want the checksum verified and 2002 entries", info)
+	}
+	if checked, err := VerifyBackup(bytes.NewReader(backup)); err != nil || checked != info {
+		t.Errorf("verify: %+v, %v; want %+v", checked, err, info)
 	}
 	if want := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC); !info.At.Equal(want) {
 		t.Errorf("backup time %v, want %v", info.At, want)
@@ -135,6 +138,9 @@ func TestRestoreRefusesWhatIsNotAWholeBackup(t *testing.T) {
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
+			if _, err := VerifyBackup(bytes.NewReader(c.data)); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("verify: %v, want %q", err, c.want)
+			}
 			parent := t.TempDir()
 			dir := filepath.Join(parent, "restored")
 			if _, err := Restore(dir, Options{}, bytes.NewReader(c.data)); err == nil || !strings.Contains(err.Error(), c.want) {
@@ -283,6 +289,9 @@ func TestRestoreRefusesEntriesBackupNeverWrites(t *testing.T) {
 	}
 	for name, change := range bad {
 		t.Run(name, func(t *testing.T) {
+			if _, err := VerifyBackup(bytes.NewReader(crafted(t, change(good())...))); err == nil || !strings.Contains(err.Error(), "not a backup") {
+				t.Errorf("verify: %v, want not a backup", err)
+			}
 			dir := filepath.Join(t.TempDir(), "restored")
 			_, err := Restore(dir, Options{}, bytes.NewReader(crafted(t, change(good())...)))
 			if err == nil || !strings.Contains(err.Error(), "not a backup") {
