@@ -204,7 +204,8 @@ const restorePendingWrites = 4
 // eight bytes say.
 const maxBackupRecord = 256 << 20
 
-// errNotABackup: a record's size is out of bounds, or it does not decode.
+// errNotABackup: a record's size is out of bounds, a record does not
+// decode, or an entry is one Backup never writes.
 var errNotABackup = errors.New("this is not a backup taken from the webhooks admin API")
 
 // load writes the entries of a backup into db, as badger's Load does,
@@ -246,10 +247,10 @@ func readBackup(r io.Reader, use func(*pb.KV) error) (info BackupInfo, err error
 			return info, nil
 		case err == io.EOF:
 			return info, ErrIncompleteBackup
-		case err != nil:
-			return info, err
 		case ended: // two backups joined, or bytes added to one
 			return info, ErrDamagedBackup
+		case err != nil:
+			return info, err
 		}
 		var list pb.KVList
 		if err := proto.Unmarshal(body, &list); err != nil {
@@ -286,6 +287,9 @@ func readRecord(in io.Reader, buf []byte, sum io.Writer) ([]byte, error) {
 	}
 	buf = slices.Grow(buf[:0], int(size))[:size]
 	if _, err := io.ReadFull(in, buf); err != nil {
+		if err == io.EOF { // a size with nothing after it
+			err = io.ErrUnexpectedEOF
+		}
 		return buf, readError(err)
 	}
 	sum.Write(sizeBuf[:])

@@ -135,6 +135,8 @@ func TestRestoreRefusesWhatIsNotAWholeBackup(t *testing.T) {
 		"a text file":               {[]byte("storage_dir /var/lib/caddy/webhook\n"), "not a backup"},
 		"a byte of a value changed": {changedValueByte(t, backup), "damaged"},
 		"two backups joined":        {append(append([]byte{}, backup...), backup...), "damaged"},
+		"a size after the end":      {binary.LittleEndian.AppendUint64(append([]byte{}, backup...), 5), "damaged"},
+		"bytes after the end":       {append(append([]byte{}, backup...), 1, 2, 3), "damaged"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
