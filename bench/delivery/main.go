@@ -70,6 +70,13 @@ func main() {
 		// what of the gap is the request itself.
 		probe := probeLoop(sink, *n, *c)
 		fmt.Printf("engine's request path alone (Probe: no queue, no store): %8.0f requests/s (%.2fx the bare loop)\n", probe, probe/bare)
+		// What the store alone costs: the same loop over a queue in
+		// badger, settling as little as a durable queue must, then
+		// writing what the engine's settle writes.
+		floor := floorLoop(sink.url, *n, *c, queueOnly)
+		fmt.Printf("bare loop over a badger queue, settled by deleting the entry: %8.0f requests/s (%.2fx the bare loop)\n", floor, floor/bare)
+		floor = floorLoop(sink.url, *n, *c, engineWrites)
+		fmt.Printf("the same, storing what the engine stores (record, attempt): %8.0f requests/s (%.2fx the bare loop)\n", floor, floor/bare)
 	}
 	engine := drain(sink, *n, *c)
 	fmt.Printf("drain (%s): %8.0f deliveries/s\n", where, engine)
