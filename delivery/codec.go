@@ -18,6 +18,9 @@ import (
 const (
 	recordV1 = 1
 	recordV2 = 2
+	// queueOnlyFlag, set in the version byte of a queue entry, marks a
+	// delivery that has no record (Delivery.queueOnly).
+	queueOnlyFlag = 0x80
 )
 
 var (
@@ -42,6 +45,9 @@ func encodeDelivery(d *Delivery) []byte {
 	if d.payloadRef != "" {
 		version = recordV2
 	}
+	if d.queueOnly {
+		version |= queueOnlyFlag
+	}
 	b = append(b, version, stateCodes[d.State])
 	b = binary.AppendUvarint(b, uint64(d.Attempts))
 	b = binary.AppendUvarint(b, uint64(d.LastStatus))
@@ -56,6 +62,14 @@ func encodeDelivery(d *Delivery) []byte {
 		return appendString(b, d.payloadRef)
 	}
 	return append(b, m.Data...)
+}
+
+// encodeRecord encodes d for its record, which a queue-only delivery
+// does not have until it fails.
+func encodeRecord(d *Delivery) []byte {
+	r := *d
+	r.queueOnly = false
+	return encodeDelivery(&r)
 }
 
 // storedPayload is how many bytes at the end of d's encoding are its
@@ -75,6 +89,8 @@ func decodeDelivery(b []byte, d *Delivery) error {
 	}
 	r := reader{b: b}
 	version := r.byte()
+	d.queueOnly = version&queueOnlyFlag != 0
+	version &^= queueOnlyFlag
 	if version != recordV1 && version != recordV2 {
 		if r.err != nil {
 			return r.err
@@ -117,6 +133,7 @@ func decodeDeliveryJSON(b []byte, d *Delivery) error {
 	if i < 0 {
 		return errMalformed
 	}
+	d.payloadRef, d.queueOnly = "", false // never written as JSON
 	if err := json.Unmarshal(b[:i], d); err != nil {
 		return err
 	}

@@ -30,6 +30,9 @@ func TestDeliveryRecordRoundTrip(t *testing.T) {
 		// A shared payload is stored apart: the record holds its reference.
 		func(d *Delivery) { d.Message.Data, d.payloadRef = nil, "0123abcd" },
 		func(d *Delivery) { d.State, d.Message.Data, d.payloadRef = StateFailed, nil, "0123abcd" },
+		// A queue entry says when the delivery has no record.
+		func(d *Delivery) { d.queueOnly = true },
+		func(d *Delivery) { d.Message.Data, d.payloadRef, d.queueOnly = nil, "0123abcd", true },
 	} {
 		want := sampleDelivery()
 		mutate(&want)
@@ -40,6 +43,29 @@ func TestDeliveryRecordRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("round trip changed the delivery:\n got %+v\nwant %+v", got, want)
 		}
+	}
+}
+
+// A record never says its delivery is queue-only: a delivery that has one
+// keeps it, and its later queue entries must say so.
+func TestRecordOfQueueOnlyDelivery(t *testing.T) {
+	d := sampleDelivery()
+	d.queueOnly = true
+	var got Delivery
+	if err := decodeDelivery(encodeRecord(&d), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.queueOnly {
+		t.Fatal("the record says the delivery has none")
+	}
+	if !d.queueOnly {
+		t.Fatal("encodeRecord changed the delivery")
+	}
+	if e := pendingEntries(&got); e.recordKey == nil {
+		t.Fatal("a delivery with a record is queued without it")
+	}
+	if e := pendingEntries(&d); e.recordKey != nil {
+		t.Fatal("a queue-only delivery is queued with a record")
 	}
 }
 

@@ -338,6 +338,47 @@ func TestExhaustedRetriesFail(t *testing.T) {
 	assertExpires(t, te, prefixD+did)
 }
 
+// A delivery of a message published without an ID lives in its queue
+// entry alone while it is retried; once it fails it has a record, which
+// its redelivery takes up and its success leaves expiring.
+func TestQueueOnlyDeliveryGetsARecordWhenItFails(t *testing.T) {
+	var up atomic.Bool
+	rcv := newReceiver(t, func(_ int, w http.ResponseWriter) {
+		if up.Load() {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	te := newTestEngine(t, Config{Retry: []time.Duration{time.Second}, Subscriptions: []Subscription{sub("s", rcv.URL)}})
+	res, _ := te.Publish(msg("x", `{"n":1}`))
+	did := deliveryID(res.ID, StaticID("s"))
+	assertAbsent(t, te, prefixD+did)
+	eventually(t, "attempt 1", func() bool { return te.delivery(t, did).Attempts == 1 })
+	if d := te.delivery(t, did); d.State != StatePending || d.LastStatus != 500 || string(d.Message.Data) != `{"n":1}` {
+		t.Fatalf("after a failed attempt: %+v", d)
+	}
+	assertAbsent(t, te, prefixD+did)
+	te.clock.Advance(2 * time.Second)
+	te.Kick()
+	eventually(t, "failed", func() bool { return te.delivery(t, did).State == StateFailed })
+	assertExpires(t, te, prefixD+did)
+
+	up.Store(true)
+	if n, err := te.Redeliver(StaticID("s")); n != 1 || err != nil {
+		t.Fatalf("redelivered %d, %v", n, err)
+	}
+	eventually(t, "delivered", func() bool { return te.delivery(t, did).State == StateDelivered })
+	if got := rcv.got(); len(got) != 3 || got[2].Body != `{"n":1}` {
+		t.Fatalf("the receiver got %+v", got)
+	}
+	assertExpires(t, te, prefixD+did)
+	var rec Delivery
+	if err := te.db.View(func(txn *badger.Txn) error { _, err := getDelivery(txn, did, &rec); return err }); err != nil || rec.State != StateDelivered {
+		t.Fatalf("record after the redelivery: %+v, %v", rec, err)
+	}
+}
+
 // assertExpires checks that a settled record will be removed by retention.
 func assertExpires(t *testing.T, te *testEngine, key string) {
 	t.Helper()
@@ -356,19 +397,45 @@ func assertExpires(t *testing.T, te *testEngine, key string) {
 	}
 }
 
+// What a delivered message leaves behind expires. A message published
+// without an ID never had a record for its deliveries, and gets none when
+// they are delivered; one published with an ID keeps a record, so that a
+// repeat of an interrupted publish does not queue them again.
 func TestRetentionOfDeliveredMessages(t *testing.T) {
-	rcv := newReceiver(t, nil)
-	te := newTestEngine(t, Config{Retention: time.Hour, Subscriptions: []Subscription{sub("s", rcv.URL)}})
-	res, _ := te.Publish(msg("x", `{}`))
-	did := deliveryID(res.ID, StaticID("s"))
-	eventually(t, "delivered", func() bool { return te.delivery(t, did).State == StateDelivered })
-	assertExpires(t, te, prefixD+did)
-	atts, _ := te.store.Attempts(did)
-	if len(atts) != 1 {
-		t.Fatalf("attempts %+v", atts)
+	for _, id := range []string{"", "order-1"} {
+		t.Run("id="+id, func(t *testing.T) {
+			rcv := newReceiver(t, nil)
+			te := newTestEngine(t, Config{Retention: time.Hour, Subscriptions: []Subscription{sub("s", rcv.URL)}})
+			m := msg("x", `{}`)
+			m.ID = id
+			res, _ := te.Publish(m)
+			did := deliveryID(res.ID, StaticID("s"))
+			eventually(t, "delivered", func() bool { return te.delivery(t, did).State == StateDelivered })
+			if id == "" {
+				assertAbsent(t, te, prefixD+did)
+			} else {
+				assertExpires(t, te, prefixD+did)
+			}
+			atts, _ := te.store.Attempts(did)
+			if len(atts) != 1 {
+				t.Fatalf("attempts %+v", atts)
+			}
+			assertExpires(t, te, string(attemptKey(&atts[0])))
+			assertExpires(t, te, string(msgKey("", res.ID)))
+		})
 	}
-	assertExpires(t, te, string(attemptKey(&atts[0])))
-	assertExpires(t, te, string(msgKey("", res.ID)))
+}
+
+// assertAbsent checks that nothing is stored under key.
+func assertAbsent(t *testing.T, te *testEngine, key string) {
+	t.Helper()
+	err := te.db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get([]byte(key))
+		return err
+	})
+	if !errors.Is(err, badger.ErrKeyNotFound) {
+		t.Fatalf("%s: %v, want nothing stored", key, err)
+	}
 }
 
 // An attempt that started before the endpoint was re-enabled cannot

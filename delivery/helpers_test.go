@@ -6,10 +6,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 
 	"github.com/hookgate/caddy-webhook/internal/store"
 	"github.com/hookgate/caddy-webhook/internal/testclock"
@@ -227,4 +230,68 @@ func refusePublishCommit(te *testEngine, k int) {
 		}
 		return nil
 	}
+}
+
+// Delivery finds a delivery where the store keeps it: its record, else its
+// queue entry (a queue-only delivery, pending), else its attempts, which
+// are all that is left of a queue-only delivery once delivered. One whose
+// shared payload is no longer stored (see ReasonPayloadLost) comes
+// without it. Only tests look a delivery up by its ID, and the last two
+// places are scans.
+func (s *Store) Delivery(did string) (Delivery, bool, error) {
+	var d Delivery
+	var found bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		if found, err = getDelivery(txn, did, &d); err != nil {
+			return err
+		}
+		if !found {
+			if found, err = queuedByID(txn, did, &d); !found || err != nil {
+				return err
+			}
+		}
+		if err := s.loadPayload(txn, &d); !errors.Is(err, errPayloadGone) {
+			return err
+		}
+		return nil
+	})
+	if found || err != nil {
+		return d, found, err
+	}
+	return s.deliveredByAttempts(did)
+}
+
+// queuedByID finds a pending delivery in its subscription's queue.
+func queuedByID(txn *badger.Txn, did string, d *Delivery) (bool, error) {
+	_, subID, _ := strings.Cut(did, "|")
+	prefix := queuePrefix(subID)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		at, id, ok := parseQueueKey(it.Item().Key(), subID)
+		if !ok || id != did {
+			continue
+		}
+		found, err := queuedDelivery(txn, it.Item(), did, d)
+		d.NextAttempt = at
+		return found, err
+	}
+	return false, nil
+}
+
+// deliveredByAttempts stands a delivered queue-only delivery back up
+// from its attempts: found only if the last one succeeded.
+func (s *Store) deliveredByAttempts(did string) (Delivery, bool, error) {
+	atts, err := s.Attempts(did)
+	if err != nil || len(atts) == 0 || !atts[len(atts)-1].Success {
+		return Delivery{}, false, err
+	}
+	last := atts[len(atts)-1]
+	return Delivery{
+		ID: did, SubscriptionID: last.SubscriptionID,
+		Message: Message{ID: last.MessageID, Event: last.Event},
+		State:   StateDelivered, Attempts: last.N, LastStatus: last.Status,
+		UpdatedAt: last.At, queueOnly: true,
+	}, true, nil
 }

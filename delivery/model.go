@@ -121,6 +121,14 @@ type Delivery struct {
 	// large fan-out (see sharedPayload); "" when the delivery's records
 	// carry the payload themselves.
 	payloadRef string
+	// queueOnly: the delivery has no record (d/<id>) while it is pending,
+	// nor once delivered; its queue entry is all there is of it. So are
+	// the deliveries of a message published without an ID: nothing looks
+	// them up by ID (see Engine.Publish), and a record written when they
+	// are queued and again when they are delivered doubled what a
+	// delivery cost the store. A failed delivery has a record (for its
+	// redelivery), and keeps it from then on.
+	queueOnly bool
 }
 
 // Attempt records one try at a delivery.

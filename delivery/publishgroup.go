@@ -45,6 +45,7 @@ func (s *Store) newPendingPublish(msg Message, subs []*Subscription, fresh bool,
 		e := pendingEntries(&Delivery{
 			ID: deliveryID(msg.ID, sub.ID), SubscriptionID: sub.ID, Message: msg,
 			State: StatePending, NextAttempt: now, CreatedAt: now, UpdatedAt: now,
+			queueOnly: fresh,
 		})
 		// The deliveries of a message differ only in their subscription
 		// IDs: the first tells a large fan-out without encoding the rest.

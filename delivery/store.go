@@ -20,7 +20,8 @@ import (
 //
 //	sub/<id>                            registered subscription
 //	d/<delivery id>                     delivery record: without the payload unless failed
-//	                                    (expires after retention once settled)
+//	                                    (expires after retention once settled); none for a
+//	                                    queue-only delivery (Delivery.queueOnly) until it fails
 //	q/<sub id>\x00<due, 16 hex>\x00<delivery id>   pending delivery, whole, in due order
 //	att/<sub id>\x00<at, 16 hex>\x00<delivery id>  attempt record (expires after retention)
 //	failed/<sub id>\x00<delivery id>    failed deliveries, for redelivery (expires after retention)
@@ -208,7 +209,7 @@ func getDelivery(txn *badger.Txn, did string, d *Delivery) (bool, error) {
 }
 
 func setDelivery(txn *badger.Txn, d *Delivery, ttl time.Duration) error {
-	e := badger.NewEntry([]byte(prefixD+d.ID), encodeDelivery(d))
+	e := badger.NewEntry([]byte(prefixD+d.ID), encodeRecord(d))
 	if ttl > 0 {
 		e = e.WithTTL(ttl)
 	}
@@ -308,7 +309,7 @@ func (s *Store) enqueueOnce(msg Message, subs []*Subscription, fresh bool, now t
 		d := &Delivery{
 			ID: deliveryID(msg.ID, sub.ID), SubscriptionID: sub.ID, Message: msg,
 			State: StatePending, NextAttempt: now, CreatedAt: now, UpdatedAt: now,
-			payloadRef: ref,
+			payloadRef: ref, queueOnly: fresh,
 		}
 		if !fresh {
 			if exists, err := w.exists(d.ID); err != nil || exists {
@@ -436,17 +437,18 @@ func (w *fanOutWriter) discard() { w.txn.Discard() }
 
 // entries are one delivery's writes: its queue entry, which carries the
 // whole delivery so that an attempt needs no other read (but that of a
-// shared payload), its record, without the payload, and its reference to
-// a shared payload, if it has one.
+// shared payload), its record, without the payload, unless it is
+// queue-only, and its reference to a shared payload, if it has one.
 type entries struct{ queueKey, queueValue, recordKey, recordValue, refKey []byte }
 
 func pendingEntries(d *Delivery) entries {
 	whole := encodeDelivery(d)
-	// The payload is the end of the encoding: the record is what precedes it.
-	n := len(whole) - storedPayload(d)
-	e := entries{
-		queueKey: queueKey(d.SubscriptionID, d.NextAttempt, d.ID), queueValue: whole,
-		recordKey: []byte(prefixD + d.ID), recordValue: whole[:n:n],
+	e := entries{queueKey: queueKey(d.SubscriptionID, d.NextAttempt, d.ID), queueValue: whole}
+	if !d.queueOnly {
+		// The payload is the end of the encoding: the record is what
+		// precedes it (without the queue-only flag, as d has none).
+		n := len(whole) - storedPayload(d)
+		e.recordKey, e.recordValue = []byte(prefixD+d.ID), whole[:n:n]
 	}
 	if d.payloadRef != "" {
 		e.refKey = payloadRefKey(d.payloadRef, d.ID)
@@ -468,6 +470,9 @@ func (e entries) put(txn *badger.Txn) error {
 		if err := txn.Set(e.refKey, nil); err != nil {
 			return err
 		}
+	}
+	if e.recordKey == nil {
+		return nil
 	}
 	return txn.Set(e.recordKey, e.recordValue)
 }
@@ -682,13 +687,17 @@ func settleOne(txn *badger.Txn, st *settled, retention time.Duration) error {
 	case StateFailed:
 		return putFailed(txn, d, retention)
 	}
-	// Delivered: nothing sends it again; the record stays (for idempotent
-	// publishes and for operators) without the payload.
+	// Delivered: nothing sends it again. A record stays, without the
+	// payload, so that a publish of the same ID that an interruption cut
+	// short, repeated, does not queue it again (see pendingPublish.put).
 	if d.payloadRef != "" {
 		if err := txn.Delete(payloadRefKey(d.payloadRef, d.ID)); err != nil {
 			return err
 		}
 		d.payloadRef = ""
+	}
+	if d.queueOnly {
+		return nil // nothing looks it up: the attempt is its trace
 	}
 	d.Message.Data = nil
 	return setDelivery(txn, d, retention)
@@ -710,7 +719,7 @@ func putFailed(txn *badger.Txn, d *Delivery, retention time.Duration) error {
 			return err
 		}
 	}
-	e := badger.NewEntry([]byte(prefixD+d.ID), encodeDelivery(d))
+	e := badger.NewEntry([]byte(prefixD+d.ID), encodeRecord(d))
 	e.ExpiresAt = expires
 	return txn.SetEntry(e)
 }
@@ -866,24 +875,6 @@ func (s *Store) RecentAttempts(subID string, limit int) ([]Attempt, error) {
 		return nil
 	})
 	return out, err
-}
-
-// Delivery loads one delivery; one whose shared payload is no longer
-// stored (see ReasonPayloadLost) comes without it.
-func (s *Store) Delivery(did string) (Delivery, bool, error) {
-	var d Delivery
-	var found bool
-	err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		if found, err = getDelivery(txn, did, &d); !found || err != nil {
-			return err
-		}
-		if err := s.loadPayload(txn, &d); !errors.Is(err, errPayloadGone) {
-			return err
-		}
-		return nil
-	})
-	return d, found, err
 }
 
 // FailedDeliveries returns up to limit failed deliveries (without their
