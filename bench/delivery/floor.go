@@ -74,19 +74,16 @@ func floorLoop(url string, n, c int, f floor) float64 {
 
 // The floor's keys and values have the sizes of the engine's for this
 // benchmark's messages: a queue entry (the whole delivery) of 230 bytes
-// under an 80-byte key, a delivery record of 115 bytes under a 50-byte
-// key, a publish record of 50 bytes under a 45-byte key, an attempt of
-// 21 bytes under a 90-byte key.
+// under an 80-byte key, a publish record of 50 bytes under a 45-byte key,
+// an attempt of 21 bytes under a 90-byte key.
 const (
 	floorQueue   = "delivery/q/static:sink\x00%016x\x00msg_%026d|static:sink"
-	floorRecord  = "delivery/d/msg_%026d|static:sink"
 	floorMessage = "delivery/msg/\x00msg_%026d"
 	floorAtt     = "delivery/att/static:sink\x00%016x\x00msg_%026d|static:sink\x00%08x"
 )
 
 var (
 	floorQueueValue   = make([]byte, 230)
-	floorRecordValue  = make([]byte, 115)
 	floorMessageValue = make([]byte, 50)
 	floorAttValue     = make([]byte, 21)
 )
@@ -106,17 +103,14 @@ var queueOnly = floor{
 	settle: func(txn *badger.Txn, item floorItem) error { return txn.Delete(item.key) },
 }
 
-// engineWrites stores what the engine stores for a message published to
-// one subscription (queue entry, delivery record, publish record), and
+// engineWrites stores what the engine stores for a message published
+// without an ID to one subscription (queue entry, publish record), and
 // settles as the engine settles a first attempt that succeeds: the queue
-// entry deleted, the attempt written and the record rewritten as
-// delivered, both expiring after the default retention.
+// entry deleted and the attempt written, expiring after the default
+// retention.
 var engineWrites = floor{
 	fill: func(wb *badger.WriteBatch, seq int) error {
 		if err := queueOnly.fill(wb, seq); err != nil {
-			return err
-		}
-		if err := wb.Set(fmt.Appendf(nil, floorRecord, seq), floorRecordValue); err != nil {
 			return err
 		}
 		return wb.Set(fmt.Appendf(nil, floorMessage, seq), floorMessageValue)
@@ -126,11 +120,7 @@ var engineWrites = floor{
 			return err
 		}
 		att := fmt.Appendf(nil, floorAtt, time.Now().UnixNano(), item.seq, 1)
-		if err := txn.SetEntry(badger.NewEntry(att, floorAttValue).WithTTL(delivery.DefaultRetention)); err != nil {
-			return err
-		}
-		record := fmt.Appendf(nil, floorRecord, item.seq)
-		return txn.SetEntry(badger.NewEntry(record, floorRecordValue).WithTTL(delivery.DefaultRetention))
+		return txn.SetEntry(badger.NewEntry(att, floorAttValue).WithTTL(delivery.DefaultRetention))
 	},
 }
 

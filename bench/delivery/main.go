@@ -76,7 +76,7 @@ func main() {
 		floor := floorLoop(sink.url, *n, *c, queueOnly)
 		fmt.Printf("bare loop over a badger queue, settled by deleting the entry: %8.0f requests/s (%.2fx the bare loop)\n", floor, floor/bare)
 		floor = floorLoop(sink.url, *n, *c, engineWrites)
-		fmt.Printf("the same, storing what the engine stores (record, attempt): %8.0f requests/s (%.2fx the bare loop)\n", floor, floor/bare)
+		fmt.Printf("the same, storing what the engine stores (publish record, attempt): %8.0f requests/s (%.2fx the bare loop)\n", floor, floor/bare)
 	}
 	engine := drain(sink, *n, *c)
 	fmt.Printf("drain (%s): %8.0f deliveries/s\n", where, engine)
