@@ -178,6 +178,8 @@ func FuzzDecodeDelivery(f *testing.F) {
 	f.Add([]byte{recordV1})
 	d.Message.Data, d.payloadRef = nil, "0123abcd"
 	f.Add(encodeDelivery(&d))
+	d.queueOnly = true
+	f.Add(encodeDelivery(&d))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var got Delivery
 		if decodeDelivery(b, &got) != nil {
