@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"log"
 	"net/http"
 	"os"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/hookgate/caddy-webhook/bench/internal/caddyrun"
 	"github.com/hookgate/caddy-webhook/delivery"
 	"github.com/hookgate/caddy-webhook/internal/store"
 )
@@ -52,16 +51,7 @@ func floorLoop(url string, n, c int, f floor) float64 {
 		go func() {
 			defer wg.Done()
 			for item := range queued {
-				req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(payload))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("X-Event-Name", "order.status")
-				req.Header.Set("Webhook-Id", "msg_floor")
-				res, err := client.Do(req)
-				if err != nil {
-					log.Fatal(err)
-				}
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
+				caddyrun.BarePost(client, url, string(payload))
 				sent <- item
 			}
 		}()

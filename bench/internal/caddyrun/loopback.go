@@ -67,22 +67,28 @@ func BareLoop(url, body string, n, c int) float64 {
 		go func() {
 			defer wg.Done()
 			for next.Add(1) <= int64(n) {
-				req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("X-Event-Name", "order.status")
-				req.Header.Set("Webhook-Id", "msg_bare")
-				req.Header.Set("User-Agent", "caddy-webhook/1")
-				res, err := client.Do(req)
-				if err != nil {
-					log.Fatal(err)
-				}
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
+				BarePost(client, url, body)
 			}
 		}()
 	}
 	wg.Wait()
 	return float64(n) / time.Since(start).Seconds()
+}
+
+// BarePost sends body to url as a delivery would be sent, with nothing
+// around it; a failure is fatal.
+func BarePost(client *http.Client, url, body string) {
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Event-Name", "order.status")
+	req.Header.Set("Webhook-Id", "msg_bare")
+	req.Header.Set("User-Agent", "caddy-webhook/1")
+	res, err := client.Do(req)
+	if err != nil {
+		log.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
 }
 
 // Publish POSTs body to a webhook_publish url once; anything but 202 is
