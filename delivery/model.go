@@ -122,12 +122,12 @@ type Delivery struct {
 	// carry the payload themselves.
 	payloadRef string
 	// queueOnly: the delivery has no record (d/<id>) while it is pending,
-	// nor once delivered; its queue entry is all there is of it. So are
-	// the deliveries of a message published without an ID: nothing looks
-	// them up by ID (see Engine.Publish), and a record written when they
-	// are queued and again when they are delivered doubled what a
-	// delivery cost the store. A failed delivery has a record (for its
-	// redelivery), and keeps it from then on.
+	// nor once delivered; its queue entry is all there is of it. The
+	// deliveries of a message published without an ID are queue-only:
+	// nothing looks them up by ID (see Engine.Publish), and a record
+	// written when they were queued and again when they were delivered
+	// doubled what a delivery cost the store. A failed delivery has a
+	// record (for its redelivery), and keeps it from then on.
 	queueOnly bool
 }
 
