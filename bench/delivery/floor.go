@@ -106,7 +106,7 @@ var engineWrites = floor{
 		return wb.Set(fmt.Appendf(nil, floorMessage, seq), floorMessageValue)
 	},
 	settle: func(txn *badger.Txn, item floorItem) error {
-		if err := txn.Delete(item.key); err != nil {
+		if err := queueOnly.settle(txn, item); err != nil {
 			return err
 		}
 		att := fmt.Appendf(nil, floorAtt, time.Now().UnixNano(), item.seq, 1)
@@ -135,25 +135,39 @@ type floorItem struct {
 // floorSettle writes what settling a delivery takes.
 type floorSettle func(txn *badger.Txn, item floorItem) error
 
+// readQueue reads the queue in key order, a batch per read transaction
+// as the engine does: one transaction held open over the whole drain
+// would keep badger's compactions from dropping what the settles delete.
 func readQueue(db *badger.DB, queued chan<- floorItem) {
 	defer close(queued)
-	err := db.View(func(txn *badger.Txn) error {
-		opts := badger.DefaultIteratorOptions
-		opts.Prefix = []byte("delivery/q/")
-		it := txn.NewIterator(opts)
-		defer it.Close()
-		seq := 0
-		for it.Rewind(); it.Valid(); it.Next() {
-			if _, err := it.Item().ValueCopy(nil); err != nil {
-				return err
+	prefix := []byte("delivery/q/")
+	from, seq := prefix, 0
+	for {
+		var batch []floorItem
+		err := db.View(func(txn *badger.Txn) error {
+			opts := badger.DefaultIteratorOptions
+			opts.Prefix = prefix
+			it := txn.NewIterator(opts)
+			defer it.Close()
+			for it.Seek(from); it.Valid() && len(batch) < 256; it.Next() {
+				if _, err := it.Item().ValueCopy(nil); err != nil {
+					return err
+				}
+				batch = append(batch, floorItem{it.Item().KeyCopy(nil), seq}) // keys sort as they were numbered
+				seq++
 			}
-			queued <- floorItem{it.Item().KeyCopy(nil), seq} // keys sort as they were numbered
-			seq++
+			return nil
+		})
+		if err != nil {
+			log.Fatal(err)
 		}
-		return nil
-	})
-	if err != nil {
-		log.Fatal(err)
+		if len(batch) == 0 {
+			return
+		}
+		for _, item := range batch {
+			queued <- item
+		}
+		from = append(batch[len(batch)-1].key, 0) // the least key after it
 	}
 }
 
